@@ -1,0 +1,297 @@
+//! The response future: a small state machine that waits for the charge,
+//! calls the inner service, then settles (refunds a failed request).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::balances::BalanceView;
+use crate::charged::Charged;
+use crate::cost::CheckedCost;
+use crate::kind::FailMode;
+use crate::layer::{Plan, Pricing};
+use crate::ratelimit_headers::{self, RATELIMIT, RATELIMIT_POLICY};
+use crate::rejection::{QuotaExceeded, QuotaItem, Rejection};
+use crate::store::{ChargeOutcome, KindBalance, Receipt, RefundOutcome, StoreFuture};
+use crate::tickets::Tickets;
+use crate::uid::Uid;
+
+pin_project! {
+    /// Response future of [`TicketService`](crate::TicketService).
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+        settle: Option<Box<Settle>>,
+    }
+}
+
+/// What the later states need to know about the decision.
+struct Settle {
+    tickets: Tickets,
+    plan: Arc<Plan>,
+    uid: Uid,
+    cost: CheckedCost,
+    now: DateTime<Utc>,
+    /// `RateLimit` for the balances after the charge.
+    ratelimit: Option<HeaderValue>,
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        /// Answered without calling the inner service.
+        Answered { response: Option<S::Response> },
+        /// Waiting for the store's decision.
+        Charging {
+            charge: StoreFuture<ChargeOutcome>,
+            request: Option<Request<ReqBody>>,
+            inner: Option<S>,
+        },
+        /// The inner service is handling the request.
+        Calling {
+            #[pin]
+            future: S::Future,
+            receipt: Option<Receipt>,
+        },
+        /// Giving back the charge of a failed request.
+        Refunding {
+            refund: StoreFuture<RefundOutcome>,
+            result: Option<Result<S::Response, S::Error>>,
+        },
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn rejected(response: S::Response) -> Self {
+        Self {
+            state: State::Answered {
+                response: Some(response),
+            },
+            settle: None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn charging(
+        charge: StoreFuture<ChargeOutcome>,
+        request: Request<ReqBody>,
+        inner: S,
+        tickets: Tickets,
+        plan: Arc<Plan>,
+        uid: Uid,
+        cost: CheckedCost,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            state: State::Charging {
+                charge,
+                request: Some(request),
+                inner: Some(inner),
+            },
+            settle: Some(Box::new(Settle {
+                tickets,
+                plan,
+                uid,
+                cost,
+                now,
+                ratelimit: None,
+            })),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Answered { response } => {
+                    return Poll::Ready(Ok(response
+                        .take()
+                        .expect("ResponseFuture polled after completion")));
+                }
+                StateProj::Charging {
+                    charge,
+                    request,
+                    inner,
+                } => {
+                    let outcome = ready!(charge.as_mut().poll(cx));
+                    let settle = this.settle.as_mut().expect("settle is set while charging");
+                    let mut request = request.take().expect("polled after completion");
+                    let mut inner = inner.take().expect("polled after completion");
+                    match settle.decide(outcome, &mut request) {
+                        Decision::Call { receipt } => State::Calling {
+                            future: inner.call(request),
+                            receipt,
+                        },
+                        Decision::Answer(rejection) => State::Answered {
+                            response: Some(settle.tickets.reject(&rejection, request.headers())),
+                        },
+                    }
+                }
+                StateProj::Calling { future, receipt } => {
+                    let result = ready!(future.poll(cx));
+                    let settle = this.settle.as_mut().expect("settle is set while calling");
+                    let failed = match &result {
+                        Ok(response) => (settle.plan.refund_on)(response.status()),
+                        Err(_) => true,
+                    };
+                    match receipt.take() {
+                        Some(receipt) if failed => {
+                            let now = settle.tickets.now();
+                            State::Refunding {
+                                refund: settle.tickets.shared.store.refund(receipt, now),
+                                result: Some(result),
+                            }
+                        }
+                        _ => return Poll::Ready(result.map(|r| settle.stamp(r))),
+                    }
+                }
+                StateProj::Refunding { refund, result } => {
+                    let outcome = ready!(refund.as_mut().poll(cx));
+                    let settle = this.settle.as_mut().expect("settle is set while refunding");
+                    settle.after_refund(outcome);
+                    let result = result.take().expect("polled after completion");
+                    return Poll::Ready(result.map(|r| settle.stamp(r)));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+enum Decision {
+    Call { receipt: Option<Receipt> },
+    Answer(Rejection),
+}
+
+impl Settle {
+    /// Turns the store's answer into what happens next.
+    fn decide<B>(
+        &mut self,
+        outcome: Result<ChargeOutcome, crate::store::StoreError>,
+        request: &mut Request<B>,
+    ) -> Decision {
+        let (balances, receipt) = match outcome {
+            Ok(ChargeOutcome::Allowed { balances, receipt }) => (balances, Some(receipt)),
+            Ok(ChargeOutcome::Replayed { balances }) => (balances, None),
+            Ok(ChargeOutcome::Refused { balances }) => {
+                tracing::debug!(uid = %self.uid, "tickets refused");
+                return Decision::Answer(Rejection::QuotaExceeded(QuotaExceeded {
+                    now: self.now,
+                    items: self
+                        .cost
+                        .items()
+                        .iter()
+                        .zip(&balances)
+                        .map(|(item, balance)| QuotaItem {
+                            kind: item.kind.clone(),
+                            cost: item.amount,
+                            remaining: balance.remaining,
+                            refill_at: item.kind.refill_schedule().next_after(balance.last_refill),
+                        })
+                        .collect(),
+                }));
+            }
+            Err(error) => {
+                let fail_open = self
+                    .cost
+                    .items()
+                    .iter()
+                    .all(|item| item.kind.fail_mode() == FailMode::Open);
+                if !fail_open {
+                    tracing::error!(uid = %self.uid, %error, "ticket store unavailable; failing closed");
+                    return Decision::Answer(Rejection::StoreUnavailable(Arc::new(error)));
+                }
+                tracing::warn!(uid = %self.uid, %error, "ticket store unavailable; failing open, request not charged");
+                request.extensions_mut().insert(Charged {
+                    uid: self.uid.clone(),
+                    balances: Vec::new(),
+                    charged: false,
+                });
+                return Decision::Call { receipt: None };
+            }
+        };
+        tracing::debug!(uid = %self.uid, charged = receipt.is_some(), "tickets allowed");
+        self.ratelimit = Some(self.ratelimit_value(&balances));
+        request.extensions_mut().insert(Charged {
+            uid: self.uid.clone(),
+            balances: self
+                .cost
+                .items()
+                .iter()
+                .zip(&balances)
+                .map(|(item, balance)| BalanceView::new(&item.kind, *balance))
+                .collect(),
+            charged: receipt.is_some(),
+        });
+        Decision::Call { receipt }
+    }
+
+    fn ratelimit_value(&self, balances: &[KindBalance]) -> HeaderValue {
+        ratelimit_headers::remaining(
+            self.cost
+                .items()
+                .iter()
+                .zip(balances)
+                .map(|(item, balance)| {
+                    (
+                        &*item.kind,
+                        balance.remaining,
+                        item.kind.refill_schedule().next_after(balance.last_refill),
+                    )
+                }),
+            self.now,
+        )
+    }
+
+    fn after_refund(&mut self, outcome: Result<RefundOutcome, crate::store::StoreError>) {
+        match outcome {
+            Ok(outcome) => {
+                tracing::debug!(uid = %self.uid, refunded = ?outcome.refunded, "charge settled");
+                self.ratelimit = Some(self.ratelimit_value(&outcome.balances));
+            }
+            Err(error) => {
+                tracing::error!(uid = %self.uid, %error, "refund failed; the charge stands");
+            }
+        }
+    }
+
+    /// Adds the `RateLimit` headers of the kinds charged.
+    fn stamp<B>(&self, mut response: Response<B>) -> Response<B> {
+        if let Some(ratelimit) = &self.ratelimit {
+            let headers: &mut HeaderMap = response.headers_mut();
+            let policy = match &self.plan.pricing {
+                Pricing::Fixed { policy, .. } => policy.clone(),
+                Pricing::Dynamic(_) => {
+                    ratelimit_headers::policy(self.cost.items().iter().map(|i| &*i.kind))
+                }
+            };
+            headers.insert(RATELIMIT_POLICY, policy);
+            headers.insert(RATELIMIT, ratelimit.clone());
+        }
+        response
+    }
+}

@@ -1,0 +1,72 @@
+//! `Idempotency-Key`: a retried request is not charged twice.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+/// The request header naming a retry-safe request.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// How long a store remembers a user's idempotency key.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest key accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A validated `Idempotency-Key` value: 1 to 255 visible ASCII characters.
+///
+/// Keys are scoped to a user: two users may use the same key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(Arc<str>);
+
+/// Why an `Idempotency-Key` header was refused (answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidIdempotencyKey;
+
+impl fmt::Display for InvalidIdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters, sent once"
+        )
+    }
+}
+
+impl std::error::Error for InvalidIdempotencyKey {}
+
+impl IdempotencyKey {
+    /// Validates `raw` as a key.
+    pub fn parse(raw: &str) -> Result<Self, InvalidIdempotencyKey> {
+        let visible = raw.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if raw.is_empty() || raw.len() > MAX_IDEMPOTENCY_KEY_LEN || !visible {
+            return Err(InvalidIdempotencyKey);
+        }
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// Reads the optional header from a request.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, InvalidIdempotencyKey> {
+        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(InvalidIdempotencyKey);
+        }
+        let raw = value.to_str().map_err(|_| InvalidIdempotencyKey)?;
+        Self::parse(raw).map(Some)
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}

@@ -1,0 +1,261 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::{IdentityError, IdentityExtractor};
+use crate::uid::Uid;
+
+/// Verifies an `Authorization: Bearer <JWT>` token; its `sub` claim is the
+/// uid.
+///
+/// Checks the signature (HS256 with a shared secret, or RS256 with the given
+/// public keys, chosen by the token's `kid` when there are several), that
+/// `exp` is present and in the future (read against the layer's clock, with
+/// a small leeway), and `iss`/`aud` when configured. Any failure is a 401.
+///
+/// ```
+/// use tower_tickets::identity::JwtIdentity;
+///
+/// let verify = JwtIdentity::hs256(b"a long random secret")
+///     .issuer("https://securetoken.google.com/my-project")
+///     .audience("my-project");
+/// # let _ = verify;
+/// ```
+#[derive(Clone)]
+pub struct JwtIdentity {
+    keys: Keys,
+    validation: Validation,
+    leeway_secs: i64,
+}
+
+#[derive(Clone)]
+enum Keys {
+    One(DecodingKey),
+    ById(HashMap<String, DecodingKey>),
+}
+
+impl fmt::Debug for JwtIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtIdentity")
+            .field("algorithms", &self.validation.algorithms)
+            .field("issuer", &self.validation.iss)
+            .field("audience", &self.validation.aud)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Failure to read a public key given to [`JwtIdentity::rs256`].
+#[derive(Debug)]
+pub struct InvalidKey {
+    kid: String,
+    source: jsonwebtoken::errors::Error,
+}
+
+impl fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "public key {:?} is not an RSA public key in PEM form: {}",
+            self.kid, self.source
+        )
+    }
+}
+
+impl std::error::Error for InvalidKey {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+}
+
+impl JwtIdentity {
+    fn with(algorithm: Algorithm, keys: Keys) -> Self {
+        let mut validation = Validation::new(algorithm);
+        // Expiry is checked against the injected clock in `identify`.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            keys,
+            validation,
+            leeway_secs: 30,
+        }
+    }
+
+    /// Tokens signed with HS256 and `secret`.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self::with(
+            Algorithm::HS256,
+            Keys::One(DecodingKey::from_secret(secret)),
+        )
+    }
+
+    /// Tokens signed with RS256 by one of `keys`: `(kid, PEM public key)`
+    /// pairs. With several keys the token's `kid` header picks one (as with
+    /// Firebase's rotating keys); with one, a token without `kid` uses it.
+    pub fn rs256<I, K, P>(keys: I) -> Result<Self, InvalidKey>
+    where
+        I: IntoIterator<Item = (K, P)>,
+        K: Into<String>,
+        P: AsRef<[u8]>,
+    {
+        let mut by_id = HashMap::new();
+        for (kid, pem) in keys {
+            let kid = kid.into();
+            let key = DecodingKey::from_rsa_pem(pem.as_ref()).map_err(|source| InvalidKey {
+                kid: kid.clone(),
+                source,
+            })?;
+            by_id.insert(kid, key);
+        }
+        Ok(Self::with(Algorithm::RS256, Keys::ById(by_id)))
+    }
+
+    /// Requires the `iss` claim to equal `issuer`.
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self
+    }
+
+    /// Requires the `aud` claim to contain `audience`.
+    pub fn audience(mut self, audience: &str) -> Self {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self
+    }
+
+    /// Tolerance for clock differences when checking `exp` (default 30 s).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway_secs = i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX);
+        self
+    }
+
+    fn key_for(&self, token: &str) -> Result<&DecodingKey, IdentityError> {
+        match &self.keys {
+            Keys::One(key) => Ok(key),
+            Keys::ById(keys) => {
+                let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+                let key = match header.kid {
+                    Some(kid) => keys.get(&kid),
+                    None if keys.len() == 1 => keys.values().next(),
+                    None => None,
+                };
+                key.ok_or_else(|| IdentityError::Invalid {
+                    reason: "the token is signed by an unknown key".into(),
+                })
+            }
+        }
+    }
+}
+
+fn invalid(e: jsonwebtoken::errors::Error) -> IdentityError {
+    let reason = match e.kind() {
+        ErrorKind::InvalidSignature => "the token's signature does not verify",
+        ErrorKind::InvalidIssuer => "the token was issued by another issuer",
+        ErrorKind::InvalidAudience => "the token is meant for another audience",
+        ErrorKind::InvalidAlgorithm => "the token is signed with an algorithm not accepted here",
+        ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim (sub, exp)",
+        _ => "the token is malformed",
+    };
+    IdentityError::Invalid {
+        reason: reason.into(),
+    }
+}
+
+impl IdentityExtractor for JwtIdentity {
+    fn identify(&self, request: &Parts, now: DateTime<Utc>) -> Result<Uid, IdentityError> {
+        const EXPECTED: &str = "an Authorization: Bearer <token> header";
+        let header = request
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(IdentityError::Missing { expected: EXPECTED })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(IdentityError::Invalid {
+                reason: "the Authorization header is not of the form 'Bearer <token>'".into(),
+            })?;
+        let key = self.key_for(token)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(invalid)?
+            .claims;
+        if claims.exp.saturating_add(self.leeway_secs) <= now.timestamp() {
+            return Err(IdentityError::Invalid {
+                reason: "the token has expired".into(),
+            });
+        }
+        Ok(Uid::parse(&claims.sub)?)
+    }
+}
+
+/// Mints HS256 tokens that [`JwtIdentity::hs256`] with the same secret
+/// accepts: for demos, tests and apps that issue their own tokens.
+#[derive(Clone)]
+pub struct JwtIssuer {
+    key: EncodingKey,
+    issuer: Option<String>,
+}
+
+impl fmt::Debug for JwtIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtIssuer")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct IssuedClaims<'a> {
+    sub: &'a str,
+    iat: i64,
+    exp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+}
+
+impl JwtIssuer {
+    /// An issuer signing with HS256 and `secret`.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret),
+            issuer: None,
+        }
+    }
+
+    /// Puts `issuer` in the `iss` claim.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// A token for `uid`, issued at `now`, valid for `ttl`.
+    pub fn issue(&self, uid: &Uid, now: DateTime<Utc>, ttl: Duration) -> String {
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        let claims = IssuedClaims {
+            sub: uid.as_str(),
+            iat: now.timestamp(),
+            exp: now.timestamp().saturating_add(ttl),
+            iss: self.issuer.as_deref(),
+        };
+        // HS256 over a serializable struct cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()
+    }
+}

@@ -1,0 +1,109 @@
+//! The tower [`Layer`] that puts a price on a route.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderValue, StatusCode};
+use tower_layer::Layer;
+
+use crate::cost::{CheckedCost, CostFn};
+use crate::ratelimit_headers;
+use crate::service::TicketService;
+use crate::tickets::Tickets;
+
+/// Charges tickets for every request to the routes it wraps.
+///
+/// Made by [`Tickets::layer`] (fixed cost) or [`Tickets::layer_fn`] (cost
+/// computed per request). Attach it with axum's `route_layer`, never
+/// `layer`, so that a request to an unknown path stays a 404 and costs
+/// nothing:
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use tower_tickets::{Cost, TicketKind, Tickets};
+///
+/// let tickets = Tickets::builder().kind(TicketKind::new("upload", 5)).build()?;
+/// let app: Router = Router::new()
+///     .route("/api/uploads", post(|| async { "stored" }))
+///     .route_layer(tickets.layer(Cost::of("upload", 1))?);
+/// # Ok::<(), tower_tickets::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct TicketLayer {
+    pub(crate) tickets: Tickets,
+    pub(crate) plan: Arc<Plan>,
+}
+
+/// How a layer prices requests and when it refunds.
+pub(crate) struct Plan {
+    pub(crate) pricing: Pricing,
+    pub(crate) refund_on: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pricing {
+    /// Checked once when the layer was built; the policy header is
+    /// precomputed.
+    Fixed {
+        cost: CheckedCost,
+        policy: HeaderValue,
+    },
+    /// Priced and checked per request.
+    Dynamic(Arc<dyn CostFn>),
+}
+
+impl fmt::Debug for TicketLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pricing = match &self.plan.pricing {
+            Pricing::Fixed { cost, .. } => format!("{:?}", cost.items()),
+            Pricing::Dynamic(_) => "computed per request".into(),
+        };
+        f.debug_struct("TicketLayer")
+            .field("cost", &pricing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TicketLayer {
+    pub(crate) fn fixed(tickets: Tickets, cost: CheckedCost) -> Self {
+        let policy = ratelimit_headers::policy(cost.items().iter().map(|i| &*i.kind));
+        Self::with(tickets, Pricing::Fixed { cost, policy })
+    }
+
+    pub(crate) fn dynamic(tickets: Tickets, price: Arc<dyn CostFn>) -> Self {
+        Self::with(tickets, Pricing::Dynamic(price))
+    }
+
+    fn with(tickets: Tickets, pricing: Pricing) -> Self {
+        Self {
+            tickets,
+            plan: Arc::new(Plan {
+                pricing,
+                refund_on: Arc::new(|status: StatusCode| status.is_server_error()),
+            }),
+        }
+    }
+
+    /// Which response statuses give the charge back (default: 5xx). A
+    /// handler error (the inner service's `Err`) always does.
+    pub fn refund_when(
+        self,
+        refund_on: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            tickets: self.tickets,
+            plan: Arc::new(Plan {
+                pricing: self.plan.pricing.clone(),
+                refund_on: Arc::new(refund_on),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for TicketLayer {
+    type Service = TicketService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TicketService::new(inner, self.tickets.clone(), self.plan.clone())
+    }
+}

@@ -1,0 +1,39 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod balances;
+mod charged;
+mod clock;
+mod config_error;
+mod cost;
+mod future;
+mod idempotency;
+pub mod identity;
+mod kind;
+mod layer;
+pub mod messages;
+mod ratelimit_headers;
+mod refill;
+mod rejection;
+mod service;
+pub mod store;
+mod tickets;
+mod uid;
+
+pub use self::balances::{BalanceView, Balances};
+pub use self::charged::Charged;
+pub use self::clock::{Clock, FakeClock, SystemClock};
+pub use self::config_error::ConfigError;
+pub use self::cost::{CheckedCost, Cost, CostFn, CostItem, CostRejection};
+pub use self::future::ResponseFuture;
+pub use self::idempotency::{
+    IDEMPOTENCY_KEY, IDEMPOTENCY_TTL, IdempotencyKey, InvalidIdempotencyKey,
+};
+pub use self::kind::{FailMode, TicketKind};
+pub use self::layer::TicketLayer;
+pub use self::ratelimit_headers::{RATELIMIT, RATELIMIT_POLICY};
+pub use self::refill::Refill;
+pub use self::rejection::{QUOTA_EXCEEDED_TYPE, QuotaExceeded, QuotaItem, Rejection};
+pub use self::service::TicketService;
+pub use self::tickets::{AdminError, Tickets, TicketsBuilder};
+pub use self::uid::{MAX_UID_LEN, Uid, UidError};

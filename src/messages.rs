@@ -1,0 +1,249 @@
+//! What refusals say, in the client's language.
+//!
+//! English and French ship built in ([`DefaultMessages`]); the language is
+//! picked from `Accept-Language`. An app replaces the catalogue by
+//! implementing [`Messages`].
+
+use chrono::{DateTime, Utc};
+use http::HeaderMap;
+use http::header::ACCEPT_LANGUAGE;
+
+/// A refusal to put into words.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Message<'a> {
+    /// A kind cannot pay the cost (429).
+    QuotaExceeded {
+        /// The kind's label ("upload", "AI").
+        label: &'a str,
+        /// Tickets the request needs.
+        cost: u32,
+        /// Tickets left.
+        remaining: u32,
+        /// The kind's capacity.
+        capacity: u32,
+        /// When the refill that makes the request affordable comes.
+        refill_at: DateTime<Utc>,
+        /// The instant of the decision.
+        now: DateTime<Utc>,
+    },
+    /// No usable identity (401).
+    Unauthenticated {
+        /// What is wrong, in English.
+        reason: &'a str,
+    },
+    /// The store cannot decide (503).
+    StoreUnavailable,
+    /// The request cannot be priced or carries a bad header (400).
+    BadRequest {
+        /// What is wrong, in English.
+        reason: &'a str,
+    },
+}
+
+/// A message put into words: a short `title` and a `detail` sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Short summary, e.g. "No upload tickets left".
+    pub title: String,
+    /// What happened and what to do, e.g. "You have used all 5 upload
+    /// tickets. They refill at 10:00 UTC, in 3 h 12 min."
+    pub detail: String,
+}
+
+/// A message catalogue.
+pub trait Messages: Send + Sync + 'static {
+    /// The languages the catalogue speaks, as lowercase primary tags
+    /// (`"en"`, `"fr"`); the first is the fallback.
+    fn languages(&self) -> &[&'static str];
+
+    /// Puts `message` into words in `language` (one of [`Self::languages`]).
+    fn render(&self, message: &Message<'_>, language: &str) -> Rendered;
+}
+
+/// English and French.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultMessages;
+
+impl Messages for DefaultMessages {
+    fn languages(&self) -> &[&'static str] {
+        &["en", "fr"]
+    }
+
+    fn render(&self, message: &Message<'_>, language: &str) -> Rendered {
+        let french = language == "fr";
+        match *message {
+            Message::QuotaExceeded {
+                label,
+                cost,
+                remaining,
+                capacity,
+                refill_at,
+                now,
+            } => quota_exceeded(french, label, cost, remaining, capacity, refill_at, now),
+            Message::Unauthenticated { reason } if french => Rendered {
+                title: "Identification requise".into(),
+                detail: format!("Connectez-vous pour continuer ({reason})."),
+            },
+            Message::Unauthenticated { reason } => Rendered {
+                title: "Sign-in required".into(),
+                detail: format!("Sign in to continue ({reason})."),
+            },
+            Message::StoreUnavailable if french => Rendered {
+                title: "Service momentanément indisponible".into(),
+                detail: "Vos tickets ne peuvent pas être vérifiés pour le moment. Réessayez dans quelques secondes.".into(),
+            },
+            Message::StoreUnavailable => Rendered {
+                title: "Temporarily unavailable".into(),
+                detail: "Your tickets cannot be checked right now. Try again in a few seconds."
+                    .into(),
+            },
+            Message::BadRequest { reason } if french => Rendered {
+                title: "Requête invalide".into(),
+                detail: format!("La requête ne peut pas être traitée ({reason})."),
+            },
+            Message::BadRequest { reason } => Rendered {
+                title: "Bad request".into(),
+                detail: format!("The request cannot be processed ({reason})."),
+            },
+        }
+    }
+}
+
+fn quota_exceeded(
+    french: bool,
+    label: &str,
+    cost: u32,
+    remaining: u32,
+    capacity: u32,
+    refill_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Rendered {
+    let when = refill_at.format("%H:%M UTC");
+    let day = refill_at.format("%Y-%m-%d");
+    let same_day = refill_at.date_naive() == now.date_naive();
+    let wait = human_duration((refill_at - now).num_seconds().max(0));
+    let plural = |n: u32| if n == 1 { "" } else { "s" };
+    if french {
+        let used = if remaining == 0 {
+            format!("Vous avez utilisé vos {capacity} tickets {label}.")
+        } else {
+            format!(
+                "Cette action demande {cost} ticket{} {label} et il vous en reste {remaining}.",
+                plural(cost)
+            )
+        };
+        let at = if same_day {
+            format!("à {when}")
+        } else {
+            format!("le {day} à {when}")
+        };
+        Rendered {
+            title: format!("Plus de tickets {label}"),
+            detail: format!("{used} Ils seront rechargés {at}, dans {wait}."),
+        }
+    } else {
+        let used = if remaining == 0 {
+            format!("You have used all {capacity} {label} tickets.")
+        } else {
+            format!(
+                "This needs {cost} {label} ticket{} and you have {remaining} left.",
+                plural(cost)
+            )
+        };
+        let at = if same_day {
+            format!("at {when}")
+        } else {
+            format!("on {day} at {when}")
+        };
+        Rendered {
+            title: format!("No {label} tickets left"),
+            detail: format!("{used} They refill {at}, in {wait}."),
+        }
+    }
+}
+
+/// "3 h 12 min", "45 min", "30 s".
+fn human_duration(secs: i64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s} s"),
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
+/// The best of `supported` for the request's `Accept-Language`, or the
+/// first of `supported` when nothing matches.
+pub fn negotiate<'a>(headers: &HeaderMap, supported: &[&'a str]) -> &'a str {
+    let fallback = supported.first().copied().unwrap_or("en");
+    let Some(header) = headers.get(ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()) else {
+        return fallback;
+    };
+    let mut best: Option<(&'a str, f32)> = None;
+    for range in header.split(',') {
+        let mut parts = range.split(';');
+        let tag = parts.next().unwrap_or("").trim();
+        let quality = parts
+            .find_map(|p| p.trim().strip_prefix("q="))
+            .and_then(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let primary = tag.split('-').next().unwrap_or("");
+        let Some(found) = supported.iter().find(|s| s.eq_ignore_ascii_case(primary)) else {
+            continue;
+        };
+        if quality > 0.0 && best.is_none_or(|(_, q)| quality > q) {
+            best = Some((found, quality));
+        }
+    }
+    best.map_or(fallback, |(lang, _)| lang)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with_accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT_LANGUAGE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn negotiates_by_quality() {
+        let supported = ["en", "fr"];
+        assert_eq!(negotiate(&HeaderMap::new(), &supported), "en");
+        assert_eq!(negotiate(&with_accept("fr-FR,fr;q=0.9"), &supported), "fr");
+        assert_eq!(
+            negotiate(&with_accept("de, fr;q=0.5, en;q=0.8"), &supported),
+            "en"
+        );
+        assert_eq!(negotiate(&with_accept("de"), &supported), "en");
+        assert_eq!(negotiate(&with_accept("fr;q=0"), &supported), "en");
+    }
+
+    #[test]
+    fn quota_message_names_count_time_and_wait() {
+        let now: DateTime<Utc> = "2026-01-01T06:48:00Z".parse().unwrap();
+        let refill_at = "2026-01-01T10:00:00Z".parse().unwrap();
+        let msg = Message::QuotaExceeded {
+            label: "upload",
+            cost: 1,
+            remaining: 0,
+            capacity: 5,
+            refill_at,
+            now,
+        };
+        let en = DefaultMessages.render(&msg, "en");
+        assert_eq!(en.title, "No upload tickets left");
+        assert_eq!(
+            en.detail,
+            "You have used all 5 upload tickets. They refill at 10:00 UTC, in 3 h 12 min."
+        );
+        let fr = DefaultMessages.render(&msg, "fr");
+        assert_eq!(fr.title, "Plus de tickets upload");
+        assert!(fr.detail.contains("dans 3 h 12 min"), "{}", fr.detail);
+    }
+}

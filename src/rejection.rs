@@ -1,0 +1,236 @@
+//! The HTTP face of a refusal: problem+json (RFC 9457) with the right status
+//! and headers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use http::header::{CONTENT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+use crate::identity::IdentityError;
+use crate::kind::TicketKind;
+use crate::messages::{Message, Messages, negotiate};
+use crate::ratelimit_headers::{self, RATELIMIT, RATELIMIT_POLICY, seconds_until};
+use crate::store::StoreError;
+
+/// The problem type of a 429.
+pub const QUOTA_EXCEEDED_TYPE: &str =
+    "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// `Retry-After` of a 503: the store may be back in a moment.
+const STORE_RETRY_AFTER_SECS: u64 = 1;
+
+/// Why the layer answered instead of the handler.
+///
+/// The response carries this value in its extensions, so a logging layer can
+/// read the underlying error.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// A kind cannot pay (429).
+    QuotaExceeded(QuotaExceeded),
+    /// No usable identity (401).
+    Unauthenticated(IdentityError),
+    /// The store cannot decide and a kind fails closed (503).
+    StoreUnavailable(Arc<StoreError>),
+    /// The request cannot be priced, or its `Idempotency-Key` is malformed
+    /// (400). Nothing is charged.
+    BadRequest(String),
+}
+
+/// The balances that refused a request.
+#[derive(Debug, Clone)]
+pub struct QuotaExceeded {
+    /// The instant of the decision.
+    pub now: DateTime<Utc>,
+    /// Every kind of the cost, in the cost's order.
+    pub items: Vec<QuotaItem>,
+}
+
+/// One kind of a refused cost.
+#[derive(Debug, Clone)]
+pub struct QuotaItem {
+    /// The kind.
+    pub kind: Arc<TicketKind>,
+    /// What the request needs.
+    pub cost: u32,
+    /// What is left.
+    pub remaining: u32,
+    /// When the next refill comes.
+    pub refill_at: DateTime<Utc>,
+}
+
+impl QuotaItem {
+    fn violated(&self) -> bool {
+        self.remaining < self.cost
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::QuotaExceeded(q) => {
+                let names: Vec<_> = q.violated().map(|i| i.kind.name()).collect();
+                write!(f, "quota exceeded for {}", names.join(", "))
+            }
+            Self::Unauthenticated(e) => write!(f, "unauthenticated: {e}"),
+            Self::StoreUnavailable(e) => write!(f, "ticket store unavailable: {e}"),
+            Self::BadRequest(reason) => write!(f, "bad request: {reason}"),
+        }
+    }
+}
+
+impl QuotaExceeded {
+    fn violated(&self) -> impl Iterator<Item = &QuotaItem> {
+        self.items.iter().filter(|i| i.violated())
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: String,
+    status: u16,
+    detail: String,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    quota: Option<QuotaMembers<'a>>,
+}
+
+#[derive(Serialize)]
+struct QuotaMembers<'a> {
+    kind: &'a str,
+    cost: u32,
+    remaining: u32,
+    capacity: u32,
+    refill_at: String,
+    #[serde(rename = "violated-policies")]
+    violated_policies: Vec<&'a str>,
+}
+
+impl Rejection {
+    /// The status this rejection answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The problem+json response, worded in the language `request_headers`
+    /// ask for.
+    pub fn to_response<B: From<Bytes>>(
+        &self,
+        messages: &dyn Messages,
+        request_headers: &HeaderMap,
+    ) -> Response<B> {
+        let language = negotiate(request_headers, messages.languages());
+        let status = self.status();
+        let mut headers = HeaderMap::new();
+        let (message, quota) = match self {
+            Self::QuotaExceeded(q) => {
+                // The first kind that cannot pay speaks for the refusal.
+                let first = q.violated().next().unwrap_or(&q.items[0]);
+                let retry_after = q
+                    .violated()
+                    .map(|i| seconds_until(i.refill_at, q.now))
+                    .max()
+                    .unwrap_or(0);
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                headers.insert(
+                    RATELIMIT_POLICY,
+                    ratelimit_headers::policy(q.items.iter().map(|i| &*i.kind)),
+                );
+                headers.insert(
+                    RATELIMIT,
+                    ratelimit_headers::remaining(
+                        q.items.iter().map(|i| (&*i.kind, i.remaining, i.refill_at)),
+                        q.now,
+                    ),
+                );
+                let message = Message::QuotaExceeded {
+                    label: first.kind.display_label(),
+                    cost: first.cost,
+                    remaining: first.remaining,
+                    capacity: first.kind.capacity(),
+                    refill_at: first.refill_at,
+                    now: q.now,
+                };
+                let members = QuotaMembers {
+                    kind: first.kind.name(),
+                    cost: first.cost,
+                    remaining: first.remaining,
+                    capacity: first.kind.capacity(),
+                    refill_at: first.refill_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    violated_policies: q.violated().map(|i| i.kind.name()).collect(),
+                };
+                (message, Some(members))
+            }
+            Self::Unauthenticated(e) => {
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+                let reason = match e {
+                    IdentityError::Missing { .. } => "no credentials were sent".to_string(),
+                    other => other.to_string(),
+                };
+                return self.problem(
+                    messages,
+                    language,
+                    status,
+                    headers,
+                    &Message::Unauthenticated { reason: &reason },
+                    None,
+                );
+            }
+            Self::StoreUnavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(STORE_RETRY_AFTER_SECS));
+                (Message::StoreUnavailable, None)
+            }
+            Self::BadRequest(reason) => (Message::BadRequest { reason }, None),
+        };
+        self.problem(messages, language, status, headers, &message, quota)
+    }
+
+    fn problem<B: From<Bytes>>(
+        &self,
+        messages: &dyn Messages,
+        language: &str,
+        status: StatusCode,
+        headers: HeaderMap,
+        message: &Message<'_>,
+        quota: Option<QuotaMembers<'_>>,
+    ) -> Response<B> {
+        let rendered = messages.render(message, language);
+        let problem = Problem {
+            kind: if quota.is_some() {
+                QUOTA_EXCEEDED_TYPE
+            } else {
+                "about:blank"
+            },
+            title: rendered.title,
+            status: status.as_u16(),
+            detail: rendered.detail,
+            quota,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = Response::new(B::from(Bytes::from(body)));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Ok(language) = HeaderValue::from_str(language) {
+            response.headers_mut().insert(CONTENT_LANGUAGE, language);
+        }
+        response.extensions_mut().insert(self.clone());
+        response
+    }
+}

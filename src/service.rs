@@ -1,0 +1,131 @@
+//! The tower [`Service`]: identify, price, then start the charge.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::config_error::ConfigError;
+use crate::cost::CheckedCost;
+use crate::future::ResponseFuture;
+use crate::idempotency::IdempotencyKey;
+use crate::layer::{Plan, Pricing};
+use crate::rejection::Rejection;
+use crate::store::ChargeRequest;
+use crate::tickets::Tickets;
+
+/// Wraps a service so that every request pays its cost first. Made by
+/// [`TicketLayer`](crate::TicketLayer).
+#[derive(Clone)]
+pub struct TicketService<S> {
+    inner: S,
+    tickets: Tickets,
+    plan: Arc<Plan>,
+}
+
+impl<S> TicketService<S> {
+    pub(crate) fn new(inner: S, tickets: Tickets, plan: Arc<Plan>) -> Self {
+        Self {
+            inner,
+            tickets,
+            plan,
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for TicketService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TicketService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let now = self.tickets.now();
+        let shared = &self.tickets.shared;
+        let (parts, body) = request.into_parts();
+        let reject = |rejection: Rejection| {
+            ResponseFuture::rejected(self.tickets.reject(&rejection, &parts.headers))
+        };
+
+        // 1. Identify: no store is touched for an unknown or hostile user.
+        let uid = match shared.identity.identify(&parts, now) {
+            Ok(uid) => uid,
+            Err(e) => return reject(Rejection::Unauthenticated(e)),
+        };
+        // 2. Price.
+        let cost = match &self.plan.pricing {
+            Pricing::Fixed { cost, .. } => cost.clone(),
+            Pricing::Dynamic(price) => {
+                let checked = price
+                    .price(&parts)
+                    .map_err(|e| e.detail().to_string())
+                    .and_then(|cost| {
+                        CheckedCost::check(&cost, &shared.kinds).map_err(|e| unpayable(&e))
+                    });
+                match checked {
+                    Ok(cost) => cost,
+                    Err(reason) => return reject(Rejection::BadRequest(reason)),
+                }
+            }
+        };
+        let idempotency_key = match IdempotencyKey::from_headers(&parts.headers) {
+            Ok(key) => key,
+            Err(e) => return reject(Rejection::BadRequest(e.to_string())),
+        };
+        // 3. Charge; the future calls the inner service once allowed.
+        let charge = shared.store.charge(ChargeRequest {
+            uid: uid.clone(),
+            cost: cost.clone(),
+            now,
+            idempotency_key,
+        });
+        // The service that was driven to readiness is the one to call: take
+        // it, and leave a fresh clone in its place for the next request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::charging(
+            charge,
+            Request::from_parts(parts, body),
+            inner,
+            self.tickets.clone(),
+            self.plan.clone(),
+            uid,
+            cost,
+            now,
+        )
+    }
+}
+
+/// Puts a computed cost that cannot be paid into words for the client.
+fn unpayable(error: &ConfigError) -> String {
+    match error {
+        ConfigError::CostAboveCapacity {
+            kind,
+            cost,
+            capacity,
+        } => format!(
+            "this request costs {cost} {kind} tickets, more than the {capacity} a refill gives"
+        ),
+        other => {
+            tracing::error!(error = %other, "a cost function returned an invalid cost");
+            "the request's cost cannot be computed".into()
+        }
+    }
+}

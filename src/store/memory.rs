@@ -1,0 +1,256 @@
+//! The embedded store: balances in this process's memory.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use parking_lot::Mutex;
+
+use super::{
+    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreFuture,
+    TicketStore,
+};
+use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey};
+use crate::kind::TicketKind;
+use crate::uid::Uid;
+
+/// Lock stripes: enough that 2 to 16 cores rarely contend on unrelated users.
+const SHARDS: usize = 64;
+
+/// An in-process store, for one-node apps, the demo and examples.
+///
+/// Each decision holds one lock stripe for a few hundred nanoseconds and
+/// never across an `.await`, so charges are atomic under any concurrency.
+/// State lives as long as the process; a restart forgets every balance.
+/// Clones share the same balances.
+#[derive(Clone)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<Uid, UserRecord>>]>,
+}
+
+#[derive(Default)]
+struct UserRecord {
+    balances: Vec<(Arc<str>, KindBalance)>,
+    /// Idempotency keys already charged, with the instant they expire.
+    charged_keys: HashMap<IdempotencyKey, DateTime<Utc>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                hasher: RandomState::new(),
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            }),
+        }
+    }
+
+    /// Runs `f` on `uid`'s record (created empty if absent) under its lock.
+    fn with_user<T>(&self, uid: &Uid, f: impl FnOnce(&mut UserRecord) -> T) -> T {
+        let shard = self.shared.hasher.hash_one(uid) as usize % SHARDS;
+        let mut users = self.shared.shards[shard].lock();
+        f(users.entry(uid.clone()).or_default())
+    }
+
+    /// Reads `uid`'s record if present, without creating it.
+    fn peek_user<T>(&self, uid: &Uid, f: impl FnOnce(Option<&UserRecord>) -> T) -> T {
+        let shard = self.shared.hasher.hash_one(uid) as usize % SHARDS;
+        f(self.shared.shards[shard].lock().get(uid))
+    }
+}
+
+impl UserRecord {
+    /// The kind's balance with a due refill applied, created on first use.
+    fn refreshed(&mut self, kind: &TicketKind, now: DateTime<Utc>) -> &mut KindBalance {
+        let index = match self.balances.iter().position(|(n, _)| **n == *kind.name()) {
+            Some(index) => index,
+            None => {
+                let fresh = KindBalance {
+                    remaining: kind.initial_balance(),
+                    last_refill: now,
+                };
+                self.balances.push((kind.shared_name().clone(), fresh));
+                self.balances.len() - 1
+            }
+        };
+        let balance = &mut self.balances[index].1;
+        *balance = refreshed(*balance, kind, now);
+        balance
+    }
+
+    /// Whether `key` was charged and has not expired; forgets expired keys.
+    fn already_charged(&mut self, key: &IdempotencyKey, now: DateTime<Utc>) -> bool {
+        self.charged_keys.retain(|_, expires| *expires > now);
+        self.charged_keys.contains_key(key)
+    }
+}
+
+/// `balance` with a due refill applied: topped up to capacity, never lowered.
+fn refreshed(balance: KindBalance, kind: &TicketKind, now: DateTime<Utc>) -> KindBalance {
+    if kind.refill_schedule().is_due(balance.last_refill, now) {
+        KindBalance {
+            remaining: balance.remaining.max(kind.capacity()),
+            last_refill: now,
+        }
+    } else {
+        balance
+    }
+}
+
+fn ready<T: Send + 'static>(value: T) -> StoreFuture<T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl TicketStore for MemoryStore {
+    fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
+        let ChargeRequest {
+            uid,
+            cost,
+            now,
+            idempotency_key,
+        } = request;
+        let outcome = self.with_user(&uid, |user| {
+            let mut balances: Vec<KindBalance> = cost
+                .items()
+                .iter()
+                .map(|item| *user.refreshed(&item.kind, now))
+                .collect();
+            if let Some(key) = &idempotency_key
+                && user.already_charged(key, now)
+            {
+                return ChargeOutcome::Replayed { balances };
+            }
+            let affordable = cost
+                .items()
+                .iter()
+                .zip(&balances)
+                .all(|(item, balance)| balance.remaining >= item.amount);
+            if !affordable {
+                return ChargeOutcome::Refused { balances };
+            }
+            for (item, balance) in cost.items().iter().zip(&mut balances) {
+                let stored = user.refreshed(&item.kind, now);
+                stored.remaining -= item.amount;
+                *balance = *stored;
+            }
+            if let Some(key) = &idempotency_key {
+                let ttl = TimeDelta::from_std(IDEMPOTENCY_TTL).unwrap_or(TimeDelta::MAX);
+                user.charged_keys.insert(key.clone(), now + ttl);
+            }
+            let last_refills = balances.iter().map(|b| b.last_refill).collect();
+            ChargeOutcome::Allowed {
+                balances,
+                receipt: Receipt {
+                    uid: uid.clone(),
+                    cost: cost.clone(),
+                    last_refills,
+                    idempotency_key,
+                },
+            }
+        });
+        ready(outcome)
+    }
+
+    fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
+        let outcome = self.with_user(&receipt.uid, |user| {
+            if let Some(key) = &receipt.idempotency_key {
+                user.charged_keys.remove(key);
+            }
+            let mut refunded = Vec::with_capacity(receipt.last_refills.len());
+            let mut balances = Vec::with_capacity(receipt.last_refills.len());
+            for (item, charged_at_refill) in receipt.cost.items().iter().zip(&receipt.last_refills)
+            {
+                let balance = user.refreshed(&item.kind, now);
+                let same_period = balance.last_refill == *charged_at_refill;
+                if same_period {
+                    balance.remaining = balance.remaining.saturating_add(item.amount);
+                }
+                refunded.push(same_period);
+                balances.push(*balance);
+            }
+            RefundOutcome { refunded, balances }
+        });
+        ready(outcome)
+    }
+
+    fn balances(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        let balances = self.peek_user(uid, |user| {
+            kinds
+                .iter()
+                .map(|kind| {
+                    let stored = user.and_then(|u| {
+                        u.balances
+                            .iter()
+                            .find(|(n, _)| **n == *kind.name())
+                            .map(|(_, b)| *b)
+                    });
+                    match stored {
+                        Some(balance) => refreshed(balance, kind, now),
+                        None => KindBalance {
+                            remaining: kind.initial_balance(),
+                            last_refill: now,
+                        },
+                    }
+                })
+                .collect()
+        });
+        ready(balances)
+    }
+
+    fn adjust(
+        &self,
+        uid: &Uid,
+        kind: &Arc<TicketKind>,
+        adjustment: Adjustment,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<KindBalance> {
+        let balance = self.with_user(uid, |user| {
+            let balance = user.refreshed(kind, now);
+            balance.remaining = match adjustment {
+                Adjustment::Grant(amount) => balance.remaining.saturating_add(amount),
+                Adjustment::Set(value) => value,
+            };
+            *balance
+        });
+        ready(balance)
+    }
+
+    fn ensure_user(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        let balances = self.with_user(uid, |user| {
+            kinds
+                .iter()
+                .map(|kind| *user.refreshed(kind, now))
+                .collect()
+        });
+        ready(balances)
+    }
+}

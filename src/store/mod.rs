@@ -1,0 +1,189 @@
+//! Where balances live, and the one contract every backend obeys.
+//!
+//! A [`TicketStore`] applies the ticket rules atomically: a due refill, then
+//! an all-or-nothing charge, in one step that no concurrent request can
+//! interleave with. Every backend passes the same contract test suite
+//! (`tests/contract/`).
+//!
+//! Stores never read the clock: the instant of each decision is passed in,
+//! so all backends agree on one time source and tests control it.
+
+mod error;
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+pub use self::error::{StoreError, StoreErrorKind};
+pub use self::memory::MemoryStore;
+use crate::cost::CheckedCost;
+use crate::idempotency::IdempotencyKey;
+use crate::kind::TicketKind;
+use crate::uid::Uid;
+
+/// The future a store operation returns. It owns what it needs (`'static`),
+/// so the layer's response future can hold it.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// One kind's balance for one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindBalance {
+    /// Tickets left.
+    pub remaining: u32,
+    /// When the balance was last refilled (or created).
+    pub last_refill: DateTime<Utc>,
+}
+
+/// A charge to decide.
+#[derive(Debug, Clone)]
+pub struct ChargeRequest {
+    /// Whose tickets.
+    pub uid: Uid,
+    /// What to charge, all-or-nothing.
+    pub cost: CheckedCost,
+    /// The instant of the decision.
+    pub now: DateTime<Utc>,
+    /// A retry-safe key: a second charge with the same key (same user,
+    /// within [`IDEMPOTENCY_TTL`](crate::idempotency::IDEMPOTENCY_TTL)) is
+    /// [`Replayed`](ChargeOutcome::Replayed), not charged.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// The store's decision on a [`ChargeRequest`]. Balances are given for the
+/// cost's kinds, in the cost's order, after any refill that was due.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ChargeOutcome {
+    /// Every kind could pay; all were charged.
+    Allowed {
+        /// Balances after the charge.
+        balances: Vec<KindBalance>,
+        /// What to hand back to [`TicketStore::refund`] if the request fails.
+        receipt: Receipt,
+    },
+    /// At least one kind could not pay; nothing was charged.
+    Refused {
+        /// Balances as they stand.
+        balances: Vec<KindBalance>,
+    },
+    /// The idempotency key was already charged; nothing was charged again.
+    Replayed {
+        /// Balances as they stand.
+        balances: Vec<KindBalance>,
+    },
+}
+
+/// Proof of an allowed charge, needed to refund it.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// Whose tickets.
+    pub uid: Uid,
+    /// What was charged.
+    pub cost: CheckedCost,
+    /// Each kind's last refill as it stood after the charge, in the cost's
+    /// order; a refund is void for a kind whose refill moved since.
+    pub last_refills: Vec<DateTime<Utc>>,
+    /// The charge's idempotency key, forgotten on refund so that a retry of
+    /// the failed request is charged again.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// What a refund did, per kind of the receipt's cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOutcome {
+    /// `true` where the tickets were given back, `false` where a refill
+    /// happened (or was due) since the charge and the refund was void.
+    pub refunded: Vec<bool>,
+    /// Balances after the refund.
+    pub balances: Vec<KindBalance>,
+}
+
+/// An administrative change to one kind's balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Adjustment {
+    /// Adds tickets (may go above capacity; a refill never takes them away).
+    Grant(u32),
+    /// Sets the balance.
+    Set(u32),
+}
+
+/// A backend that keeps balances and decides charges atomically.
+///
+/// Users unknown to the store start with each kind's initial balance, last
+/// refilled at the instant they are first seen.
+pub trait TicketStore: Send + Sync + 'static {
+    /// Applies due refills, then charges the cost if every kind can pay.
+    fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome>;
+
+    /// Gives back an allowed charge, except for kinds refilled since.
+    fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome>;
+
+    /// Reads balances without spending or writing; a due refill shows as
+    /// applied.
+    fn balances(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>>;
+
+    /// Grants or sets one kind's balance, after applying a due refill.
+    fn adjust(
+        &self,
+        uid: &Uid,
+        kind: &Arc<TicketKind>,
+        adjustment: Adjustment,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<KindBalance>;
+
+    /// Records a new user with the initial balances if the store does not
+    /// know them yet; returns the balances either way.
+    fn ensure_user(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>>;
+}
+
+impl<S: TicketStore + ?Sized> TicketStore for Arc<S> {
+    fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
+        (**self).charge(request)
+    }
+
+    fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
+        (**self).refund(receipt, now)
+    }
+
+    fn balances(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        (**self).balances(uid, kinds, now)
+    }
+
+    fn adjust(
+        &self,
+        uid: &Uid,
+        kind: &Arc<TicketKind>,
+        adjustment: Adjustment,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<KindBalance> {
+        (**self).adjust(uid, kind, adjustment, now)
+    }
+
+    fn ensure_user(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        (**self).ensure_user(uid, kinds, now)
+    }
+}
