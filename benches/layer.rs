@@ -1,1 +1,188 @@
-fn main() {}
+//! Cost of the ticket layer per request, measured without any network.
+//!
+//! Run with `cargo bench --bench layer` (about a minute). Every benchmark
+//! sends a request through a trivial `tower::service_fn` service, either bare
+//! or wrapped in the ticket layer on the embedded memory store; the requests
+//! are built outside the timed section. docs/benchmarks.md records results.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_tickets::identity::{ExtensionIdentity, IdentityExtractor, JwtIdentity, JwtIssuer};
+use tower_tickets::{Cost, TicketKind, Tickets, Uid};
+
+const JWT_SECRET: &[u8] = b"benchmark secret, at least 32 bytes long";
+/// Users of the many-users benchmark, charged in turn.
+const MANY_USERS: usize = 10_000;
+
+/// The handler: answers at once, so what is measured is the layer.
+fn handler() -> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible> + Clone {
+    service_fn(|_request: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Bytes::from_static(b"stored")))
+    })
+}
+
+/// A registry with the upload kind of the reference app.
+fn tickets(identity: impl IdentityExtractor) -> Tickets {
+    Tickets::builder()
+        .kind(TicketKind::new("upload", 5))
+        .identity(identity)
+        .build()
+        .expect("the benchmark's registry is valid")
+}
+
+fn uid(name: &str) -> Uid {
+    Uid::parse(name).expect("the benchmark's uids are valid")
+}
+
+/// A request whose user an auth layer already identified.
+fn identified(uid: &Uid) -> Request<()> {
+    let mut request = Request::new(());
+    request.extensions_mut().insert(uid.clone());
+    request
+}
+
+/// A request carrying a bearer token.
+fn bearer(token: &HeaderValue) -> Request<()> {
+    let mut request = Request::new(());
+    request.headers_mut().insert(AUTHORIZATION, token.clone());
+    request
+}
+
+/// Sets `uid`'s upload balance, so that the path measured stays the same for
+/// the whole run (`u32::MAX`: always allowed; 0: always refused).
+fn set_balance(rt: &Runtime, tickets: &Tickets, uid: &Uid, balance: u32) {
+    rt.block_on(tickets.set(uid, "upload", balance))
+        .expect("the memory store sets balances");
+}
+
+/// Sends each request produced by `make_request` through `service`.
+fn bench_service<S>(
+    c: &mut Criterion,
+    rt: &Runtime,
+    name: &str,
+    service: S,
+    mut make_request: impl FnMut() -> Request<()>,
+) where
+    S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible> + Clone,
+{
+    c.bench_function(name, |b| {
+        b.to_async(rt).iter_batched(
+            &mut make_request,
+            |request| service.clone().oneshot(request),
+            BatchSize::SmallInput,
+        );
+    });
+}
+
+fn allowed(c: &mut Criterion) {
+    let rt = Runtime::new().expect("a tokio runtime");
+    let user = uid("bench-user");
+    bench_service(c, &rt, "allowed/bare", handler(), || identified(&user));
+
+    let one = tickets(ExtensionIdentity);
+    set_balance(&rt, &one, &user, u32::MAX);
+    let layer = one.layer(Cost::of("upload", 1)).expect("a valid cost");
+    bench_service(
+        c,
+        &rt,
+        "allowed/memory, one user",
+        layer.layer(handler()),
+        || identified(&user),
+    );
+
+    let many = tickets(ExtensionIdentity);
+    let users: Vec<Uid> = (0..MANY_USERS).map(|i| uid(&format!("user-{i}"))).collect();
+    for user in &users {
+        set_balance(&rt, &many, user, u32::MAX);
+    }
+    let layer = many.layer(Cost::of("upload", 1)).expect("a valid cost");
+    let mut turn = users.iter().cycle();
+    bench_service(
+        c,
+        &rt,
+        "allowed/memory, 10k users in turn",
+        layer.layer(handler()),
+        || identified(turn.next().expect("a cycle never ends")),
+    );
+}
+
+fn refused(c: &mut Criterion) {
+    let rt = Runtime::new().expect("a tokio runtime");
+    let user = uid("bench-user");
+    let tickets = tickets(ExtensionIdentity);
+    set_balance(&rt, &tickets, &user, 0);
+    let layer = tickets.layer(Cost::of("upload", 1)).expect("a valid cost");
+    bench_service(
+        c,
+        &rt,
+        "refused/memory, balance 0 (429 problem+json)",
+        layer.layer(handler()),
+        || identified(&user),
+    );
+}
+
+fn identity(c: &mut Criterion) {
+    let rt = Runtime::new().expect("a tokio runtime");
+    let user = uid("bench-user");
+    let token = JwtIssuer::hs256(JWT_SECRET).issue(&user, Utc::now(), Duration::from_secs(3600));
+    let token = HeaderValue::from_str(&format!("Bearer {token}")).expect("a JWT is ASCII");
+
+    // The extractors alone.
+    let (with_uid, ()) = identified(&user).into_parts();
+    let (with_token, ()) = bearer(&token).into_parts();
+    let now = Utc::now();
+    c.bench_function("identity/extractor, extension", |b| {
+        b.iter(|| ExtensionIdentity.identify(black_box(&with_uid), now));
+    });
+    let jwt = JwtIdentity::hs256(JWT_SECRET);
+    c.bench_function("identity/extractor, jwt hs256", |b| {
+        b.iter(|| jwt.identify(black_box(&with_token), now));
+    });
+
+    // The whole layer, allowed path, with each extractor.
+    let by_extension = tickets(ExtensionIdentity);
+    set_balance(&rt, &by_extension, &user, u32::MAX);
+    let layer = by_extension
+        .layer(Cost::of("upload", 1))
+        .expect("a valid cost");
+    bench_service(
+        c,
+        &rt,
+        "identity/layer, extension",
+        layer.layer(handler()),
+        || identified(&user),
+    );
+    let by_token = tickets(JwtIdentity::hs256(JWT_SECRET));
+    set_balance(&rt, &by_token, &user, u32::MAX);
+    let layer = by_token.layer(Cost::of("upload", 1)).expect("a valid cost");
+    bench_service(
+        c,
+        &rt,
+        "identity/layer, jwt hs256",
+        layer.layer(handler()),
+        || bearer(&token),
+    );
+}
+
+/// Short runs: the whole file takes about a minute on two shared cores.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = allowed, refused, identity
+}
+criterion_main!(benches);
