@@ -17,7 +17,7 @@ use crate::charged::Charged;
 use crate::cost::CheckedCost;
 use crate::kind::FailMode;
 use crate::layer::{Plan, Pricing};
-use crate::ratelimit_headers::{self, RATELIMIT, RATELIMIT_POLICY};
+use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME};
 use crate::rejection::{QuotaExceeded, QuotaItem, Rejection};
 use crate::store::{ChargeOutcome, KindBalance, Receipt, RefundOutcome, StoreFuture};
 use crate::tickets::Tickets;
@@ -289,8 +289,8 @@ impl Settle {
                     ratelimit_headers::policy(self.cost.items().iter().map(|i| &*i.kind))
                 }
             };
-            headers.insert(RATELIMIT_POLICY, policy);
-            headers.insert(RATELIMIT, ratelimit.clone());
+            headers.insert(RATELIMIT_POLICY_NAME, policy);
+            headers.insert(RATELIMIT_NAME, ratelimit.clone());
         }
         response
     }

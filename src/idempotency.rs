@@ -4,10 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// The request header naming a retry-safe request.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// [`IDEMPOTENCY_KEY`] as a header name, checked at compile time: looking up
+/// the `&str` would parse it again on every request.
+const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
 
 /// How long a store remembers a user's idempotency key.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -48,7 +52,7 @@ impl IdempotencyKey {
 
     /// Reads the optional header from a request.
     pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, InvalidIdempotencyKey> {
-        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        let mut values = headers.get_all(IDEMPOTENCY_KEY_NAME).iter();
         let Some(value) = values.next() else {
             return Ok(None);
         };

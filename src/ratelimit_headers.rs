@@ -8,7 +8,7 @@
 use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::kind::TicketKind;
 
@@ -16,6 +16,12 @@ use crate::kind::TicketKind;
 pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
 /// `RateLimit`.
 pub const RATELIMIT: &str = "ratelimit";
+
+/// [`RATELIMIT_POLICY`] as a header name, checked at compile time: inserting
+/// the `&str` would parse it again on every response.
+pub(crate) const RATELIMIT_POLICY_NAME: HeaderName = HeaderName::from_static(RATELIMIT_POLICY);
+/// [`RATELIMIT`] as a header name, checked at compile time.
+pub(crate) const RATELIMIT_NAME: HeaderName = HeaderName::from_static(RATELIMIT);
 
 /// Whole seconds from `now` until `at`, rounded up, never negative.
 pub(crate) fn seconds_until(at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {

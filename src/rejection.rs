@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::identity::IdentityError;
 use crate::kind::TicketKind;
 use crate::messages::{Message, Messages, negotiate};
-use crate::ratelimit_headers::{self, RATELIMIT, RATELIMIT_POLICY, seconds_until};
+use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME, seconds_until};
 use crate::store::StoreError;
 
 /// The problem type of a 429.
@@ -143,11 +143,11 @@ impl Rejection {
                     .unwrap_or(0);
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
                 headers.insert(
-                    RATELIMIT_POLICY,
+                    RATELIMIT_POLICY_NAME,
                     ratelimit_headers::policy(q.items.iter().map(|i| &*i.kind)),
                 );
                 headers.insert(
-                    RATELIMIT,
+                    RATELIMIT_NAME,
                     ratelimit_headers::remaining(
                         q.items.iter().map(|i| (&*i.kind, i.remaining, i.refill_at)),
                         q.now,
