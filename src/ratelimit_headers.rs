@@ -23,6 +23,10 @@ pub(crate) const RATELIMIT_POLICY_NAME: HeaderName = HeaderName::from_static(RAT
 /// [`RATELIMIT`] as a header name, checked at compile time.
 pub(crate) const RATELIMIT_NAME: HeaderName = HeaderName::from_static(RATELIMIT);
 
+/// Room for one list item, e.g. `"upload";r=4294967295;t=86400`: reserving
+/// it up front spares the string's regrowth on every response.
+const ITEM_LEN: usize = 64;
+
 /// Whole seconds from `now` until `at`, rounded up, never negative.
 pub(crate) fn seconds_until(at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
     let millis = (at - now).num_milliseconds().max(0) as u64;
@@ -31,7 +35,7 @@ pub(crate) fn seconds_until(at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
 
 /// The `RateLimit-Policy` value for `kinds`.
 pub(crate) fn policy<'a>(kinds: impl IntoIterator<Item = &'a TicketKind>) -> HeaderValue {
-    let mut value = String::new();
+    let mut value = String::with_capacity(ITEM_LEN);
     for kind in kinds {
         if !value.is_empty() {
             value.push_str(", ");
@@ -53,7 +57,7 @@ pub(crate) fn remaining<'a>(
     items: impl IntoIterator<Item = (&'a TicketKind, u32, DateTime<Utc>)>,
     now: DateTime<Utc>,
 ) -> HeaderValue {
-    let mut value = String::new();
+    let mut value = String::with_capacity(ITEM_LEN);
     for (kind, remaining, refill_at) in items {
         if !value.is_empty() {
             value.push_str(", ");
