@@ -9,13 +9,16 @@
 //! allowed path (any other status than 201 aborts the run).
 //!
 //! The load comes from hyper client tasks on a second tokio runtime in the
-//! same process: keep-alive connections, one request in flight on each.
-//! Rounds alternate between the routers; each prints requests/s, p50/p99
-//! latency, the server threads' CPU time per request, and the layered/bare
-//! ratio. The load generator shares the machine's cores with the server, so
-//! requests/s measure the pair; the CPU time per request isolates the server.
+//! same process: 32 keep-alive connections per router, opened once, one
+//! request in flight on each. The routers take turns in slices of 250 ms; a
+//! round gathers 8 slices of each, and prints requests/s, p50/p99 latency,
+//! the server threads' CPU time per request and two layered/bare ratios:
+//! requests/s, and requests per CPU-second of the whole process. The load
+//! generator shares the machine's cores with the server, so requests/s
+//! measure the pair, and other work on a shared machine sways them; CPU time
+//! per request does not depend on how much CPU the process was given.
 //!
-//! Without `--bench` (`cargo test --benches`), one short round of each checks
+//! Without `--bench` (`cargo test --benches`), one short slice of each checks
 //! that the set-up works. docs/benchmarks.md records results.
 
 use std::fs;
@@ -29,6 +32,7 @@ use chrono::Utc;
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::{Builder, Runtime};
@@ -52,28 +56,34 @@ const GOAL: f64 = 0.85;
 
 /// How long the run lasts.
 struct Schedule {
+    /// Load on each router before anything is measured.
     warm_up: Duration,
     rounds: usize,
-    round: Duration,
+    /// Slices per router in a round; the routers take turns slice by slice.
+    slices: usize,
+    slice: Duration,
     /// Whether the figures mean anything (an optimized build, warmed up).
     measures: bool,
 }
 
 impl Schedule {
-    /// `cargo bench`: a warm-up of each router, then 8 interleaved rounds
-    /// of 2 s each. Short rounds keep each bare/layered pair close in time,
-    /// so that the other work on a shared machine weighs on both alike.
+    /// `cargo bench`: a warm-up of each router, then 8 rounds; in each, the
+    /// routers take turns for 8 slices of 250 ms each (2 s per router per
+    /// round). Short turns keep the two routers' samples close in time, so
+    /// that the other work on a shared machine weighs on both alike.
     const BENCH: Self = Self {
         warm_up: Duration::from_secs(1),
         rounds: 8,
-        round: Duration::from_secs(2),
+        slices: 8,
+        slice: Duration::from_millis(250),
         measures: true,
     };
     /// `cargo test --benches`: checks the set-up, measures nothing.
     const SMOKE: Self = Self {
         warm_up: Duration::ZERO,
         rounds: 1,
-        round: Duration::from_millis(200),
+        slices: 1,
+        slice: Duration::from_millis(100),
         measures: false,
     };
 }
@@ -154,19 +164,98 @@ async fn start_servers() -> Result<(SocketAddr, SocketAddr, HeaderValue), Error>
     Ok((bare, layered, token))
 }
 
-/// One keep-alive connection sending uploads until `deadline`; returns each
-/// request's latency.
-async fn connection(
+/// Keep-alive connections to one router, opened once and reused by every
+/// slice of the run.
+struct Connections {
     address: SocketAddr,
+    host: HeaderValue,
+    token: HeaderValue,
+    senders: Vec<SendRequest<Full<Bytes>>>,
+}
+
+/// What one router did in one or more slices.
+struct Tally {
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    server_cpu: Option<Duration>,
+    total_cpu: Option<Duration>,
+}
+
+impl Connections {
+    /// Opens [`CONNECTIONS`] connections to `address`; their drivers run
+    /// on the current runtime.
+    async fn open(address: SocketAddr, token: &HeaderValue) -> Result<Self, Error> {
+        let mut senders = Vec::with_capacity(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            let stream = TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    eprintln!("connection to {address} failed: {e}");
+                }
+            });
+            senders.push(sender);
+        }
+        Ok(Self {
+            address,
+            host: HeaderValue::from_str(&address.to_string())?,
+            token: token.clone(),
+            senders,
+        })
+    }
+
+    /// Sends uploads on every connection, one in flight on each, until
+    /// `duration` has passed.
+    fn drive(&mut self, client: &Runtime, duration: Duration) -> Result<Tally, Error> {
+        let server_before = cpu_time(SERVER_THREADS);
+        let total_before = cpu_time(ALL_THREADS);
+        let started = Instant::now();
+        let deadline = started + duration;
+        let senders = std::mem::take(&mut self.senders);
+        let (senders, latencies) = client.block_on(async {
+            let tasks: Vec<_> = senders
+                .into_iter()
+                .map(|sender| {
+                    let (host, token) = (self.host.clone(), self.token.clone());
+                    tokio::spawn(upload_until(sender, host, token, deadline))
+                })
+                .collect();
+            let mut senders = Vec::with_capacity(tasks.len());
+            let mut latencies = Vec::new();
+            for task in tasks {
+                let (sender, sent) = task.await??;
+                senders.push(sender);
+                latencies.extend(sent);
+            }
+            Ok::<_, Error>((senders, latencies))
+        })?;
+        self.senders = senders;
+        let spent = |threads, before: Option<Duration>| {
+            cpu_time(threads)
+                .zip(before)
+                .map(|(after, before)| after.saturating_sub(before))
+        };
+        Ok(Tally {
+            requests: latencies.len(),
+            elapsed: started.elapsed(),
+            latencies,
+            server_cpu: spent(SERVER_THREADS, server_before),
+            total_cpu: spent(ALL_THREADS, total_before),
+        })
+    }
+}
+
+/// Sends uploads on one connection until `deadline`; gives the connection
+/// back with each request's latency.
+async fn upload_until(
+    mut sender: SendRequest<Full<Bytes>>,
+    host: HeaderValue,
     token: HeaderValue,
     deadline: Instant,
-) -> Result<Vec<Duration>, Error> {
-    let stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let driver = tokio::spawn(connection);
-    let host = HeaderValue::from_str(&address.to_string())?;
+) -> Result<(SendRequest<Full<Bytes>>, Vec<Duration>), Error> {
     let mut latencies = Vec::new();
     while Instant::now() < deadline {
         let request = Request::post("/api/uploads")
@@ -180,52 +269,45 @@ async fn connection(
         response.into_body().collect().await?;
         latencies.push(start.elapsed());
         if status != StatusCode::CREATED {
-            return Err(format!("{address} answered {status}; every request must be 201").into());
+            return Err(format!("{host:?} answered {status}; every request must be 201").into());
         }
     }
-    drop(sender);
-    driver.await??;
-    Ok(latencies)
+    Ok((sender, latencies))
 }
 
-/// Drives `address` with [`CONNECTIONS`] connections for `duration`.
-fn load(
-    client: &Runtime,
-    address: SocketAddr,
-    token: &HeaderValue,
-    duration: Duration,
-) -> Result<Round, Error> {
-    let server_before = cpu_time(SERVER_THREADS);
-    let total_before = cpu_time(ALL_THREADS);
-    let started = Instant::now();
-    let mut latencies = client.block_on(async {
-        let deadline = started + duration;
-        let connections: Vec<_> = (0..CONNECTIONS)
-            .map(|_| tokio::spawn(connection(address, token.clone(), deadline)))
-            .collect();
-        let mut latencies = Vec::new();
-        for connection in connections {
-            latencies.extend(connection.await??);
+impl Tally {
+    fn empty() -> Self {
+        Self {
+            requests: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+            server_cpu: Some(Duration::ZERO),
+            total_cpu: Some(Duration::ZERO),
         }
-        Ok::<_, Error>(latencies)
-    })?;
-    let elapsed = started.elapsed();
-    let server_cpu = cpu_time(SERVER_THREADS).zip(server_before);
-    let total_cpu = cpu_time(ALL_THREADS).zip(total_before);
-    latencies.sort_unstable();
-    let requests = latencies.len();
-    if requests == 0 {
-        return Err(format!("no request to {address} completed").into());
     }
-    Ok(Round {
-        requests_per_sec: requests as f64 / elapsed.as_secs_f64(),
-        p50: latencies[requests / 2],
-        p99: latencies[(requests * 99 / 100).min(requests - 1)],
-        server_cpu: server_cpu
-            .map(|(after, before)| per_request(after.saturating_sub(before), requests)),
-        total_cpu: total_cpu
-            .map(|(after, before)| per_request(after.saturating_sub(before), requests)),
-    })
+
+    fn add(&mut self, slice: Tally) {
+        self.requests += slice.requests;
+        self.elapsed += slice.elapsed;
+        self.latencies.extend(slice.latencies);
+        self.server_cpu = self.server_cpu.zip(slice.server_cpu).map(|(a, b)| a + b);
+        self.total_cpu = self.total_cpu.zip(slice.total_cpu).map(|(a, b)| a + b);
+    }
+
+    fn round(mut self, address: SocketAddr) -> Result<Round, Error> {
+        let requests = self.requests;
+        if requests == 0 {
+            return Err(format!("no request to {address} completed").into());
+        }
+        self.latencies.sort_unstable();
+        Ok(Round {
+            requests_per_sec: requests as f64 / self.elapsed.as_secs_f64(),
+            p50: self.latencies[requests / 2],
+            p99: self.latencies[(requests * 99 / 100).min(requests - 1)],
+            server_cpu: self.server_cpu.map(|cpu| per_request(cpu, requests)),
+            total_cpu: self.total_cpu.map(|cpu| per_request(cpu, requests)),
+        })
+    }
 }
 
 fn per_request(cpu: Duration, requests: usize) -> Duration {
@@ -380,19 +462,26 @@ fn main() -> Result<(), Error> {
     };
     let server = runtime(SERVER_THREADS)?;
     let client = runtime(CLIENT_THREADS)?;
-    let (bare, layered, token) = server.block_on(start_servers())?;
+    let (bare_address, layered_address, token) = server.block_on(start_servers())?;
+    let (mut bare, mut layered) = client.block_on(async {
+        let bare = Connections::open(bare_address, &token).await?;
+        let layered = Connections::open(layered_address, &token).await?;
+        Ok::<_, Error>((bare, layered))
+    })?;
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "HTTP load: POST /api/uploads ({} B body), {CONNECTIONS} keep-alive connections, \
-         one request in flight on each; {} interleaved rounds of {:?} per router.",
+        "HTTP load: POST /api/uploads ({} B body) on {CONNECTIONS} keep-alive connections \
+         per router, one request in flight on each. {} rounds; in each, the routers take \
+         turns for {} slices of {:?} each.",
         UPLOAD.len(),
         schedule.rounds,
-        schedule.round,
+        schedule.slices,
+        schedule.slice,
     );
     println!(
-        "Server: axum on a tokio runtime with 2 worker threads; bare router on {bare}, \
-         ticket layer (memory store, JWT HS256) on {layered}."
+        "Server: axum on a tokio runtime with 2 worker threads; bare router on \
+         {bare_address}, ticket layer (memory store, JWT HS256) on {layered_address}."
     );
     println!(
         "Load generator: hyper client tasks on a separate tokio runtime (2 worker threads) \
@@ -407,21 +496,26 @@ fn main() -> Result<(), Error> {
     println!();
 
     if !schedule.warm_up.is_zero() {
-        for address in [bare, layered] {
-            load(&client, address, &token, schedule.warm_up)?;
-        }
+        bare.drive(&client, schedule.warm_up)?;
+        layered.drive(&client, schedule.warm_up)?;
     }
-    let run = |address| load(&client, address, &token, schedule.round);
     let mut rounds = Vec::with_capacity(schedule.rounds);
-    for round in 0..schedule.rounds {
-        // Alternate which router goes first, so a drift favours neither.
-        rounds.push(if round.is_multiple_of(2) {
-            let bare = run(bare)?;
-            (bare, run(layered)?)
-        } else {
-            let layered = run(layered)?;
-            (run(bare)?, layered)
-        });
+    for _ in 0..schedule.rounds {
+        let (mut bare_tally, mut layered_tally) = (Tally::empty(), Tally::empty());
+        for slice in 0..schedule.slices {
+            // Alternate which router goes first, so a drift favours neither.
+            if slice.is_multiple_of(2) {
+                bare_tally.add(bare.drive(&client, schedule.slice)?);
+                layered_tally.add(layered.drive(&client, schedule.slice)?);
+            } else {
+                layered_tally.add(layered.drive(&client, schedule.slice)?);
+                bare_tally.add(bare.drive(&client, schedule.slice)?);
+            }
+        }
+        rounds.push((
+            bare_tally.round(bare.address)?,
+            layered_tally.round(layered.address)?,
+        ));
     }
     let ratios: Vec<Ratios> = rounds
         .iter()
@@ -449,6 +543,7 @@ fn main() -> Result<(), Error> {
              `cargo bench --bench http_load` measures."
         );
     }
+    drop((bare, layered));
     drop(client);
     server.shutdown_timeout(Duration::from_secs(1));
     Ok(())
