@@ -20,7 +20,9 @@ use crate::kind::FailMode;
 use crate::layer::{Plan, Pricing};
 use crate::ratelimit_headers::{self, RATELIMIT, RATELIMIT_POLICY};
 use crate::rejection::{QuotaExceeded, QuotaItem, Rejection};
-use crate::store::{ChargeOutcome, KindBalance, Receipt, RefundOutcome, StoreFuture};
+use crate::store::{
+    ChargeOutcome, KindBalance, Receipt, RefundOutcome, StoreError, StoreErrorKind, StoreFuture,
+};
 use crate::telemetry;
 use crate::tickets::Tickets;
 use crate::uid::Uid;
@@ -199,9 +201,10 @@ impl Settle {
     /// Turns the store's answer into what happens next.
     fn decide<B>(
         &mut self,
-        outcome: Result<ChargeOutcome, crate::store::StoreError>,
+        outcome: Result<ChargeOutcome, StoreError>,
         request: &mut Request<B>,
     ) -> Decision {
+        let outcome = outcome.and_then(|o| self.checked(o));
         telemetry::store_call("charge", self.store_started.elapsed(), &outcome);
         let _entered = self.span.enter();
         let (balances, receipt) = match outcome {
@@ -276,6 +279,27 @@ impl Settle {
         Decision::Call { receipt }
     }
 
+    /// A store's answer with one balance per kind of the cost, or an error:
+    /// a backend that miscounts must not make the layer misreport.
+    fn checked(&self, outcome: ChargeOutcome) -> Result<ChargeOutcome, StoreError> {
+        let count = match &outcome {
+            ChargeOutcome::Allowed { balances, .. }
+            | ChargeOutcome::Refused { balances }
+            | ChargeOutcome::Replayed { balances } => balances.len(),
+        };
+        if count == self.cost.items().len() {
+            Ok(outcome)
+        } else {
+            Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!(
+                    "the store answered {count} balances for a cost of {} kinds",
+                    self.cost.items().len()
+                ),
+            ))
+        }
+    }
+
     fn ratelimit_value(&self, balances: &[KindBalance]) -> HeaderValue {
         ratelimit_headers::remaining(
             self.cost
@@ -293,7 +317,7 @@ impl Settle {
         )
     }
 
-    fn after_refund(&mut self, outcome: Result<RefundOutcome, crate::store::StoreError>) {
+    fn after_refund(&mut self, outcome: Result<RefundOutcome, StoreError>) {
         telemetry::store_call("refund", self.store_started.elapsed(), &outcome);
         let _entered = self.span.enter();
         match outcome {
