@@ -11,7 +11,7 @@
 //!
 //! It serves on 127.0.0.1:8080 with the embedded (in-memory) store. Sign up
 //! with `POST /api/signup`, then send the returned token as
-//! `Authorization: Bearer <token>`; see docs/demo-session.md for a curl
+//! `Authorization: Bearer <token>`; see README.md ("A session with the demo") for a curl
 //! session.
 
 mod admin;
