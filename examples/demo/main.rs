@@ -19,6 +19,7 @@ mod ai;
 mod auth;
 mod cli;
 mod ids;
+mod metrics;
 mod problem;
 mod routes;
 mod signup;
@@ -78,6 +79,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         issuer: JwtIssuer::hs256(&secret),
         admin: AdminToken::new(cli.admin_token),
         uploads: Uploads::default(),
+        metrics: metrics::install()?,
     };
     let app = routes::router(state)?;
 
