@@ -5,8 +5,6 @@
 //! per `w` seconds); `RateLimit: "upload";r=4;t=3600` the remaining tickets
 //! and the seconds until the next refill.
 
-use std::fmt::Write;
-
 use chrono::{DateTime, Utc};
 use http::{HeaderName, HeaderValue};
 
@@ -37,19 +35,14 @@ pub(crate) fn seconds_until(at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
 pub(crate) fn policy<'a>(kinds: impl IntoIterator<Item = &'a TicketKind>) -> HeaderValue {
     let mut value = String::with_capacity(ITEM_LEN);
     for kind in kinds {
-        if !value.is_empty() {
-            value.push_str(", ");
-        }
-        let _ = write!(
-            value,
-            "\"{}\";q={};w={}",
-            kind.name(),
-            kind.capacity(),
-            kind.refill_schedule().window_secs()
+        let window = kind.refill_schedule().window_secs();
+        push_item(
+            &mut value,
+            kind,
+            [("q", kind.capacity().into()), ("w", window)],
         );
     }
-    // Kind names are checked to be [a-z0-9_-] when the registry is built.
-    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+    header_value(&value)
 }
 
 /// The `RateLimit` value: `(kind, remaining, next refill)` per kind.
@@ -59,16 +52,59 @@ pub(crate) fn remaining<'a>(
 ) -> HeaderValue {
     let mut value = String::with_capacity(ITEM_LEN);
     for (kind, remaining, refill_at) in items {
-        if !value.is_empty() {
-            value.push_str(", ");
-        }
-        let _ = write!(
-            value,
-            "\"{}\";r={};t={}",
-            kind.name(),
-            remaining,
-            seconds_until(refill_at, now)
+        let seconds = seconds_until(refill_at, now);
+        push_item(&mut value, kind, [("r", remaining.into()), ("t", seconds)]);
+    }
+    header_value(&value)
+}
+
+/// Appends the list item `"<kind>";<param>=<number>;...` to `value`.
+///
+/// Numbers go through `itoa`: `core::fmt` took half of the time spent on
+/// these headers, which every allowed response carries.
+fn push_item(value: &mut String, kind: &TicketKind, params: [(&str, u64); 2]) {
+    if !value.is_empty() {
+        value.push_str(", ");
+    }
+    value.push('"');
+    value.push_str(kind.name());
+    value.push('"');
+    let mut digits = itoa::Buffer::new();
+    for (param, number) in params {
+        value.push(';');
+        value.push_str(param);
+        value.push('=');
+        value.push_str(digits.format(number));
+    }
+}
+
+fn header_value(value: &str) -> HeaderValue {
+    // Kind names are checked to be [a-z0-9_-] when the registry is built.
+    HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_one_item_per_kind() {
+        let upload = TicketKind::new("upload", 5);
+        let ai = TicketKind::new("ai", 3);
+        let now: DateTime<Utc> = "2026-03-29T10:00:00Z".parse().unwrap();
+        let in_an_hour = now + chrono::TimeDelta::seconds(3600);
+        let in_a_minute = now + chrono::TimeDelta::milliseconds(59_001);
+
+        assert_eq!(
+            remaining(
+                [(&upload, 4, in_an_hour), (&ai, u32::MAX, in_a_minute)],
+                now
+            ),
+            "\"upload\";r=4;t=3600, \"ai\";r=4294967295;t=60"
+        );
+        assert_eq!(
+            policy([&upload, &ai]),
+            "\"upload\";q=5;w=86400, \"ai\";q=3;w=86400"
         );
     }
-    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
 }
