@@ -15,6 +15,7 @@
 mod extension;
 mod header;
 mod jwt;
+mod jwt_verification;
 
 use std::fmt;
 
