@@ -432,14 +432,14 @@ fn row(label: &str, bare: &Round, layered: &Round, ratios: &Ratios) -> String {
 fn print_verdict(rounds: usize, ratios: &Ratios, bare: &Round, layered: &Round) {
     let ratio = ratios.throughput;
     println!(
-        "Median of the {rounds} per-round ratios of requests/s, layered/bare: {ratio:.3} \
+        "Median of the {rounds} per-round ratios of requests/s, layered/bare: {ratio:.4} \
          (goal >= {GOAL}: {}).",
         if ratio >= GOAL { "met" } else { "NOT met" },
     );
     if let Some(ratio) = ratios.per_cpu {
         println!(
             "Median ratio of requests per CPU-second of the whole process (load generator \
-             and server): {ratio:.3}. It is what the requests/s ratio would be if the \
+             and server): {ratio:.4}. It is what the requests/s ratio would be if the \
              process had the cores to itself."
         );
     }
