@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::slice;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,13 +32,26 @@ fn handler() -> impl Service<Request<()>, Response = Response<Bytes>, Error = In
     })
 }
 
-/// A registry with the upload kind of the reference app.
-fn tickets(identity: impl IdentityExtractor) -> Tickets {
-    Tickets::builder()
+/// The handler behind the ticket layer (1 upload ticket a request), on a
+/// fresh memory store where each of `users` holds `balance` upload tickets:
+/// `u32::MAX` keeps the allowed path for the whole run, 0 the refused one.
+fn layered(
+    rt: &Runtime,
+    identity: impl IdentityExtractor,
+    users: &[Uid],
+    balance: u32,
+) -> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible> + Clone {
+    let tickets = Tickets::builder()
         .kind(TicketKind::new("upload", 5))
         .identity(identity)
         .build()
-        .expect("the benchmark's registry is valid")
+        .expect("the benchmark's registry is valid");
+    for user in users {
+        rt.block_on(tickets.set(user, "upload", balance))
+            .expect("the memory store sets balances");
+    }
+    let layer = tickets.layer(Cost::of("upload", 1)).expect("a valid cost");
+    layer.layer(handler())
 }
 
 fn uid(name: &str) -> Uid {
@@ -56,13 +70,6 @@ fn bearer(token: &HeaderValue) -> Request<()> {
     let mut request = Request::new(());
     request.headers_mut().insert(AUTHORIZATION, token.clone());
     request
-}
-
-/// Sets `uid`'s upload balance, so that the path measured stays the same for
-/// the whole run (`u32::MAX`: always allowed; 0: always refused).
-fn set_balance(rt: &Runtime, tickets: &Tickets, uid: &Uid, balance: u32) {
-    rt.block_on(tickets.set(uid, "upload", balance))
-        .expect("the memory store sets balances");
 }
 
 /// Sends each request produced by `make_request` through `service`.
@@ -88,31 +95,22 @@ fn bench_service<S>(
 fn allowed(c: &mut Criterion) {
     let rt = Runtime::new().expect("a tokio runtime");
     let user = uid("bench-user");
+    let one = slice::from_ref(&user);
     bench_service(c, &rt, "allowed/bare", handler(), || identified(&user));
-
-    let one = tickets(ExtensionIdentity);
-    set_balance(&rt, &one, &user, u32::MAX);
-    let layer = one.layer(Cost::of("upload", 1)).expect("a valid cost");
     bench_service(
         c,
         &rt,
         "allowed/memory, one user",
-        layer.layer(handler()),
+        layered(&rt, ExtensionIdentity, one, u32::MAX),
         || identified(&user),
     );
-
-    let many = tickets(ExtensionIdentity);
     let users: Vec<Uid> = (0..MANY_USERS).map(|i| uid(&format!("user-{i}"))).collect();
-    for user in &users {
-        set_balance(&rt, &many, user, u32::MAX);
-    }
-    let layer = many.layer(Cost::of("upload", 1)).expect("a valid cost");
     let mut turn = users.iter().cycle();
     bench_service(
         c,
         &rt,
         "allowed/memory, 10k users in turn",
-        layer.layer(handler()),
+        layered(&rt, ExtensionIdentity, &users, u32::MAX),
         || identified(turn.next().expect("a cycle never ends")),
     );
 }
@@ -120,14 +118,11 @@ fn allowed(c: &mut Criterion) {
 fn refused(c: &mut Criterion) {
     let rt = Runtime::new().expect("a tokio runtime");
     let user = uid("bench-user");
-    let tickets = tickets(ExtensionIdentity);
-    set_balance(&rt, &tickets, &user, 0);
-    let layer = tickets.layer(Cost::of("upload", 1)).expect("a valid cost");
     bench_service(
         c,
         &rt,
         "refused/memory, balance 0 (429 problem+json)",
-        layer.layer(handler()),
+        layered(&rt, ExtensionIdentity, slice::from_ref(&user), 0),
         || identified(&user),
     );
 }
@@ -135,6 +130,7 @@ fn refused(c: &mut Criterion) {
 fn identity(c: &mut Criterion) {
     let rt = Runtime::new().expect("a tokio runtime");
     let user = uid("bench-user");
+    let one = slice::from_ref(&user);
     let token = JwtIssuer::hs256(JWT_SECRET).issue(&user, Utc::now(), Duration::from_secs(3600));
     let token = HeaderValue::from_str(&format!("Bearer {token}")).expect("a JWT is ASCII");
 
@@ -151,26 +147,18 @@ fn identity(c: &mut Criterion) {
     });
 
     // The whole layer, allowed path, with each extractor.
-    let by_extension = tickets(ExtensionIdentity);
-    set_balance(&rt, &by_extension, &user, u32::MAX);
-    let layer = by_extension
-        .layer(Cost::of("upload", 1))
-        .expect("a valid cost");
     bench_service(
         c,
         &rt,
         "identity/layer, extension",
-        layer.layer(handler()),
+        layered(&rt, ExtensionIdentity, one, u32::MAX),
         || identified(&user),
     );
-    let by_token = tickets(JwtIdentity::hs256(JWT_SECRET));
-    set_balance(&rt, &by_token, &user, u32::MAX);
-    let layer = by_token.layer(Cost::of("upload", 1)).expect("a valid cost");
     bench_service(
         c,
         &rt,
         "identity/layer, jwt hs256",
-        layer.layer(handler()),
+        layered(&rt, JwtIdentity::hs256(JWT_SECRET), one, u32::MAX),
         || bearer(&token),
     );
 }
