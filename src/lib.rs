@@ -17,6 +17,7 @@ mod refill;
 mod rejection;
 mod service;
 pub mod store;
+pub mod telemetry;
 mod tickets;
 mod uid;
 

@@ -84,10 +84,10 @@ fn check_admin(parts: &Parts, expected: Option<&str>) -> Result<(), IdentityErro
         .ok_or(IdentityError::Missing {
             expected: "an Authorization: Bearer <admin token> header",
         })?;
-    let given = header
-        .as_bytes()
-        .strip_prefix(b"Bearer ")
-        .unwrap_or_default();
+    let given = match header.as_bytes().split_at_checked(7) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"Bearer ") => token,
+        _ => b"",
+    };
     // Constant time, so response timing does not reveal how much matched.
     if bool::from(given.ct_eq(expected.as_bytes())) {
         Ok(())

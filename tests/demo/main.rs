@@ -225,6 +225,15 @@ async fn admins_grant_and_set_balances_with_the_admin_token() {
     assert_eq!(body["upload"]["capacity"], 5, "{body}");
     assert_eq!(body["ai"]["remaining"], 3, "{body}");
 
+    // The scheme is case-insensitive, as for users' tokens.
+    let lowercase = demo
+        .call(Method::POST, "/api/admin/grant")
+        .header("authorization", &format!("bearer {ADMIN_TOKEN}"))
+        .json(&format!(r#"{{"uid":"{uid}","kind":"upload","amount":0}}"#))
+        .send()
+        .await;
+    assert_eq!(lowercase.status, StatusCode::OK, "{}", lowercase.text());
+
     let set = format!(r#"{{"uid":"{uid}","kind":"ai","balance":0}}"#);
     let set = admin("/api/admin/set", set, Some(ADMIN_TOKEN)).await;
     assert_eq!(set.status, StatusCode::OK, "{}", set.text());
