@@ -68,7 +68,7 @@ async fn adjust(
     match adjusted {
         Ok(view) => tracing::info!(%uid, kind, remaining = view.remaining, "balance adjusted"),
         Err(AdminError::UnknownKind(kind)) => {
-            let known: Vec<_> = tickets.kinds().map(|k| k.name()).collect();
+            let known: Vec<_> = tickets.kinds().iter().map(|k| k.name()).collect();
             return Err(problems.bad_request(format!(
                 "unknown ticket kind {kind:?}; the kinds are {}",
                 known.join(", ")
