@@ -19,6 +19,7 @@ mod ai;
 mod auth;
 mod cli;
 mod ids;
+mod page;
 mod problem;
 mod routes;
 mod signup;

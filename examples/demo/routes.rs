@@ -2,7 +2,7 @@
 
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::{Html, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_tickets::identity::JwtIssuer;
@@ -11,7 +11,7 @@ use tower_tickets::{Balances, ConfigError, Cost, TicketLayer, Tickets};
 use crate::auth::AdminToken;
 use crate::problem::Problems;
 use crate::uploads::{MAX_UPLOAD_BYTES, Uploads};
-use crate::{admin, ai, signup, uploads};
+use crate::{admin, ai, page, signup, uploads};
 
 /// What every handler can extract with `State<_>`.
 #[derive(Clone, FromRef)]
@@ -33,7 +33,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Result<Router, ConfigError> {
     let tickets = &state.tickets;
     Ok(Router::new()
-        .route("/", get(index))
+        .merge(page::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/signup", post(signup::signup))
         .route("/api/tickets", get(balances))
@@ -72,17 +72,6 @@ fn one_ticket(tickets: &Tickets, kind: &str) -> Result<TicketLayer, ConfigError>
 /// `GET /api/tickets`: the caller's balances of every kind. Spends nothing.
 async fn balances(balances: Balances) -> Json<Balances> {
     Json(balances)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(
-        "<!doctype html>\n<html lang=\"en\">\n<meta charset=\"utf-8\">\n\
-         <title>tower-tickets demo</title>\n\
-         <h1>tower-tickets demo</h1>\n\
-         <p>5 upload and 3 AI tickets a day. The API: <code>POST /api/signup</code>, \
-         <code>GET /api/tickets</code>, <code>POST /api/uploads</code>, \
-         <code>POST /api/ai/generate</code>.</p>\n</html>\n",
-    )
 }
 
 async fn not_found(problems: Problems, method: Method, uri: Uri) -> Response {
