@@ -8,30 +8,10 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
+use tower_tickets::Tickets;
 use tower_tickets::identity::IdentityError;
-use tower_tickets::{Tickets, Uid};
 
 use crate::problem::Problems;
-
-/// The user a request acts for, from its verified `Authorization: Bearer`
-/// token (the registry's identity extractor). Missing or invalid: 401.
-pub struct User(pub Uid);
-
-impl<S> FromRequestParts<S> for User
-where
-    Tickets: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let tickets = Tickets::from_ref(state);
-        match tickets.identify(parts) {
-            Ok(uid) => Ok(Self(uid)),
-            Err(e) => Err(Problems::new(tickets, &parts.headers).unauthorized(e)),
-        }
-    }
-}
 
 /// The admin token the server was started with, if any.
 #[derive(Clone)]

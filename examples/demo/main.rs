@@ -11,7 +11,7 @@
 //!
 //! It serves on 127.0.0.1:8080 with the embedded (in-memory) store. Sign up
 //! with `POST /api/signup`, then send the returned token as
-//! `Authorization: Bearer <token>`; see docs/demo-session.md for a curl
+//! `Authorization: Bearer <token>`; see README.md ("A session with the demo") for a curl
 //! session.
 
 mod admin;
@@ -19,6 +19,7 @@ mod ai;
 mod auth;
 mod cli;
 mod ids;
+mod metrics;
 mod page;
 mod problem;
 mod routes;
@@ -79,6 +80,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         issuer: JwtIssuer::hs256(&secret),
         admin: AdminToken::new(cli.admin_token),
         uploads: Uploads::default(),
+        metrics: metrics::install()?,
     };
     let app = routes::router(state)?;
 

@@ -5,13 +5,14 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tower_tickets::identity::JwtIssuer;
 use tower_tickets::{Balances, ConfigError, Cost, TicketLayer, Tickets};
 
 use crate::auth::AdminToken;
 use crate::problem::Problems;
 use crate::uploads::{MAX_UPLOAD_BYTES, Uploads};
-use crate::{admin, ai, page, signup, uploads};
+use crate::{admin, ai, metrics, page, signup, uploads};
 
 /// What every handler can extract with `State<_>`.
 #[derive(Clone, FromRef)]
@@ -24,6 +25,8 @@ pub struct AppState {
     pub admin: AdminToken,
     /// What users uploaded.
     pub uploads: Uploads,
+    /// Renders `GET /metrics`.
+    pub metrics: PrometheusHandle,
 }
 
 /// The demo's router.
@@ -35,6 +38,7 @@ pub fn router(state: AppState) -> Result<Router, ConfigError> {
     Ok(Router::new()
         .merge(page::router())
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::render))
         .route("/api/signup", post(signup::signup))
         .route("/api/tickets", get(balances))
         .route(

@@ -328,6 +328,52 @@ async fn requests_without_a_valid_token_are_401_problems() {
 }
 
 #[tokio::test]
+async fn metrics_count_charged_and_refused_tickets_per_kind() {
+    let demo = Demo::start(&[]);
+    let (_, token) = demo.sign_up().await;
+    for _ in 0..4 {
+        let reply = demo
+            .call(Method::POST, "/api/ai/generate")
+            .bearer(&token)
+            .json(r#"{"prompt":"a cat"}"#)
+            .send()
+            .await;
+        assert!(matches!(
+            reply.status,
+            StatusCode::OK | StatusCode::TOO_MANY_REQUESTS
+        ));
+    }
+    let upload = demo
+        .call(Method::POST, "/api/uploads")
+        .bearer(&token)
+        .body(IMAGE)
+        .send()
+        .await;
+    assert_eq!(upload.status, StatusCode::CREATED);
+
+    let metrics = demo.call(Method::GET, "/metrics").send().await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = metrics.text();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(value(r#"tickets_charged_total{kind="ai"}"#), 3.0);
+    assert_eq!(value(r#"tickets_refused_total{kind="ai"}"#), 1.0);
+    assert_eq!(value(r#"tickets_charged_total{kind="upload"}"#), 1.0);
+    assert!(
+        !text.contains(r#"tickets_refused_total{kind="upload"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("tickets_store_latency_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn health_check_and_page_answer() {
     let demo = Demo::start(&[]);
     let health = demo.call(Method::GET, "/healthz").send().await;
