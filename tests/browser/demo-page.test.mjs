@@ -44,7 +44,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  for (const demo of demos) demo.stop();
+  await Promise.all(demos.map((demo) => demo.stop()));
 });
 
 // Starts a demo whose log goes to <name>.log beside the screenshots.
@@ -112,7 +112,7 @@ function image(n) {
   return { name: `photo-${n}.png`, mimeType: 'image/png', buffer: landscapePng(240, 150, top, bottom) };
 }
 
-test('a user spends every ticket, is refused, and a reload shows the same counts', async () => {
+test('a user spends every ticket, is refused, finds the same counts after a reload, and sees errors as messages', async () => {
   const demo = await startDemo('demo-24h', []);
   await onPage(demo, 'en-US', 'spend', async (page) => {
     await page.getByLabel('Email', { exact: true }).fill('ada@example.com');
@@ -201,6 +201,13 @@ test('a user spends every ticket, is refused, and a reload shows the same counts
     await page.getByRole('alert').filter({ hasText: 'Sign-in required' }).waitFor();
     await page.getByRole('button', { name: 'Sign up' }).waitFor();
     await screenshot(page, 'signed-out');
+
+    // With the server gone, the page says so.
+    await demo.stop();
+    await page.getByLabel('Email', { exact: true }).fill('ada@example.com');
+    await page.getByRole('button', { name: 'Sign up' }).click();
+    await page.locator('#signup .message', { hasText: 'No answer from the server.' }).waitFor();
+    await screenshot(page, 'server-gone');
   });
 });
 

@@ -7,6 +7,7 @@
 // the test reads the port from that line, so there is no fixed port and no
 // sleep.
 import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -40,7 +41,7 @@ export function buildDemo() {
   throw new Error('cargo built no `demo` executable');
 }
 
-// A running demo server; `stop()` kills it.
+// A running demo server.
 export class Demo {
   constructor(child, base) {
     this.child = child;
@@ -64,13 +65,17 @@ export class Demo {
       if (health.status !== 200) throw new Error(`/healthz answered ${health.status}`);
       return demo;
     } catch (error) {
-      demo.stop();
+      await demo.stop();
       throw error;
     }
   }
 
-  stop() {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill();
+  // Kills the server; resolves once it has exited.
+  async stop() {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = once(this.child, 'exit');
+    this.child.kill();
+    await exited;
   }
 }
 
