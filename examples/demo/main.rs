@@ -17,6 +17,7 @@
 mod admin;
 mod ai;
 mod auth;
+mod balances;
 mod cli;
 mod ids;
 mod metrics;
@@ -65,8 +66,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     let secret = jwt_secret(cli.jwt_secret);
     let refill = Refill::rolling(cli.refill_period);
     let tickets = Tickets::builder()
-        .kind(TicketKind::new("upload", 5).refill(refill.clone()))
-        .kind(TicketKind::new("ai", 3).label("AI").refill(refill))
+        .kind(
+            TicketKind::new("upload", 5)
+                .label_in("fr", "d'envoi")
+                .refill(refill.clone()),
+        )
+        .kind(
+            TicketKind::new("ai", 3)
+                .label("AI")
+                .label_in("fr", "IA")
+                .refill(refill),
+        )
         .store(store)
         .identity(JwtIdentity::hs256(&secret))
         .build()?;

@@ -1,18 +1,18 @@
 //! The demo's routes (DESIGN.md §8) and the state they share.
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_tickets::identity::JwtIssuer;
-use tower_tickets::{Balances, ConfigError, Cost, TicketLayer, Tickets};
+use tower_tickets::{ConfigError, Cost, TicketLayer, Tickets};
 
 use crate::auth::AdminToken;
 use crate::problem::Problems;
 use crate::uploads::{MAX_UPLOAD_BYTES, Uploads};
-use crate::{admin, ai, metrics, page, signup, uploads};
+use crate::{admin, ai, balances, metrics, page, signup, uploads};
 
 /// What every handler can extract with `State<_>`.
 #[derive(Clone, FromRef)]
@@ -40,7 +40,7 @@ pub fn router(state: AppState) -> Result<Router, ConfigError> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::render))
         .route("/api/signup", post(signup::signup))
-        .route("/api/tickets", get(balances))
+        .route("/api/tickets", get(balances::balances))
         .route(
             "/api/uploads",
             get(uploads::list).merge(
@@ -71,11 +71,6 @@ fn one_ticket(tickets: &Tickets, kind: &str) -> Result<TicketLayer, ConfigError>
     Ok(tickets
         .layer(Cost::of(kind, 1))?
         .refund_when(|status: StatusCode| status.is_client_error() || status.is_server_error()))
-}
-
-/// `GET /api/tickets`: the caller's balances of every kind. Spends nothing.
-async fn balances(balances: Balances) -> Json<Balances> {
-    Json(balances)
 }
 
 async fn not_found(problems: Problems, method: Method, uri: Uri) -> Response {

@@ -113,6 +113,28 @@ async fn the_sixth_upload_is_refused_with_a_quota_problem_and_not_stored() {
     // The handler did not run: five uploads stored, not six.
     assert_eq!(demo.stored_uploads(&token).await, 5);
     assert_eq!(demo.remaining(&token).await, (0, 3));
+
+    // The balances say, for the kind at zero only, what a request would be
+    // told, so the page can disable the action before the user tries.
+    let balances = demo
+        .call(Method::GET, "/api/tickets")
+        .bearer(&token)
+        .header("accept-language", "fr")
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        balances["upload"]["refusal"]["title"],
+        "Plus de tickets d'envoi"
+    );
+    let detail = balances["upload"]["refusal"]["detail"]
+        .as_str()
+        .expect("detail");
+    assert!(
+        detail.starts_with("Vous avez utilisé vos 5 tickets d'envoi."),
+        "{detail}"
+    );
+    assert!(balances["ai"].get("refusal").is_none(), "{balances}");
 }
 
 #[tokio::test]

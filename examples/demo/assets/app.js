@@ -2,8 +2,11 @@
 // prompt.
 //
 // The counters show only what the server said: `GET /api/tickets` when the
-// page opens and when a refill is due, and the `RateLimit` headers that every
-// charged response carries, allowed or refused. Nothing is counted here.
+// page opens, when a refill is due and when a counter reaches zero, and the
+// `RateLimit` headers that every charged response carries, allowed or
+// refused. Nothing is counted here. At zero an action is disabled and shows
+// the server's refusal: the 429's words, or the `refusal` that
+// `GET /api/tickets` gives for a kind at zero.
 // Refusals and errors are shown as the server words them (problem+json), in
 // the browser's language, which every request sends as `Accept-Language`.
 'use strict';
@@ -165,13 +168,15 @@ function balancesFromHeaders(headers, receivedAt) {
   return balances;
 }
 
-// The balances of `GET /api/tickets`: `{upload: {remaining, capacity, refill_at}, ...}`.
+// The balances of `GET /api/tickets`: `{upload: {remaining, capacity,
+// refill_at, refusal?: {title, detail}}, ...}`.
 function balancesFromJson(json) {
   const balances = {};
   for (const [kind, view] of Object.entries(json ?? {})) {
     const refillAt = new Date(view?.refill_at);
     if (Number.isFinite(view?.remaining) && Number.isFinite(view?.capacity) && !isNaN(refillAt)) {
-      balances[kind] = { remaining: view.remaining, capacity: view.capacity, refillAt };
+      const refusal = typeof view.refusal?.title === 'string' ? view.refusal : undefined;
+      balances[kind] = { remaining: view.remaining, capacity: view.capacity, refillAt, refusal };
     }
   }
   return balances;
@@ -185,6 +190,8 @@ function apply(balances) {
     if (balance.remaining > 0 && session?.refusals[kind]) {
       delete session.refusals[kind];
       showMessage(messageOf(kind), null);
+    } else if (balance.remaining === 0 && balance.refusal && session) {
+      session.refusals[kind] = balance.refusal;
     }
   }
   saveSession();
@@ -296,8 +303,15 @@ async function act(kind, send) {
   render();
   const reply = await send();
   busy.delete(kind);
-  apply(balancesFromHeaders(reply.headers, Date.now()));
-  if (reply.status >= 200 && reply.status < 300) return reply.json ?? {};
+  const balances = balancesFromHeaders(reply.headers, Date.now());
+  apply(balances);
+  if (reply.status >= 200 && reply.status < 300) {
+    // Spent the last ticket: ask the server how it words the refusal.
+    if (Object.entries(balances).some(([k, b]) => b.remaining === 0 && !session?.refusals[k])) {
+      refresh();
+    }
+    return reply.json ?? {};
+  }
   if (reply.status === 429) {
     session.refusals[kind] = problemOf(reply);
     saveSession();
