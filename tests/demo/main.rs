@@ -157,10 +157,10 @@ async fn french_speakers_are_refused_in_french() {
     let refused = generate().await;
     let problem = refused.problem(StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.header("content-language"), "fr");
-    assert_eq!(problem["title"], "Plus de tickets AI");
+    assert_eq!(problem["title"], "Plus de tickets IA");
     let detail = problem["detail"].as_str().expect("detail");
     assert!(
-        detail.starts_with("Vous avez utilisé vos 3 tickets AI. Ils seront rechargés "),
+        detail.starts_with("Vous avez utilisé vos 3 tickets IA. Ils seront rechargés "),
         "{detail}"
     );
     assert_eq!(demo.remaining(&token).await, (5, 0));
