@@ -10,6 +10,8 @@
 
 mod error;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +21,8 @@ use chrono::{DateTime, Utc};
 
 pub use self::error::{StoreError, StoreErrorKind};
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource};
 use crate::cost::CheckedCost;
 use crate::idempotency::IdempotencyKey;
 use crate::kind::TicketKind;
