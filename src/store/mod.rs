@@ -12,6 +12,7 @@ mod error;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+mod refusal_cache;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +24,7 @@ pub use self::error::{StoreError, StoreErrorKind};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource};
+pub use self::refusal_cache::RefusalCache;
 use crate::cost::CheckedCost;
 use crate::idempotency::IdempotencyKey;
 use crate::kind::TicketKind;
