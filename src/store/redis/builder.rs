@@ -101,10 +101,11 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// A user's keys expire after this many of their kinds' longest refill
-    /// period without a write (default 3, at least 1): a refill would have
-    /// been due by then, so forgetting the user gives back nothing they did
-    /// not have coming.
+    /// A user's balances expire this many of their kinds' longest refill
+    /// period after their last refill (default 3, at least 1): a refill is
+    /// due by then, so forgetting the user gives back nothing they did not
+    /// have coming. Users who keep spending are refilled, and kept, every
+    /// period.
     pub fn idle_periods(mut self, periods: u32) -> Self {
         self.idle_periods = periods.max(1);
         self

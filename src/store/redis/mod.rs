@@ -11,10 +11,11 @@
 //! One user's keys share the hash tag `{uid}`, so every script touches a
 //! single cluster slot:
 //! - `<prefix>{<uid>}:t`: a hash with, per kind, `n:<kind>` (tickets left)
-//!   and `r:<kind>` (last refill, Unix milliseconds). It expires after a few
-//!   refill periods without writes ([`RedisStoreBuilder::idle_periods`]), so
-//!   Redis memory follows active users. An expired user starts over with
-//!   the initial balances, which never mints tickets: a refill was due.
+//!   and `r:<kind>` (last refill, Unix milliseconds). It expires a few
+//!   refill periods after its last refill ([`RedisStoreBuilder::idle_periods`];
+//!   an active user is refilled, and so kept, every period), so Redis memory
+//!   follows active users. An expired user starts over with the initial
+//!   balances, which never mints tickets: a refill was due anyway.
 //! - `<prefix>{<uid>}:i:<Idempotency-Key>`: a charged idempotency key, kept
 //!   24 h.
 //!

@@ -80,9 +80,9 @@ impl CallContext {
         }
     }
 
-    /// How long (ms) a user's hash outlives its last write: a few of the
+    /// How long (ms) a user's hash outlives its last refill: a few of the
     /// longest refill periods among `kinds`, so that by the time it expires a
-    /// refill was due anyway and forgetting the user mints nothing.
+    /// refill is due anyway and forgetting the user mints nothing.
     pub(crate) fn idle_ttl<'a>(&self, kinds: impl IntoIterator<Item = &'a TicketKind>) -> u64 {
         let longest = kinds
             .into_iter()

@@ -15,7 +15,7 @@ for _, kind in ipairs(kinds) do
   else
     kind.n = amount
   end
-  kind.dirty = true
+  kind.new_n = true
 end
 save(KEYS[1], kinds, tonumber(ARGV[2]))
 return balances_reply({}, kinds)

@@ -28,7 +28,7 @@ end
 if outcome == 1 then
   for _, kind in ipairs(kinds) do
     kind.n = kind.n - tonumber(kind.own[1])
-    kind.dirty = true
+    kind.new_n = true
   end
   if KEYS[2] then
     local ttl = tonumber(ARGV[3])

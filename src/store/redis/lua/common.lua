@@ -85,7 +85,7 @@ end
 -- Loads each kind's balance into kind.n and kind.r, with a due refill
 -- applied: topped up to capacity (never lowered) and refilled at `t`. A kind
 -- never seen starts at kind.initial, refilled at kind.born or else at `t`.
--- kind.dirty tells what save() must write.
+-- kind.new_n and kind.new_r tell save() which fields changed.
 local function load(key, kinds, t)
   local fields = {}
   for k, kind in ipairs(kinds) do
@@ -99,37 +99,44 @@ local function load(key, kinds, t)
   for k, kind in ipairs(kinds) do
     local n, r = values[2 * k - 1], values[2 * k]
     if not n and not r then
-      kind.n, kind.r, kind.dirty = kind.initial, kind.born or t, true
+      kind.n, kind.r = kind.initial, kind.born or t
+      kind.new_n, kind.new_r = true, true
     else
       kind.n = stored_integer(key, fields[2 * k - 1], n)
       kind.r = stored_integer(key, fields[2 * k], r)
-      kind.dirty = false
     end
     local due = cutoff(kind, t)
     if due and kind.r <= due then
-      kind.n, kind.r, kind.dirty = math.max(kind.n, kind.capacity), t, true
+      kind.n, kind.r = math.max(kind.n, kind.capacity), t
+      kind.new_n, kind.new_r = true, true
     end
   end
 end
 
--- Writes the kinds that changed, and keeps the user's hash alive for at
--- least `idle_ttl` ms more (never shortens it: another kind of the same user
--- may need a longer time).
+-- Writes the fields that changed. When a refill timestamp changed (a new
+-- kind, a refill), keeps the user's hash for at least `idle_ttl` ms more,
+-- never shortening it (another kind of the same user may need longer): the
+-- hash expires a few periods after its last refill, when a refill is due
+-- anyway, so forgetting the user gives back nothing they had not coming.
 local function save(key, kinds, idle_ttl)
   local fields = {}
+  local refilled = false
   for _, kind in ipairs(kinds) do
-    if kind.dirty then
+    if kind.new_n then
       fields[#fields + 1] = 'n:' .. kind.name
       fields[#fields + 1] = kind.n
+    end
+    if kind.new_r then
       fields[#fields + 1] = 'r:' .. kind.name
       fields[#fields + 1] = kind.r
+      refilled = true
     end
   end
   if #fields == 0 then
     return
   end
   redis.call('HSET', key, unpack(fields))
-  if redis.call('PTTL', key) < idle_ttl then
+  if refilled and redis.call('PTTL', key) < idle_ttl then
     redis.call('PEXPIRE', key, idle_ttl)
   end
 end

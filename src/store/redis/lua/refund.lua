@@ -19,7 +19,7 @@ for _, kind in ipairs(kinds) do
   local same_period = kind.r == tonumber(kind.own[2])
   if same_period then
     kind.n = math.min(kind.n + tonumber(kind.own[1]), MAX_BALANCE)
-    kind.dirty = true
+    kind.new_n = true
   end
   reply[#reply + 1] = same_period and 1 or 0
   reply[#reply + 1] = kind.n
