@@ -3,7 +3,7 @@
 //! a priced router against the bare router (allowed and refused paths), and
 //! what requests see while Redis is killed and restarted.
 //!
-//! Run with `cargo bench --features redis --bench redis_store` (about 70 s);
+//! Run with `cargo bench --features redis --bench redis_store` (about 2 min);
 //! append `-- store`, `-- http` or `-- faults` to run one part.
 //! It starts its own `redis-server` processes on free 127.0.0.1 ports (the
 //! tests' harness) and stops them by pid. Without `--bench`
@@ -76,7 +76,7 @@ struct Schedule {
 
 impl Schedule {
     const BENCH: Self = Self {
-        rounds: 3,
+        rounds: 5,
         round: Duration::from_secs(4),
         benchmark_requests: 200_000,
         fault_phase: Duration::from_secs(2),

@@ -181,6 +181,25 @@ mod focused {
     }
 
     #[tokio::test]
+    async fn scripts_flushed_from_redis_are_loaded_again() {
+        let server = RedisServer::start();
+        let store = store_on(&server, "flushed:").await;
+        let tickets = tickets();
+        let uid = fresh_uid("flushed");
+        redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .exec(&mut server.connection())
+            .unwrap();
+        let outcome = store
+            .charge(charge_request(&tickets, &uid, "upload"))
+            .await
+            .expect("NOSCRIPT, then loaded and run");
+        assert!(matches!(outcome, ChargeOutcome::Allowed { .. }));
+        let read = store.balances(&uid, tickets.kinds(), tickets.now()).await;
+        assert_eq!(read.unwrap()[0].remaining, 4);
+    }
+
+    #[tokio::test]
     async fn refusals_at_zero_cost_one_call_per_cache_lifetime() {
         let server = RedisServer::start();
         let store = RefusalCache::new(store_on(&server, "cached:").await);

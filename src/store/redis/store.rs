@@ -4,14 +4,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use redis::ScriptInvocation;
 
 use super::breaker::Breaker;
 use super::connection::Connection;
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
-use super::scripts::{CallContext, SCRIPTS, push_kind};
+use super::scripts::{CallContext, SCRIPTS, ScriptCall, push_kind};
 use crate::idempotency::IDEMPOTENCY_TTL;
 use crate::kind::TicketKind;
 use crate::store::{
@@ -145,34 +144,32 @@ impl RedisStore {
     ) -> StoreFuture<Vec<KindBalance>> {
         let context = &self.shared.context;
         let count = seeds.len();
-        let mut invocation = SCRIPTS.seed.prepare_invoke();
-        invocation
-            .key(self.shared.keys.balances(uid))
-            .arg(context.time_arg(now))
+        let mut call = ScriptCall::new(&SCRIPTS.seed, &[self.shared.keys.balances(uid)]);
+        call.arg(context.time_arg(now))
             .arg(context.idle_ttl(seeds.clone().map(|(kind, ..)| kind)))
             .arg(count);
         for (kind, balance, last_refill) in seeds {
             match last_refill {
-                Some(at) => invocation.arg(at.timestamp_millis()),
-                None => invocation.arg(""),
+                Some(at) => call.arg(at.timestamp_millis()),
+                None => call.arg(""),
             };
-            push_kind(&mut invocation, kind, balance, now);
+            push_kind(&mut call, kind, balance, now);
         }
-        let call = self.call("seed", invocation);
-        Box::pin(async move { reply::balances("seed", &call.await?, count) })
+        let reply = self.call("seed", call);
+        Box::pin(async move { reply::balances("seed", &reply.await?, count) })
     }
 
     /// Runs one script call under the breaker and the timeout.
     fn call(
         &self,
         operation: &'static str,
-        invocation: ScriptInvocation<'static>,
+        call: ScriptCall,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
         let shared = self.shared.clone();
         async move {
             let permit = shared.breaker.admit()?;
             let mut connection = shared.connection.clone();
-            match tokio::time::timeout(shared.timeout, connection.invoke(&invocation)).await {
+            match tokio::time::timeout(shared.timeout, connection.invoke(&call)).await {
                 Ok(Ok(reply)) => {
                     permit.succeeded();
                     Ok(reply)
@@ -216,28 +213,24 @@ impl TicketStore for RedisStore {
         } = request;
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = cost.items();
-        let mut invocation = SCRIPTS.charge.prepare_invoke();
-        invocation.key(keys.balances(&uid));
-        if let Some(key) = &idempotency_key {
-            invocation.key(keys.idempotency(&uid, key));
-        }
-        invocation
-            .arg(context.time_arg(now))
+        let mut call = match &idempotency_key {
+            None => ScriptCall::new(&SCRIPTS.charge, &[keys.balances(&uid)]),
+            Some(key) => ScriptCall::new(
+                &SCRIPTS.charge,
+                &[keys.balances(&uid), keys.idempotency(&uid, key)],
+            ),
+        };
+        call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(millis(IDEMPOTENCY_TTL))
             .arg(items.len());
         for item in items {
-            invocation.arg(item.amount);
-            push_kind(
-                &mut invocation,
-                &item.kind,
-                item.kind.initial_balance(),
-                now,
-            );
+            call.arg(item.amount);
+            push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
-        let call = self.call("charge", invocation);
+        let reply = self.call("charge", call);
         Box::pin(async move {
-            let reply = call.await?;
+            let reply = reply.await?;
             let Some((&outcome, rest)) = reply.split_first() else {
                 return Err(unexpected_reply("charge", &reply));
             };
@@ -263,29 +256,24 @@ impl TicketStore for RedisStore {
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = receipt.cost.items();
         let count = items.len().min(receipt.last_refills.len());
-        let mut invocation = SCRIPTS.refund.prepare_invoke();
-        invocation.key(keys.balances(&receipt.uid));
-        if let Some(key) = &receipt.idempotency_key {
-            invocation.key(keys.idempotency(&receipt.uid, key));
-        }
-        invocation
-            .arg(context.time_arg(now))
+        let balances_key = keys.balances(&receipt.uid);
+        let mut call = match &receipt.idempotency_key {
+            None => ScriptCall::new(&SCRIPTS.refund, &[balances_key]),
+            Some(key) => ScriptCall::new(
+                &SCRIPTS.refund,
+                &[balances_key, keys.idempotency(&receipt.uid, key)],
+            ),
+        };
+        call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(count);
         for (item, charged_at) in items.iter().zip(&receipt.last_refills) {
-            invocation
-                .arg(item.amount)
-                .arg(charged_at.timestamp_millis());
-            push_kind(
-                &mut invocation,
-                &item.kind,
-                item.kind.initial_balance(),
-                now,
-            );
+            call.arg(item.amount).arg(charged_at.timestamp_millis());
+            push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
-        let call = self.call("refund", invocation);
+        let reply = self.call("refund", call);
         Box::pin(async move {
-            let reply = call.await?;
+            let reply = reply.await?;
             if reply.len() != 3 * count {
                 return Err(unexpected_reply("refund", &reply));
             }
@@ -309,17 +297,14 @@ impl TicketStore for RedisStore {
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> StoreFuture<Vec<KindBalance>> {
-        let mut invocation = SCRIPTS.balances.prepare_invoke();
-        invocation
-            .key(self.shared.keys.balances(uid))
-            .arg(self.shared.context.time_arg(now))
-            .arg(kinds.len());
+        let mut call = ScriptCall::new(&SCRIPTS.balances, &[self.shared.keys.balances(uid)]);
+        call.arg(self.shared.context.time_arg(now)).arg(kinds.len());
         for kind in kinds {
-            push_kind(&mut invocation, kind, kind.initial_balance(), now);
+            push_kind(&mut call, kind, kind.initial_balance(), now);
         }
         let count = kinds.len();
-        let call = self.call("balances", invocation);
-        Box::pin(async move { reply::balances("balances", &call.await?, count) })
+        let reply = self.call("balances", call);
+        Box::pin(async move { reply::balances("balances", &reply.await?, count) })
     }
 
     fn adjust(
@@ -334,18 +319,16 @@ impl TicketStore for RedisStore {
             Adjustment::Grant(amount) => ("grant", amount),
             Adjustment::Set(balance) => ("set", balance),
         };
-        let mut invocation = SCRIPTS.adjust.prepare_invoke();
-        invocation
-            .key(self.shared.keys.balances(uid))
-            .arg(context.time_arg(now))
+        let mut call = ScriptCall::new(&SCRIPTS.adjust, &[self.shared.keys.balances(uid)]);
+        call.arg(context.time_arg(now))
             .arg(context.idle_ttl([&**kind]))
             .arg(1)
             .arg(operation)
             .arg(amount);
-        push_kind(&mut invocation, kind, kind.initial_balance(), now);
-        let call = self.call(operation, invocation);
+        push_kind(&mut call, kind, kind.initial_balance(), now);
+        let reply = self.call(operation, call);
         Box::pin(async move {
-            let balances = reply::balances(operation, &call.await?, 1)?;
+            let balances = reply::balances(operation, &reply.await?, 1)?;
             Ok(balances[0])
         })
     }
