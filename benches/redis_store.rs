@@ -228,7 +228,11 @@ fn store_versus_redis_benchmark(
     println!(
         "redis-benchmark command: `redis-benchmark -h 127.0.0.1 -p <port> -c {CALLERS} -n {} -r {CALLERS} --csv {}`",
         schedule.benchmark_requests,
-        command.join(" ")
+        command
+            .iter()
+            .map(|arg| if arg.is_empty() { "''" } else { arg })
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     Ok(())
 }
