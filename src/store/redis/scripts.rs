@@ -85,7 +85,8 @@ fn longest_period(kind: &TicketKind) -> Duration {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+/// `duration` in whole milliseconds, as the scripts take it.
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 

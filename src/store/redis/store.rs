@@ -10,7 +10,7 @@ use super::connection::Connection;
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
-use super::scripts::{CallContext, SCRIPTS, ScriptCall, push_kind};
+use super::scripts::{CallContext, SCRIPTS, ScriptCall, millis, push_kind};
 use crate::idempotency::IDEMPOTENCY_TTL;
 use crate::kind::TicketKind;
 use crate::store::{
@@ -197,10 +197,6 @@ impl RedisStore {
             }
         }
     }
-}
-
-fn millis(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl TicketStore for RedisStore {
