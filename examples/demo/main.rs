@@ -62,7 +62,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
-    let store = store::open(&cli.store)?;
+    let store = store::open(&cli.store).await?;
     let secret = jwt_secret(cli.jwt_secret);
     let refill = Refill::rolling(cli.refill_period);
     let tickets = Tickets::builder()

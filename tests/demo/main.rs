@@ -409,19 +409,14 @@ async fn health_check_and_page_answer() {
 fn backends_not_built_yet_fail_at_start_up_and_say_so() {
     let runs = [
         (
-            vec!["--store", "redis"],
-            None,
-            "Redis backend is not built yet",
-        ),
-        (
             vec!["--firestore-project", "demo"],
             None,
             "Firestore backend is not built yet",
         ),
         (
             vec![],
-            Some(("TICKETS_STORE", "redis")),
-            "Redis backend is not built yet",
+            Some(("TICKETS_FIRESTORE_PROJECT", "demo")),
+            "Firestore backend is not built yet",
         ),
     ];
     for (args, env, message) in runs {
