@@ -2,8 +2,10 @@
 //! one truth, and an unreachable Redis stops the server at start-up.
 #![cfg(all(feature = "axum", feature = "redis"))]
 
+#[allow(dead_code)] // The cluster half of the harness is for other tests.
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[allow(dead_code)] // Helpers for the other demo tests.
 #[path = "demo/server.rs"]
 mod server;
 
