@@ -167,7 +167,7 @@ impl Rejection {
                     ),
                 );
                 let message = Message::QuotaExceeded {
-                    label: first.kind.display_label(),
+                    label: first.kind.display_label(language),
                     cost: first.cost,
                     remaining: first.remaining,
                     capacity: first.kind.capacity(),

@@ -61,7 +61,7 @@ pub struct Cli {
 #[command(next_help_heading = "Store")]
 pub struct StoreArgs {
     /// Which store keeps balances: `memory` (in this process, forgotten on
-    /// restart) or `redis` (not available yet).
+    /// restart) or `redis` (shared by every instance; see --redis-url).
     #[arg(long, env = "TICKETS_STORE", value_enum, default_value_t = StoreKind::Memory)]
     pub store: StoreKind,
 

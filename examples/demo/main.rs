@@ -17,9 +17,11 @@
 mod admin;
 mod ai;
 mod auth;
+mod balances;
 mod cli;
 mod ids;
 mod metrics;
+mod page;
 mod problem;
 mod routes;
 mod signup;
@@ -60,12 +62,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
-    let store = store::open(&cli.store)?;
+    let store = store::open(&cli.store).await?;
     let secret = jwt_secret(cli.jwt_secret);
     let refill = Refill::rolling(cli.refill_period);
     let tickets = Tickets::builder()
-        .kind(TicketKind::new("upload", 5).refill(refill.clone()))
-        .kind(TicketKind::new("ai", 3).label("AI").refill(refill))
+        .kind(
+            TicketKind::new("upload", 5)
+                .label_in("fr", "d'envoi")
+                .refill(refill.clone()),
+        )
+        .kind(
+            TicketKind::new("ai", 3)
+                .label("AI")
+                .label_in("fr", "IA")
+                .refill(refill),
+        )
         .store(store)
         .identity(JwtIdentity::hs256(&secret))
         .build()?;

@@ -1,18 +1,18 @@
 //! The demo's routes (DESIGN.md §8) and the state they share.
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::{Html, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_tickets::identity::JwtIssuer;
-use tower_tickets::{Balances, ConfigError, Cost, TicketLayer, Tickets};
+use tower_tickets::{ConfigError, Cost, TicketLayer, Tickets};
 
 use crate::auth::AdminToken;
 use crate::problem::Problems;
 use crate::uploads::{MAX_UPLOAD_BYTES, Uploads};
-use crate::{admin, ai, metrics, signup, uploads};
+use crate::{admin, ai, balances, metrics, page, signup, uploads};
 
 /// What every handler can extract with `State<_>`.
 #[derive(Clone, FromRef)]
@@ -36,11 +36,11 @@ pub struct AppState {
 pub fn router(state: AppState) -> Result<Router, ConfigError> {
     let tickets = &state.tickets;
     Ok(Router::new()
-        .route("/", get(index))
+        .merge(page::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::render))
         .route("/api/signup", post(signup::signup))
-        .route("/api/tickets", get(balances))
+        .route("/api/tickets", get(balances::balances))
         .route(
             "/api/uploads",
             get(uploads::list).merge(
@@ -71,22 +71,6 @@ fn one_ticket(tickets: &Tickets, kind: &str) -> Result<TicketLayer, ConfigError>
     Ok(tickets
         .layer(Cost::of(kind, 1))?
         .refund_when(|status: StatusCode| status.is_client_error() || status.is_server_error()))
-}
-
-/// `GET /api/tickets`: the caller's balances of every kind. Spends nothing.
-async fn balances(balances: Balances) -> Json<Balances> {
-    Json(balances)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(
-        "<!doctype html>\n<html lang=\"en\">\n<meta charset=\"utf-8\">\n\
-         <title>tower-tickets demo</title>\n\
-         <h1>tower-tickets demo</h1>\n\
-         <p>5 upload and 3 AI tickets a day. The API: <code>POST /api/signup</code>, \
-         <code>GET /api/tickets</code>, <code>POST /api/uploads</code>, \
-         <code>POST /api/ai/generate</code>.</p>\n</html>\n",
-    )
 }
 
 async fn not_found(problems: Problems, method: Method, uri: Uri) -> Response {

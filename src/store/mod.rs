@@ -10,6 +10,9 @@
 
 mod error;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+mod refusal_cache;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +22,9 @@ use chrono::{DateTime, Utc};
 
 pub use self::error::{StoreError, StoreErrorKind};
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource};
+pub use self::refusal_cache::RefusalCache;
 use crate::cost::CheckedCost;
 use crate::idempotency::IdempotencyKey;
 use crate::kind::TicketKind;

@@ -113,6 +113,28 @@ async fn the_sixth_upload_is_refused_with_a_quota_problem_and_not_stored() {
     // The handler did not run: five uploads stored, not six.
     assert_eq!(demo.stored_uploads(&token).await, 5);
     assert_eq!(demo.remaining(&token).await, (0, 3));
+
+    // The balances say, for the kind at zero only, what a request would be
+    // told, so the page can disable the action before the user tries.
+    let balances = demo
+        .call(Method::GET, "/api/tickets")
+        .bearer(&token)
+        .header("accept-language", "fr")
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        balances["upload"]["refusal"]["title"],
+        "Plus de tickets d'envoi"
+    );
+    let detail = balances["upload"]["refusal"]["detail"]
+        .as_str()
+        .expect("detail");
+    assert!(
+        detail.starts_with("Vous avez utilisé vos 5 tickets d'envoi."),
+        "{detail}"
+    );
+    assert!(balances["ai"].get("refusal").is_none(), "{balances}");
 }
 
 #[tokio::test]
@@ -135,10 +157,10 @@ async fn french_speakers_are_refused_in_french() {
     let refused = generate().await;
     let problem = refused.problem(StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.header("content-language"), "fr");
-    assert_eq!(problem["title"], "Plus de tickets AI");
+    assert_eq!(problem["title"], "Plus de tickets IA");
     let detail = problem["detail"].as_str().expect("detail");
     assert!(
-        detail.starts_with("Vous avez utilisé vos 3 tickets AI. Ils seront rechargés "),
+        detail.starts_with("Vous avez utilisé vos 3 tickets IA. Ils seront rechargés "),
         "{detail}"
     );
     assert_eq!(demo.remaining(&token).await, (5, 0));
@@ -387,19 +409,14 @@ async fn health_check_and_page_answer() {
 fn backends_not_built_yet_fail_at_start_up_and_say_so() {
     let runs = [
         (
-            vec!["--store", "redis"],
-            None,
-            "Redis backend is not built yet",
-        ),
-        (
             vec!["--firestore-project", "demo"],
             None,
             "Firestore backend is not built yet",
         ),
         (
             vec![],
-            Some(("TICKETS_STORE", "redis")),
-            "Redis backend is not built yet",
+            Some(("TICKETS_FIRESTORE_PROJECT", "demo")),
+            "Firestore backend is not built yet",
         ),
     ];
     for (args, env, message) in runs {

@@ -1,0 +1,15 @@
+//! The Redis store: every decision is one atomic Lua script call. See
+//! [`RedisStore`] for keys, time and faults.
+
+mod breaker;
+mod builder;
+mod connection;
+mod error;
+mod keys;
+mod reply;
+mod scripts;
+mod store;
+
+pub use self::builder::{RedisStoreBuilder, TimeSource};
+pub use self::error::RedisSetupError;
+pub use self::store::RedisStore;

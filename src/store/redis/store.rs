@@ -1,0 +1,346 @@
+//! [`RedisStore`]: the [`TicketStore`] operations as script calls.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::breaker::Breaker;
+use super::connection::Connection;
+use super::error::{store_error, unexpected_reply};
+use super::keys::KeyLayout;
+use super::reply;
+use super::scripts::{CallContext, SCRIPTS, ScriptCall, millis, push_kind};
+use crate::idempotency::IDEMPOTENCY_TTL;
+use crate::kind::TicketKind;
+use crate::store::{
+    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreError,
+    StoreErrorKind, StoreFuture, TicketStore,
+};
+use crate::uid::Uid;
+
+/// Balances in Redis, decided by one Lua script call per operation.
+///
+/// Made by [`RedisStore::connect`], [`RedisStore::standalone`] or
+/// [`RedisStore::cluster`]. Clones share the connection, the breaker and
+/// the configuration.
+///
+/// ```no_run
+/// use tower_tickets::store::{RedisStore, RefusalCache};
+/// use tower_tickets::{TicketKind, Tickets};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let tickets = Tickets::builder()
+///     .kind(TicketKind::new("upload", 5))
+///     // Repeated refusals of a user at zero are answered locally for 1 s.
+///     .store(RefusalCache::new(store))
+///     .build()?;
+/// # let _ = tickets;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Any number of app instances share one truth. Each operation is one `EVALSHA` of a script
+/// from `lua/` (built once, reloaded by the `redis` crate after a
+/// `NOSCRIPT`), sent over one multiplexed connection per store (concurrent
+/// calls are pipelined on one socket) that reconnects by itself. Standalone
+/// Redis and Redis Cluster run the same scripts.
+///
+/// # Keys
+/// One user's keys share the hash tag `{uid}`, so every script touches a
+/// single cluster slot:
+/// - `<prefix>{<uid>}:t`: a hash with, per kind, `n:<kind>` (tickets left)
+///   and `r:<kind>` (last refill, Unix milliseconds). It expires a few
+///   refill periods after its last refill ([`RedisStoreBuilder::idle_periods`](crate::store::RedisStoreBuilder::idle_periods);
+///   an active user is refilled, and so kept, every period), so Redis memory
+///   follows active users. An expired user starts over with the initial
+///   balances, which never mints tickets: a refill was due anyway.
+/// - `<prefix>{<uid>}:i:<Idempotency-Key>`: a charged idempotency key, kept
+///   24 h.
+///
+/// Keys are only built from a validated [`Uid`](crate::Uid), so a hostile
+/// id never reaches Redis; the prefix may not contain `{` or `}`.
+///
+/// # Time
+/// Decisions across instances need one clock: app servers' clocks drift
+/// apart, and a server whose clock runs ahead would refill early (a peer
+/// behind it would then see refill timestamps from the future). By default
+/// ([`TimeSource::Redis`](crate::store::TimeSource::Redis)) the scripts read Redis's own clock (`TIME`), so
+/// every app server decides on the same time: the clock of the Redis server
+/// that owns the user (in a cluster, the master of the user's slot). The
+/// rolling refill cutoff is computed in Lua from the period; for calendar
+/// refills (time zones are unknown to Lua) Rust sends the cutoffs around
+/// its own instant and the script picks the one its clock has passed.
+/// [`TimeSource::Caller`](crate::store::TimeSource::Caller) uses the instant the layer passes in instead (the
+/// registry's [`Clock`](crate::Clock)), for tests with a
+/// [`FakeClock`](crate::FakeClock) and for single-instance apps. Either way
+/// a refill timestamp never moves backwards: a clock behind the stored last
+/// refill sees no refill due.
+///
+/// # Faults
+/// Every call is bounded by a timeout (100 ms by default). After repeated
+/// failures a breaker answers [`CircuitOpen`](crate::store::StoreErrorKind)
+/// at once, and lets one call through now and then to probe for recovery.
+/// The layer turns errors into 503 (or lets fail-open kinds through). A
+/// value under one of our keys that this crate did not write is a
+/// [`Corrupt`](crate::store::StoreErrorKind) error naming the key.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) connection: Connection,
+    pub(crate) keys: KeyLayout,
+    pub(crate) context: CallContext,
+    pub(crate) timeout: std::time::Duration,
+    pub(crate) breaker: Arc<Breaker>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("keys", &self.shared.keys)
+            .field("context", &self.shared.context)
+            .field("timeout", &self.shared.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    pub(crate) fn from_shared(shared: Shared) -> Self {
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Records balances for the kinds Redis does not hold for `uid` yet,
+    /// leaving every kind it holds untouched, then applies due refills; returns the
+    /// balances as stored. This is how a cache miss is filled from the source
+    /// of truth without overwriting a concurrent charge.
+    pub fn seed_if_absent(
+        &self,
+        uid: &Uid,
+        seeds: &[(Arc<TicketKind>, KindBalance)],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        self.seed(
+            uid,
+            seeds
+                .iter()
+                .map(|(kind, balance)| (&**kind, balance.remaining, Some(balance.last_refill))),
+            now,
+        )
+    }
+
+    /// Calls the seed script with `(kind, balance, last refill)` triples; a
+    /// missing last refill means the decision time.
+    fn seed<'a>(
+        &self,
+        uid: &Uid,
+        seeds: impl ExactSizeIterator<Item = (&'a TicketKind, u32, Option<DateTime<Utc>>)> + Clone,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        let context = &self.shared.context;
+        let count = seeds.len();
+        let mut call = ScriptCall::new(&SCRIPTS.seed, &[self.shared.keys.balances(uid)]);
+        call.arg(context.time_arg(now))
+            .arg(context.idle_ttl(seeds.clone().map(|(kind, ..)| kind)))
+            .arg(count);
+        for (kind, balance, last_refill) in seeds {
+            match last_refill {
+                Some(at) => call.arg(at.timestamp_millis()),
+                None => call.arg(""),
+            };
+            push_kind(&mut call, kind, balance, now);
+        }
+        let reply = self.call("seed", call);
+        Box::pin(async move { reply::balances("seed", &reply.await?, count) })
+    }
+
+    /// Runs one script call under the breaker and the timeout.
+    fn call(
+        &self,
+        operation: &'static str,
+        call: ScriptCall,
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let permit = shared.breaker.admit()?;
+            let mut connection = shared.connection.clone();
+            match tokio::time::timeout(shared.timeout, connection.invoke(&call)).await {
+                Ok(Ok(reply)) => {
+                    permit.succeeded();
+                    Ok(reply)
+                }
+                Ok(Err(error)) => {
+                    let error = store_error(operation, error);
+                    if error.kind() == StoreErrorKind::Corrupt {
+                        // Redis answered: the data is wrong, not the link.
+                        permit.succeeded();
+                    } else {
+                        permit.failed();
+                    }
+                    Err(error)
+                }
+                Err(_elapsed) => {
+                    permit.failed();
+                    Err(StoreError::new(
+                        StoreErrorKind::Timeout,
+                        format!(
+                            "Redis {operation} got no answer within {:?}",
+                            shared.timeout
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl TicketStore for RedisStore {
+    fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
+        let ChargeRequest {
+            uid,
+            cost,
+            now,
+            idempotency_key,
+        } = request;
+        let (keys, context) = (&self.shared.keys, &self.shared.context);
+        let items = cost.items();
+        let mut call = match &idempotency_key {
+            None => ScriptCall::new(&SCRIPTS.charge, &[keys.balances(&uid)]),
+            Some(key) => ScriptCall::new(
+                &SCRIPTS.charge,
+                &[keys.balances(&uid), keys.idempotency(&uid, key)],
+            ),
+        };
+        call.arg(context.time_arg(now))
+            .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
+            .arg(millis(IDEMPOTENCY_TTL))
+            .arg(items.len());
+        for item in items {
+            call.arg(item.amount);
+            push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
+        }
+        let reply = self.call("charge", call);
+        Box::pin(async move {
+            let reply = reply.await?;
+            let Some((&outcome, rest)) = reply.split_first() else {
+                return Err(unexpected_reply("charge", &reply));
+            };
+            let balances = reply::balances("charge", rest, cost.items().len())?;
+            Ok(match outcome {
+                0 => ChargeOutcome::Refused { balances },
+                1 => ChargeOutcome::Allowed {
+                    receipt: Receipt {
+                        uid,
+                        cost,
+                        last_refills: balances.iter().map(|b| b.last_refill).collect(),
+                        idempotency_key,
+                    },
+                    balances,
+                },
+                2 => ChargeOutcome::Replayed { balances },
+                _ => return Err(unexpected_reply("charge", &reply)),
+            })
+        })
+    }
+
+    fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
+        let (keys, context) = (&self.shared.keys, &self.shared.context);
+        let items = receipt.cost.items();
+        let count = items.len().min(receipt.last_refills.len());
+        let balances_key = keys.balances(&receipt.uid);
+        let mut call = match &receipt.idempotency_key {
+            None => ScriptCall::new(&SCRIPTS.refund, &[balances_key]),
+            Some(key) => ScriptCall::new(
+                &SCRIPTS.refund,
+                &[balances_key, keys.idempotency(&receipt.uid, key)],
+            ),
+        };
+        call.arg(context.time_arg(now))
+            .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
+            .arg(count);
+        for (item, charged_at) in items.iter().zip(&receipt.last_refills) {
+            call.arg(item.amount).arg(charged_at.timestamp_millis());
+            push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
+        }
+        let reply = self.call("refund", call);
+        Box::pin(async move {
+            let reply = reply.await?;
+            if reply.len() != 3 * count {
+                return Err(unexpected_reply("refund", &reply));
+            }
+            let mut outcome = RefundOutcome {
+                refunded: Vec::with_capacity(count),
+                balances: Vec::with_capacity(count),
+            };
+            for triple in reply.chunks_exact(3) {
+                let balance = reply::balance(triple[1], triple[2])
+                    .ok_or_else(|| unexpected_reply("refund", &reply))?;
+                outcome.refunded.push(triple[0] == 1);
+                outcome.balances.push(balance);
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn balances(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        let mut call = ScriptCall::new(&SCRIPTS.balances, &[self.shared.keys.balances(uid)]);
+        call.arg(self.shared.context.time_arg(now)).arg(kinds.len());
+        for kind in kinds {
+            push_kind(&mut call, kind, kind.initial_balance(), now);
+        }
+        let count = kinds.len();
+        let reply = self.call("balances", call);
+        Box::pin(async move { reply::balances("balances", &reply.await?, count) })
+    }
+
+    fn adjust(
+        &self,
+        uid: &Uid,
+        kind: &Arc<TicketKind>,
+        adjustment: Adjustment,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<KindBalance> {
+        let context = &self.shared.context;
+        let (operation, amount) = match adjustment {
+            Adjustment::Grant(amount) => ("grant", amount),
+            Adjustment::Set(balance) => ("set", balance),
+        };
+        let mut call = ScriptCall::new(&SCRIPTS.adjust, &[self.shared.keys.balances(uid)]);
+        call.arg(context.time_arg(now))
+            .arg(context.idle_ttl([&**kind]))
+            .arg(1)
+            .arg(operation)
+            .arg(amount);
+        push_kind(&mut call, kind, kind.initial_balance(), now);
+        let reply = self.call(operation, call);
+        Box::pin(async move {
+            let balances = reply::balances(operation, &reply.await?, 1)?;
+            Ok(balances[0])
+        })
+    }
+
+    fn ensure_user(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        self.seed(
+            uid,
+            kinds
+                .iter()
+                .map(|kind| (&**kind, kind.initial_balance(), None)),
+            now,
+        )
+    }
+}
