@@ -23,7 +23,7 @@ use crate::rejection::{QuotaExceeded, QuotaItem, Rejection};
 use crate::store::{
     ChargeOutcome, KindBalance, Receipt, RefundOutcome, StoreError, StoreErrorKind, StoreFuture,
 };
-use crate::telemetry;
+use crate::telemetry::{self, StoreOperation};
 use crate::tickets::Tickets;
 use crate::uid::Uid;
 
@@ -205,7 +205,11 @@ impl Settle {
         request: &mut Request<B>,
     ) -> Decision {
         let outcome = outcome.and_then(|o| self.checked(o));
-        telemetry::store_call("charge", self.store_started.elapsed(), &outcome);
+        telemetry::store_call(
+            StoreOperation::Charge,
+            self.store_started.elapsed(),
+            &outcome,
+        );
         let _entered = self.span.enter();
         let (balances, receipt) = match outcome {
             Ok(ChargeOutcome::Allowed { balances, receipt }) => (balances, Some(receipt)),
@@ -318,7 +322,11 @@ impl Settle {
     }
 
     fn after_refund(&mut self, outcome: Result<RefundOutcome, StoreError>) {
-        telemetry::store_call("refund", self.store_started.elapsed(), &outcome);
+        telemetry::store_call(
+            StoreOperation::Refund,
+            self.store_started.elapsed(),
+            &outcome,
+        );
         let _entered = self.span.enter();
         match outcome {
             Ok(outcome) => {

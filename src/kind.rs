@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::refill::Refill;
+use crate::telemetry::KindCounters;
 
 /// What a kind does when its store cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +46,7 @@ pub struct TicketKind {
     count_field: Arc<str>,
     refill_field: Arc<str>,
     fail_mode: FailMode,
+    counters: Arc<KindCounters>,
 }
 
 impl TicketKind {
@@ -69,6 +71,7 @@ impl TicketKind {
             count_field: Arc::from(count_field),
             refill_field: Arc::from(refill_field),
             fail_mode: FailMode::Closed,
+            counters: Arc::default(),
         }
     }
 
@@ -169,6 +172,11 @@ impl TicketKind {
     /// What happens when the store cannot answer.
     pub fn fail_mode(&self) -> FailMode {
         self.fail_mode
+    }
+
+    /// The kind's metric handles.
+    pub(crate) fn counters(&self) -> &KindCounters {
+        &self.counters
     }
 }
 

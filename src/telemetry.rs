@@ -2,7 +2,9 @@
 //! `tracing` span per decision.
 //!
 //! Nothing is recorded unless the application installs a metrics recorder
-//! (e.g. `metrics-exporter-prometheus`, as the demo does for `GET /metrics`).
+//! (e.g. `metrics-exporter-prometheus`, as the demo does for `GET /metrics`)
+//! before serving: each metric is registered once, on first use, and its
+//! handle kept.
 //! Names, all prefixed `tickets_`:
 //!
 //! | name | type | labels | meaning |
@@ -17,7 +19,10 @@
 //! | `tickets_firestore_writes_total` | counter | | documents written to Firestore |
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use metrics::{Counter, Histogram};
 
 use crate::cost::{CheckedCost, CostItem};
 use crate::store::StoreError;
@@ -29,48 +34,118 @@ pub const CACHE_MISSES: &str = "tickets_cache_misses_total";
 /// backend).
 pub const FIRESTORE_WRITES: &str = "tickets_firestore_writes_total";
 
+/// One kind's counters. Each is registered with the metrics recorder the
+/// first time it is used and kept, so the hot path builds no metric key
+/// (install the recorder before serving, as any recorder wants).
+#[derive(Default)]
+pub(crate) struct KindCounters {
+    charged: OnceLock<Counter>,
+    refused: OnceLock<Counter>,
+    refunded: OnceLock<Counter>,
+    failed_open: OnceLock<Counter>,
+}
+
+impl fmt::Debug for KindCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KindCounters")
+    }
+}
+
+/// Counters hold no configuration: two kinds alike in every setting are
+/// equal whatever their counters.
+impl PartialEq for KindCounters {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KindCounters {}
+
+fn kind_counter<'a>(
+    cell: &'a OnceLock<Counter>,
+    name: &'static str,
+    kind: &Arc<str>,
+) -> &'a Counter {
+    cell.get_or_init(|| metrics::counter!(name, "kind" => kind.clone()))
+}
+
 /// Records the tickets of an allowed charge.
 pub(crate) fn charged(cost: &CheckedCost) {
     for item in cost.items() {
-        metrics::counter!("tickets_charged_total", "kind" => item.kind.shared_name().clone())
-            .increment(u64::from(item.amount));
+        let kind = &item.kind;
+        kind_counter(
+            &kind.counters().charged,
+            "tickets_charged_total",
+            kind.shared_name(),
+        )
+        .increment(u64::from(item.amount));
     }
 }
 
 /// Records a refusal against each kind that could not pay.
 pub(crate) fn refused<'a>(kinds: impl IntoIterator<Item = &'a crate::kind::TicketKind>) {
     for kind in kinds {
-        metrics::counter!("tickets_refused_total", "kind" => kind.shared_name().clone())
-            .increment(1);
+        kind_counter(
+            &kind.counters().refused,
+            "tickets_refused_total",
+            kind.shared_name(),
+        )
+        .increment(1);
     }
 }
 
 /// Records the tickets given back by a refund (`refunded[i]` per cost item).
 pub(crate) fn refunded(cost: &CheckedCost, refunded: &[bool]) {
     for (item, _) in cost.items().iter().zip(refunded).filter(|(_, done)| **done) {
-        metrics::counter!("tickets_refunded_total", "kind" => item.kind.shared_name().clone())
-            .increment(u64::from(item.amount));
+        let kind = &item.kind;
+        kind_counter(
+            &kind.counters().refunded,
+            "tickets_refunded_total",
+            kind.shared_name(),
+        )
+        .increment(u64::from(item.amount));
     }
 }
 
 /// Records a request let through uncharged because the store was down.
 pub(crate) fn failed_open(cost: &CheckedCost) {
     for item in cost.items() {
-        metrics::counter!("tickets_fail_open_total", "kind" => item.kind.shared_name().clone())
-            .increment(1);
+        let kind = &item.kind;
+        kind_counter(
+            &kind.counters().failed_open,
+            "tickets_fail_open_total",
+            kind.shared_name(),
+        )
+        .increment(1);
     }
+}
+
+/// The store operations the layer times.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StoreOperation {
+    Charge,
+    Refund,
 }
 
 /// Records how long a store operation took, and whether it failed.
 pub(crate) fn store_call<T>(
-    operation: &'static str,
+    operation: StoreOperation,
     took: Duration,
     result: &Result<T, StoreError>,
 ) {
-    metrics::histogram!("tickets_store_latency_seconds", "operation" => operation)
+    static LATENCY: [OnceLock<Histogram>; 2] = [OnceLock::new(), OnceLock::new()];
+    static ERRORS: [OnceLock<Counter>; 2] = [OnceLock::new(), OnceLock::new()];
+    let (index, label) = match operation {
+        StoreOperation::Charge => (0, "charge"),
+        StoreOperation::Refund => (1, "refund"),
+    };
+    LATENCY[index]
+        .get_or_init(|| metrics::histogram!("tickets_store_latency_seconds", "operation" => label))
         .record(took.as_secs_f64());
     if result.is_err() {
-        metrics::counter!("tickets_store_errors_total", "operation" => operation).increment(1);
+        ERRORS[index]
+            .get_or_init(|| metrics::counter!("tickets_store_errors_total", "operation" => label))
+            .increment(1);
     }
 }
 
