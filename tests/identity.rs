@@ -286,3 +286,43 @@ fn the_extension_identity_fails_closed_without_an_auth_layer() {
     );
     let _ = Tickets::builder(); // The extension identity is the registry's default.
 }
+
+#[test]
+fn a_remembered_token_still_expires_and_only_its_exact_text_is_remembered() {
+    let verify = JwtIdentity::hs256(b"secret");
+    let token = hs256(
+        json!({"sub": "alice", "exp": now().timestamp() + 60}),
+        b"secret",
+    );
+    let bearer = |token: &str| parts(&format!("Bearer {token}"));
+    assert!(verify.identify(&bearer(&token), now()).is_ok());
+    // The same text again is answered from memory, and expiry still counts.
+    assert!(verify.identify(&bearer(&token), now()).is_ok());
+    let later = now() + chrono::TimeDelta::seconds(3600);
+    assert!(matches!(
+        verify.identify(&bearer(&token), later),
+        Err(IdentityError::Invalid { .. })
+    ));
+    // A tampered signature is another text: verified, and refused.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(verify.identify(&bearer(&forged), now()).is_err());
+}
+
+#[test]
+fn a_stricter_copy_forgets_what_the_looser_one_verified() {
+    let loose = JwtIdentity::hs256(b"secret");
+    let token = parts(&format!(
+        "Bearer {}",
+        hs256(
+            json!({"sub": "alice", "exp": now().timestamp() + 60}),
+            b"secret"
+        )
+    ));
+    assert!(loose.identify(&token, now()).is_ok());
+    let strict = loose.clone().issuer("https://issuer");
+    assert!(strict.identify(&token, now()).is_err(), "no iss claim");
+    let forgetful = JwtIdentity::hs256(b"secret").remember(0);
+    assert!(forgetful.identify(&token, now()).is_ok());
+}

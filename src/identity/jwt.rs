@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,6 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 
 use super::jwt_verification::verify;
+use super::verified_tokens::{Verified, VerifiedTokens};
 use super::{IdentityError, IdentityExtractor};
 use crate::uid::Uid;
 
@@ -19,6 +21,10 @@ use crate::uid::Uid;
 /// public keys, chosen by the token's `kid` when there are several), that
 /// `exp` is present and in the future (read against the layer's clock, with
 /// a small leeway), and `iss`/`aud` when configured. Any failure is a 401.
+///
+/// A token that verified is remembered (up to 10,000 by default, see
+/// [`JwtIdentity::remember`]), so a client sending the same token again pays
+/// only for a lookup and the expiry check.
 ///
 /// ```
 /// use tower_tickets::identity::JwtIdentity;
@@ -33,7 +39,12 @@ pub struct JwtIdentity {
     keys: Keys,
     validation: Validation,
     leeway_secs: i64,
+    /// Shared by clones: they verify alike. Every setter starts a new one.
+    verified: Arc<VerifiedTokens>,
 }
+
+/// How many verified tokens a [`JwtIdentity`] remembers by default.
+const REMEMBERED_TOKENS: usize = 10_000;
 
 #[derive(Clone)]
 enum Keys {
@@ -85,7 +96,21 @@ impl JwtIdentity {
             keys,
             validation,
             leeway_secs: 30,
+            verified: Arc::new(VerifiedTokens::new(REMEMBERED_TOKENS)),
         }
+    }
+
+    /// How many verified tokens to remember (default 10,000; 0 verifies
+    /// every request's signature).
+    pub fn remember(mut self, tokens: usize) -> Self {
+        self.verified = Arc::new(VerifiedTokens::new(tokens));
+        self
+    }
+
+    /// Forgets the tokens verified under the previous settings.
+    fn reconfigured(mut self) -> Self {
+        self.verified = Arc::new(VerifiedTokens::new(self.verified.capacity()));
+        self
     }
 
     /// Tokens signed with HS256 and `secret`.
@@ -121,7 +146,7 @@ impl JwtIdentity {
     pub fn issuer(mut self, issuer: &str) -> Self {
         self.validation.set_issuer(&[issuer]);
         self.validation.required_spec_claims.insert("iss".into());
-        self
+        self.reconfigured()
     }
 
     /// Requires the `aud` claim to contain `audience`.
@@ -129,7 +154,7 @@ impl JwtIdentity {
         self.validation.set_audience(&[audience]);
         self.validation.validate_aud = true;
         self.validation.required_spec_claims.insert("aud".into());
-        self
+        self.reconfigured()
     }
 
     /// Tolerance for clock differences when checking `exp` (default 30 s).
@@ -182,13 +207,24 @@ impl IdentityExtractor for JwtIdentity {
             .ok_or(IdentityError::Invalid {
                 reason: "the Authorization header is not of the form 'Bearer <token>'".into(),
             })?;
-        let claims = verify(token, &self.validation, |header| self.key_for(header))?;
-        if claims.exp.saturating_add(self.leeway_secs) <= now.timestamp() {
+        let verified = match self.verified.get(token) {
+            Some(verified) => verified,
+            None => {
+                let claims = verify(token, &self.validation, |header| self.key_for(header))?;
+                let verified = Verified {
+                    uid: Uid::parse(&claims.sub)?,
+                    exp: claims.exp,
+                };
+                self.verified.insert(token, verified.clone());
+                verified
+            }
+        };
+        if verified.exp.saturating_add(self.leeway_secs) <= now.timestamp() {
             return Err(IdentityError::Invalid {
                 reason: "the token has expired".into(),
             });
         }
-        Ok(Uid::parse(&claims.sub)?)
+        Ok(verified.uid)
     }
 }
 

@@ -16,6 +16,7 @@ mod extension;
 mod header;
 mod jwt;
 mod jwt_verification;
+mod verified_tokens;
 
 use std::fmt;
 
