@@ -4,9 +4,13 @@
 //! Run with `cargo bench --bench http_load` (about 35 s). Both routers serve
 //! `POST /api/uploads` with the same handler, each on its own 127.0.0.1
 //! ephemeral port, from one tokio runtime. The layered one charges one upload
-//! ticket per request on the memory store and verifies an HS256 JWT, like the
+//! ticket per request on the memory store and checks an HS256 JWT, like the
 //! demo; its user holds `u32::MAX` tickets, so every request takes the
-//! allowed path (any other status than 201 aborts the run).
+//! allowed path (any other status than 201 aborts the run). The client sends
+//! one token throughout, as a signed-in browser does, so after the first
+//! request `JwtIdentity` answers from its memory of verified tokens; the
+//! criterion bench (`benches/layer.rs`) gives what a token's first check
+//! costs.
 //!
 //! The load comes from hyper client tasks on a second tokio runtime in the
 //! same process: 32 keep-alive connections per router, opened once, one
@@ -481,7 +485,8 @@ fn main() -> Result<(), Error> {
     );
     println!(
         "Server: axum on a tokio runtime with 2 worker threads; bare router on \
-         {bare_address}, ticket layer (memory store, JWT HS256) on {layered_address}."
+         {bare_address}, ticket layer (memory store, JWT HS256, one token sent throughout, \
+         so verified once and then remembered) on {layered_address}."
     );
     println!(
         "Load generator: hyper client tasks on a separate tokio runtime (2 worker threads) \
