@@ -172,7 +172,12 @@ fn identity(c: &mut Criterion) {
         c,
         &rt,
         "identity/layer, jwt hs256 verified",
-        layered(&rt, JwtIdentity::hs256(JWT_SECRET).remember(0), one, u32::MAX),
+        layered(
+            &rt,
+            JwtIdentity::hs256(JWT_SECRET).remember(0),
+            one,
+            u32::MAX,
+        ),
         || bearer(&token),
     );
 }

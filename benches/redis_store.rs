@@ -8,7 +8,7 @@
 //! It starts its own `redis-server` processes on free 127.0.0.1 ports (the
 //! tests' harness) and stops them by pid. Without `--bench`
 //! (`cargo test --features redis --benches`) one short round of each part
-//! checks the set-up and measures nothing. docs/benchmarks-redis.md records
+//! checks the set-up and measures nothing. docs/benchmarks.md ("Redis store") records
 //! results.
 //!
 //! 1. **Store vs redis-benchmark.** 50 tokio tasks call
