@@ -9,7 +9,11 @@
 //! so all backends agree on one time source and tests control it.
 
 mod error;
+#[cfg(feature = "firestore")]
+mod firestore;
 mod memory;
+#[cfg(feature = "firestore")]
+mod snapshot;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +22,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use self::error::{StoreError, StoreErrorKind};
+#[cfg(feature = "firestore")]
+pub use self::firestore::{DEFAULT_FIRESTORE_TIMEOUT, FirestoreSource, WriteOutcome};
 pub use self::memory::MemoryStore;
+#[cfg(feature = "firestore")]
+pub use self::snapshot::UserSnapshot;
 use crate::cost::CheckedCost;
 use crate::idempotency::IdempotencyKey;
 use crate::kind::TicketKind;
