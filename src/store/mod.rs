@@ -14,6 +14,8 @@ mod firestore;
 mod memory;
 #[cfg(feature = "firestore")]
 mod snapshot;
+#[cfg(feature = "firestore")]
+mod write_through;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -80,16 +80,9 @@ impl FirestoreEmulator {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// A client of this emulator for `project`. It sends no credentials
-    /// (the emulator checks none) and does not read `FIRESTORE_EMULATOR_HOST`,
-    /// so tests in one binary can talk to different emulators.
+    /// A client of this emulator for `project`; see [`client_at`].
     pub async fn client(&self, project: &str) -> FirestoreDb {
-        let options = FirestoreDbOptions::new(project.to_string())
-            .with_firebase_api_url(format!("http://{}", self.host()))
-            .with_max_retries(0);
-        FirestoreDb::with_options_auth(options, anonymous::Builder::new().build())
-            .await
-            .expect("a Firestore client of the emulator")
+        client_at(&self.host(), project).await
     }
 
     /// Kills the emulator (SIGKILL: no goodbye to its clients). Its data is
@@ -198,6 +191,19 @@ impl Drop for FirestoreEmulator {
     }
 }
 
+/// A client of the emulator at `host` for `project`. It sends no
+/// credentials (the emulator checks none), does not retry, and does not read
+/// `FIRESTORE_EMULATOR_HOST`, so tests in one binary can talk to different
+/// emulators.
+pub async fn client_at(host: &str, project: &str) -> FirestoreDb {
+    let options = FirestoreDbOptions::new(project.to_string())
+        .with_firebase_api_url(format!("http://{host}"))
+        .with_max_retries(0);
+    FirestoreDb::with_options_auth(options, anonymous::Builder::new().build())
+        .await
+        .expect("a Firestore client of the emulator")
+}
+
 /// Panics with what to install when the emulator is missing.
 pub fn require_emulator() {
     let java = Command::new("java")
@@ -214,7 +220,8 @@ pub fn require_emulator() {
     );
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on (for now).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
