@@ -109,7 +109,7 @@ async fn a_new_user_document_holds_the_initial_balances_as_integers_and_timestam
         &ValueType::IntegerValue(3)
     );
     assert_eq!(
-        field(&document, "ticketVersion"),
+        field(&document, "ticketsVersion"),
         &ValueType::IntegerValue(0)
     );
     for refill in ["lastTicketRefill", "lastAiTicketRefill"] {

@@ -232,7 +232,7 @@ mod tests {
     fn layout() -> DocumentLayout {
         DocumentLayout {
             collection: "users".into(),
-            version_field: "ticketVersion".into(),
+            version_field: "ticketsVersion".into(),
             kinds: vec![
                 Arc::new(TicketKind::new("upload", 5)),
                 Arc::new(TicketKind::new("ai", 3)),
@@ -350,8 +350,8 @@ mod tests {
                 "the upload kind needs both `ticketCount` and `lastTicketRefill`",
             ),
             (
-                vec![("ticketVersion", ValueType::DoubleValue(1.5))],
-                "field `ticketVersion` holds the double 1.5",
+                vec![("ticketsVersion", ValueType::DoubleValue(1.5))],
+                "field `ticketsVersion` holds the double 1.5",
             ),
         ];
         for (fields, expected) in cases {

@@ -114,7 +114,7 @@ impl FirestoreSource {
             db,
             layout: Arc::new(DocumentLayout {
                 collection: "users".into(),
-                version_field: "ticketVersion".into(),
+                version_field: "ticketsVersion".into(),
                 kinds: kinds.into_iter().map(Arc::new).collect(),
             }),
             timeout: DEFAULT_FIRESTORE_TIMEOUT,
@@ -127,7 +127,7 @@ impl FirestoreSource {
     }
 
     /// The field holding each document's version (defaults to
-    /// `ticketVersion`).
+    /// `ticketsVersion`).
     pub fn version_field(self, field: impl Into<String>) -> Self {
         self.with_layout(|layout| layout.version_field = field.into())
     }
