@@ -41,8 +41,6 @@ pub enum ConfigError {
         /// The kind.
         kind: String,
     },
-    /// A cost names no kind.
-    EmptyCost,
     /// A cost names a kind the registry does not know.
     UnknownKind {
         /// The name in the cost.
@@ -100,9 +98,6 @@ impl fmt::Display for ConfigError {
             Self::ZeroPeriod { kind } => write!(
                 f,
                 "kind {kind:?} has a refill period of zero: use a period of at least 1 ms (24 h is the usual one)"
-            ),
-            Self::EmptyCost => f.write_str(
-                "the cost names no kind: charge at least one, e.g. Cost::of(\"upload\", 1)",
             ),
             Self::UnknownKind { kind, known } => write!(
                 f,

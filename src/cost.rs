@@ -108,11 +108,9 @@ pub struct CheckedCost {
 }
 
 impl CheckedCost {
-    /// Checks `cost` against `kinds`.
+    /// Checks `cost` against `kinds` (a [`Cost`] names at least one kind by
+    /// construction).
     pub(crate) fn check(cost: &Cost, kinds: &[Arc<TicketKind>]) -> Result<Self, ConfigError> {
-        if cost.items.is_empty() {
-            return Err(ConfigError::EmptyCost);
-        }
         let mut items = Vec::with_capacity(cost.items.len());
         for (i, (name, amount)) in cost.items.iter().enumerate() {
             let Some(kind) = kinds.iter().find(|k| k.name() == name) else {

@@ -218,8 +218,19 @@ impl Tickets {
     }
 
     /// The registered kinds, in registration order.
-    pub fn kinds(&self) -> impl Iterator<Item = &TicketKind> {
-        self.shared.kinds.iter().map(|k| &**k)
+    pub fn kinds(&self) -> &[Arc<TicketKind>] {
+        &self.shared.kinds
+    }
+
+    /// The registered kind named `name`.
+    pub fn kind(&self, name: &str) -> Option<&Arc<TicketKind>> {
+        self.shared.kinds.iter().find(|k| k.name() == name)
+    }
+
+    /// Checks `cost` against the registered kinds, as [`Tickets::layer`]
+    /// does; for code that calls a [`TicketStore`] directly.
+    pub fn check_cost(&self, cost: &Cost) -> Result<CheckedCost, ConfigError> {
+        CheckedCost::check(cost, &self.shared.kinds)
     }
 
     /// The current instant, as every decision sees it.
@@ -292,10 +303,7 @@ impl Tickets {
         adjustment: Adjustment,
     ) -> Result<BalanceView, AdminError> {
         let kind = self
-            .shared
-            .kinds
-            .iter()
-            .find(|k| k.name() == kind)
+            .kind(kind)
             .ok_or_else(|| AdminError::UnknownKind(kind.into()))?;
         let balance = self
             .shared

@@ -126,6 +126,7 @@ impl JwtIdentity {
     /// Requires the `iss` claim to equal `issuer`.
     pub fn issuer(mut self, issuer: &str) -> Self {
         self.validation.set_issuer(&[issuer]);
+        self.validation.required_spec_claims.insert("iss".into());
         self
     }
 
@@ -133,6 +134,7 @@ impl JwtIdentity {
     pub fn audience(mut self, audience: &str) -> Self {
         self.validation.set_audience(&[audience]);
         self.validation.validate_aud = true;
+        self.validation.required_spec_claims.insert("aud".into());
         self
     }
 
@@ -166,7 +168,9 @@ fn invalid(e: jsonwebtoken::errors::Error) -> IdentityError {
         ErrorKind::InvalidIssuer => "the token was issued by another issuer",
         ErrorKind::InvalidAudience => "the token is meant for another audience",
         ErrorKind::InvalidAlgorithm => "the token is signed with an algorithm not accepted here",
-        ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim (sub, exp)",
+        ErrorKind::MissingRequiredClaim(_) => {
+            "the token lacks a required claim (sub, exp, and iss/aud where configured)"
+        }
         _ => "the token is malformed",
     };
     IdentityError::Invalid {

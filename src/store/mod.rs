@@ -12,6 +12,9 @@ mod error;
 #[cfg(feature = "firestore")]
 mod firestore;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+mod refusal_cache;
 #[cfg(feature = "firestore")]
 mod snapshot;
 #[cfg(feature = "firestore")]
@@ -27,6 +30,9 @@ pub use self::error::{StoreError, StoreErrorKind};
 #[cfg(feature = "firestore")]
 pub use self::firestore::{DEFAULT_FIRESTORE_TIMEOUT, FirestoreSource, WriteOutcome};
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource};
+pub use self::refusal_cache::RefusalCache;
 #[cfg(feature = "firestore")]
 pub use self::snapshot::UserSnapshot;
 use crate::cost::CheckedCost;

@@ -1,0 +1,595 @@
+//! The Redis store, in one run on one machine: store charges/s against
+//! `redis-benchmark` sending the same script, HTTP requests/s and latency of
+//! a priced router against the bare router (allowed and refused paths), and
+//! what requests see while Redis is killed and restarted.
+//!
+//! Run with `cargo bench --features redis --bench redis_store` (about 90 s).
+//! It starts its own `redis-server` processes on free 127.0.0.1 ports (the
+//! tests' harness) and stops them by pid. Without `--bench`
+//! (`cargo test --features redis --benches`) one short round of each part
+//! checks the set-up and measures nothing. docs/benchmarks-redis.md records
+//! results.
+//!
+//! 1. **Store vs redis-benchmark.** 50 tokio tasks call
+//!    `RedisStore::charge` in a loop (allowed charges spread over 50 users);
+//!    then `redis-benchmark -c 50` sends the very `EVALSHA` command the store
+//!    sent (captured with `MONITOR`), its key spread over the same 50 users
+//!    with `-r 50`. Rounds alternate; the ratio is store/redis-benchmark.
+//! 2. **HTTP.** `POST /api/uploads` with an HS256 JWT, as in the demo, on a
+//!    bare router and on the same router behind the ticket layer with
+//!    `RefusalCache<RedisStore>`: once for users with `u32::MAX` tickets
+//!    (allowed path, 201) and once for users at zero (refused path, 429).
+//!    Keep-alive hyper connections, one request in flight on each, from a
+//!    separate tokio runtime in the same process.
+//! 3. **Faults.** The allowed-path load runs while Redis is killed, then
+//!    restarted: the slowest request during the outage, the statuses seen,
+//!    and how long until the first 201 after the restart.
+
+/// The tests' harness; the benchmark uses its standalone server only.
+#[allow(dead_code)]
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use bytes::Bytes;
+use chrono::Utc;
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use redis_server::RedisServer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tower_tickets::identity::{JwtIdentity, JwtIssuer};
+use tower_tickets::store::{ChargeRequest, RedisStore, RefusalCache, TicketStore};
+use tower_tickets::{Cost, TicketKind, Tickets, Uid};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Concurrent callers of the store, and `redis-benchmark`'s `-c`.
+const CALLERS: usize = 50;
+/// Keep-alive HTTP connections, one request in flight on each.
+const CONNECTIONS: usize = 32;
+const JWT_SECRET: &[u8] = b"benchmark secret, at least 32 bytes long";
+const UPLOAD: &[u8] = &[0x42; 256];
+
+/// How long each part runs.
+struct Schedule {
+    rounds: usize,
+    round: Duration,
+    /// `redis-benchmark -n` per round.
+    benchmark_requests: u64,
+    /// Load before the kill, outage, load after the restart.
+    fault_phase: Duration,
+}
+
+impl Schedule {
+    const BENCH: Self = Self {
+        rounds: 3,
+        round: Duration::from_secs(4),
+        benchmark_requests: 200_000,
+        fault_phase: Duration::from_secs(2),
+    };
+    const SMOKE: Self = Self {
+        rounds: 1,
+        round: Duration::from_millis(200),
+        benchmark_requests: 1_000,
+        fault_phase: Duration::from_millis(300),
+    };
+}
+
+fn main() -> Result<(), Error> {
+    let schedule = if std::env::args().any(|arg| arg == "--bench") {
+        Schedule::BENCH
+    } else {
+        Schedule::SMOKE
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let redis_version = Command::new("redis-server").arg("--version").output()?;
+    println!(
+        "Machine: {cores} cores shared by redis-server, the server runtime (2 worker threads) \
+         and the load generator (2 worker threads, or redis-benchmark). {}",
+        String::from_utf8_lossy(&redis_version.stdout).trim()
+    );
+    let server_runtime = runtime("bench-server")?;
+    let client_runtime = runtime("bench-client")?;
+
+    let redis = RedisServer::start();
+    store_versus_redis_benchmark(&schedule, &redis, &client_runtime)?;
+    http_paths(&schedule, &redis, &server_runtime, &client_runtime)?;
+    drop(redis);
+    faults(&schedule, &server_runtime, &client_runtime)?;
+    Ok(())
+}
+
+fn runtime(name: &str) -> Result<Runtime, Error> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+/// The demo's upload kind and JWT identity, over `store`.
+fn upload_tickets(store: impl TicketStore) -> Result<Tickets, Error> {
+    Ok(Tickets::builder()
+        .kind(TicketKind::new("upload", 5))
+        .identity(JwtIdentity::hs256(JWT_SECRET))
+        .store(store)
+        .build()?)
+}
+
+/// Users named as `redis-benchmark -r` names its keys: 12 digits.
+fn bench_user(n: usize) -> Uid {
+    Uid::parse(&format!("bench-{n:012}")).expect("a valid uid")
+}
+
+/// Sets each user's upload balance.
+async fn set_balances(
+    tickets: &Tickets,
+    users: impl IntoIterator<Item = Uid>,
+    balance: u32,
+) -> Result<(), Error> {
+    for uid in users {
+        tickets.set(&uid, "upload", balance).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 1. Store charges/s against redis-benchmark
+// ---------------------------------------------------------------------------
+
+fn store_versus_redis_benchmark(
+    schedule: &Schedule,
+    redis: &RedisServer,
+    client: &Runtime,
+) -> Result<(), Error> {
+    let store = client.block_on(RedisStore::connect(redis.url()))?;
+    let tickets = upload_tickets(store.clone())?;
+    client.block_on(set_balances(
+        &tickets,
+        (0..CALLERS).map(bench_user),
+        u32::MAX,
+    ))?;
+    let command = capture_charge_command(redis, &store, &tickets, client)?;
+
+    println!();
+    println!(
+        "## 1. Store charges/s vs redis-benchmark (EVALSHA of the charge script, {CALLERS} concurrent callers)"
+    );
+    println!();
+    println!("| round | store charges/s | failed charges | redis-benchmark EVALSHA/s | ratio |");
+    println!("|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    let (mut store_rates, mut benchmark_rates) = (Vec::new(), Vec::new());
+    for round in 1..=schedule.rounds {
+        let (store_rate, failed) =
+            client.block_on(store_charges_per_sec(&store, &tickets, schedule.round))?;
+        let benchmark_rate = redis_benchmark(redis, &command, schedule.benchmark_requests)?;
+        let ratio = store_rate / benchmark_rate;
+        println!("| {round} | {store_rate:.0} | {failed} | {benchmark_rate:.0} | {ratio:.3} |");
+        store_rates.push(store_rate);
+        benchmark_rates.push(benchmark_rate);
+        ratios.push(ratio);
+    }
+    println!(
+        "| **median** | {:.0} | | {:.0} | {:.3} |",
+        median(store_rates),
+        median(benchmark_rates),
+        median(ratios.clone())
+    );
+    println!();
+    println!(
+        "redis-benchmark command: `redis-benchmark -h 127.0.0.1 -p <port> -c {CALLERS} -n {} -r {CALLERS} --csv {}`",
+        schedule.benchmark_requests,
+        command.join(" ")
+    );
+    Ok(())
+}
+
+/// The `EVALSHA` command line the store sends for a charge, read with
+/// `MONITOR`, its user replaced by `redis-benchmark`'s random placeholder.
+fn capture_charge_command(
+    redis: &RedisServer,
+    store: &RedisStore,
+    tickets: &Tickets,
+    client: &Runtime,
+) -> Result<Vec<String>, Error> {
+    let mut monitor = redis.connection();
+    redis::cmd("MONITOR").exec(&mut monitor)?;
+    client.block_on(store.charge(charge_request(tickets, bench_user(0))))?;
+    loop {
+        let line: String = redis::from_redis_value(monitor.recv_response()?)?;
+        // `<time> [<db> <client>] "EVALSHA" "<sha>" ...`; script-run
+        // commands show `[<db> lua]`.
+        if let Some((_, args)) = line.split_once("] \"EVALSHA\"") {
+            let mut command = vec!["EVALSHA".to_string()];
+            command.extend(
+                args.trim()
+                    .trim_matches('"')
+                    .split("\" \"")
+                    .map(|arg| arg.replace(bench_user(0).as_str(), "bench-__rand_int__")),
+            );
+            return Ok(command);
+        }
+    }
+}
+
+fn charge_request(tickets: &Tickets, uid: Uid) -> ChargeRequest {
+    ChargeRequest {
+        uid,
+        cost: tickets
+            .check_cost(&Cost::of("upload", 1))
+            .expect("a valid cost"),
+        now: tickets.now(),
+        idempotency_key: None,
+    }
+}
+
+/// Successful charges per second, and how many failed (timeouts when the
+/// machine stalls; they count as no work done).
+async fn store_charges_per_sec(
+    store: &RedisStore,
+    tickets: &Tickets,
+    duration: Duration,
+) -> Result<(f64, u64), Error> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let (store, request) = (store.clone(), charge_request(tickets, bench_user(caller)));
+            tokio::spawn(async move {
+                let (mut charged, mut failed) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    match store.charge(request.clone()).await {
+                        Ok(_) => charged += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (charged, failed)
+            })
+        })
+        .collect();
+    let (mut charged, mut failed) = (0, 0);
+    for caller in callers {
+        let (c, f) = caller.await?;
+        charged += c;
+        failed += f;
+    }
+    Ok((charged as f64 / started.elapsed().as_secs_f64(), failed))
+}
+
+/// Runs `redis-benchmark` with `command`; returns its requests/s.
+fn redis_benchmark(redis: &RedisServer, command: &[String], requests: u64) -> Result<f64, Error> {
+    let output = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
+        .args(["-c", &CALLERS.to_string(), "-n", &requests.to_string()])
+        .args(["-r", &CALLERS.to_string(), "--csv"])
+        .args(command)
+        .output()?;
+    let csv = String::from_utf8_lossy(&output.stdout);
+    // `"test","rps",...` then `"EVALSHA ...","51234.56",...`
+    let rps = csv
+        .lines()
+        .nth(1)
+        .and_then(|row| row.split("\",\"").nth(1))
+        .and_then(|rps| rps.trim_matches('"').parse().ok())
+        .ok_or_else(|| format!("unexpected redis-benchmark output: {csv}"))?;
+    Ok(rps)
+}
+
+// ---------------------------------------------------------------------------
+// 2. HTTP: bare router against the priced router
+// ---------------------------------------------------------------------------
+
+/// One load run against one router.
+struct Run {
+    /// Expected answers per second.
+    requests_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Answers with another status (503 when the store timed out).
+    unexpected: usize,
+}
+
+fn http_paths(
+    schedule: &Schedule,
+    redis: &RedisServer,
+    server: &Runtime,
+    client: &Runtime,
+) -> Result<(), Error> {
+    let tickets = server.block_on(priced_tickets(redis.url(), "http:"))?;
+    let users = |path: &str| -> Vec<Uid> {
+        (0..CONNECTIONS)
+            .map(|n| Uid::parse(&format!("{path}-{n}")).unwrap())
+            .collect()
+    };
+    let (allowed, refused) = (users("allowed"), users("refused"));
+    server.block_on(set_balances(&tickets, allowed.clone(), u32::MAX))?;
+    server.block_on(set_balances(&tickets, refused.clone(), 0))?;
+    let (allowed, refused) = (tokens(&allowed), tokens(&refused));
+    let bare = server.block_on(serve(router()))?;
+    let priced = server.block_on(serve(
+        router().route_layer(tickets.layer(Cost::of("upload", 1))?),
+    ))?;
+
+    println!();
+    println!(
+        "## 2. HTTP: POST /api/uploads (JWT HS256, {} B body), {CONNECTIONS} keep-alive connections",
+        UPLOAD.len()
+    );
+    println!();
+    println!(
+        "| round | bare req/s | bare p50 | bare p99 | allowed req/s | allowed p50 | allowed p99 | allowed/bare | refused req/s | refused p50 | refused p99 | refused/bare | other statuses |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for round in 1..=schedule.rounds {
+        let bare = load(client, bare, &allowed, StatusCode::CREATED, schedule.round)?;
+        let allowed = load(
+            client,
+            priced,
+            &allowed,
+            StatusCode::CREATED,
+            schedule.round,
+        )?;
+        let refused = load(
+            client,
+            priced,
+            &refused,
+            StatusCode::TOO_MANY_REQUESTS,
+            schedule.round,
+        )?;
+        println!(
+            "{}",
+            http_row(&round.to_string(), &bare, &allowed, &refused)
+        );
+        rows.push((bare, allowed, refused));
+    }
+    let median_run = |pick: fn(&(Run, Run, Run)) -> &Run| Run {
+        requests_per_sec: median(rows.iter().map(|r| pick(r).requests_per_sec).collect()),
+        p50: Duration::from_secs_f64(median(
+            rows.iter().map(|r| pick(r).p50.as_secs_f64()).collect(),
+        )),
+        p99: Duration::from_secs_f64(median(
+            rows.iter().map(|r| pick(r).p99.as_secs_f64()).collect(),
+        )),
+        unexpected: rows.iter().map(|r| pick(r).unexpected).sum(),
+    };
+    println!(
+        "{}",
+        http_row(
+            "**median**",
+            &median_run(|r| &r.0),
+            &median_run(|r| &r.1),
+            &median_run(|r| &r.2)
+        )
+    );
+    Ok(())
+}
+
+fn http_row(label: &str, bare: &Run, allowed: &Run, refused: &Run) -> String {
+    format!(
+        "| {label} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
+        bare.requests_per_sec,
+        millis(bare.p50),
+        millis(bare.p99),
+        allowed.requests_per_sec,
+        millis(allowed.p50),
+        millis(allowed.p99),
+        allowed.requests_per_sec / bare.requests_per_sec,
+        refused.requests_per_sec,
+        millis(refused.p50),
+        millis(refused.p99),
+        refused.requests_per_sec / bare.requests_per_sec,
+        bare.unexpected + allowed.unexpected + refused.unexpected,
+    )
+}
+
+/// The demo's set-up: the refusal cache in front of the Redis store.
+async fn priced_tickets(url: String, prefix: &str) -> Result<Tickets, Error> {
+    let store = RedisStore::standalone(url)
+        .key_prefix(prefix)
+        .connect()
+        .await?;
+    upload_tickets(RefusalCache::new(store))
+}
+
+/// Bearer header values for `users`.
+fn tokens(users: &[Uid]) -> Vec<HeaderValue> {
+    let issuer = JwtIssuer::hs256(JWT_SECRET);
+    users
+        .iter()
+        .map(|uid| {
+            let token = issuer.issue(uid, Utc::now(), Duration::from_secs(3600));
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
+        })
+        .collect()
+}
+
+async fn upload(body: Bytes) -> (StatusCode, String) {
+    (StatusCode::CREATED, format!("stored {} bytes", body.len()))
+}
+
+fn router() -> Router {
+    Router::new().route("/api/uploads", post(upload))
+}
+
+async fn serve(router: Router) -> Result<SocketAddr, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(address)
+}
+
+/// One answer: when its request was sent, how long it took, its status.
+struct Sample {
+    sent: Instant,
+    latency: Duration,
+    status: StatusCode,
+}
+
+/// Sends uploads on one keep-alive connection until `deadline`.
+async fn connection(
+    address: SocketAddr,
+    token: HeaderValue,
+    deadline: Instant,
+) -> Result<Vec<Sample>, Error> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(driver);
+    let host = HeaderValue::from_str(&address.to_string())?;
+    let mut samples = Vec::new();
+    while Instant::now() < deadline {
+        let request = Request::post("/api/uploads")
+            .header(HOST, host.clone())
+            .header(AUTHORIZATION, token.clone())
+            .body(Full::new(Bytes::from_static(UPLOAD)))?;
+        let sent = Instant::now();
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        samples.push(Sample {
+            sent,
+            latency: sent.elapsed(),
+            status,
+        });
+    }
+    drop(sender);
+    driver.await??;
+    Ok(samples)
+}
+
+/// Drives `address` from [`CONNECTIONS`] connections, one per token, for
+/// `duration`; every answer must be `expected`.
+fn load(
+    client: &Runtime,
+    address: SocketAddr,
+    tokens: &[HeaderValue],
+    expected: StatusCode,
+    duration: Duration,
+) -> Result<Run, Error> {
+    let started = Instant::now();
+    let samples = client.block_on(drive(address, tokens, started + duration))?;
+    let elapsed = started.elapsed();
+    let mut latencies: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.status == expected)
+        .map(|s| s.latency)
+        .collect();
+    latencies.sort_unstable();
+    Ok(Run {
+        requests_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 50),
+        p99: percentile(&latencies, 99),
+        unexpected: samples.len() - latencies.len(),
+    })
+}
+
+async fn drive(
+    address: SocketAddr,
+    tokens: &[HeaderValue],
+    deadline: Instant,
+) -> Result<Vec<Sample>, Error> {
+    let connections: Vec<_> = tokens
+        .iter()
+        .map(|token| tokio::spawn(connection(address, token.clone(), deadline)))
+        .collect();
+    let mut samples = Vec::new();
+    for connection in connections {
+        samples.extend(connection.await??);
+    }
+    Ok(samples)
+}
+
+// ---------------------------------------------------------------------------
+// 3. Faults: Redis killed and restarted under load
+// ---------------------------------------------------------------------------
+
+fn faults(schedule: &Schedule, server: &Runtime, client: &Runtime) -> Result<(), Error> {
+    let mut redis = RedisServer::start();
+    let tickets = server.block_on(priced_tickets(redis.url(), "faults:"))?;
+    let users: Vec<Uid> = (0..CONNECTIONS)
+        .map(|n| Uid::parse(&format!("faults-{n}")).unwrap())
+        .collect();
+    server.block_on(set_balances(&tickets, users.clone(), u32::MAX))?;
+    let tokens = tokens(&users);
+    let priced = server.block_on(serve(
+        router().route_layer(tickets.layer(Cost::of("upload", 1))?),
+    ))?;
+
+    let phase = schedule.fault_phase;
+    let started = Instant::now();
+    let load = client.spawn({
+        let tokens = tokens.clone();
+        async move { drive(priced, &tokens, started + 3 * phase).await }
+    });
+    std::thread::sleep(phase);
+    let killed = Instant::now();
+    redis.kill();
+    std::thread::sleep(phase);
+    redis.restart();
+    let restarted = Instant::now();
+    let samples = client.block_on(load)??;
+
+    let during_outage = |s: &&Sample| s.sent + s.latency > killed && s.sent < restarted;
+    let outage: Vec<&Sample> = samples.iter().filter(during_outage).collect();
+    let slowest = outage.iter().map(|s| s.latency).max().unwrap_or_default();
+    let count = |status: StatusCode| outage.iter().filter(|s| s.status == status).count();
+    let others = outage.len() - count(StatusCode::CREATED) - count(StatusCode::SERVICE_UNAVAILABLE);
+    let resumed = samples
+        .iter()
+        .filter(|s| s.sent >= restarted && s.status == StatusCode::CREATED)
+        .map(|s| s.sent + s.latency - restarted)
+        .min();
+
+    println!();
+    println!(
+        "## 3. Redis killed under the allowed-path load ({CONNECTIONS} connections), restarted {phase:?} later"
+    );
+    println!();
+    println!(
+        "| requests during the outage | 201 (answered before the kill) | 503 | other | slowest | first 201 after the restart |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {others} | {} | {} |",
+        outage.len(),
+        count(StatusCode::CREATED),
+        count(StatusCode::SERVICE_UNAVAILABLE),
+        millis(slowest),
+        resumed.map_or_else(|| "never".to_string(), millis),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[(sorted.len() * percent / 100).min(sorted.len() - 1)]
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1e3)
+}

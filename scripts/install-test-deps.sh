@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and the machine lacks. Idempotent: a
+# second run installs nothing. Used by scripts/test.sh (and so by .ci/run).
+set -euo pipefail
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Redis: the Redis store's tests start their own redis-server processes.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server (Debian package redis-server)"
+  apt_install redis-server
+  # The package starts a system-wide server; the tests start their own.
+  (service redis-server stop || true) >/dev/null 2>&1
+fi

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit, integration (against real servers the
+# tests start themselves) and doc tests, with every feature. Installs what is
+# missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+cargo test --all-features --locked "$@"

@@ -1,0 +1,151 @@
+//! The circuit breaker: after repeated failures, answer at once instead of
+//! waiting for each call's timeout, and probe now and then for recovery.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::store::{StoreError, StoreErrorKind};
+
+/// Counts consecutive failures of the calls it admits.
+///
+/// Closed: every call goes through; `threshold` failures in a row open it.
+/// Open: calls fail at once with [`StoreErrorKind::CircuitOpen`] until
+/// `open_for` has passed; then one call goes through as a probe (others keep
+/// failing at once) and its outcome closes or reopens the breaker.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    threshold: u32,
+    open_for: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    Probing,
+}
+
+/// The right to make one call; tell the breaker how it went with
+/// [`Permit::succeeded`] or [`Permit::failed`]. A probe dropped without a
+/// verdict (its caller gave up) counts as a failure, so the breaker never
+/// waits for a probe that will not report.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    breaker: Arc<Breaker>,
+    probe: bool,
+    reported: bool,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, open_for: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            open_for,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    /// A permit for one call, or an error at once while the breaker is open.
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Permit, StoreError> {
+        let mut state = self.state.lock();
+        let probe = match *state {
+            State::Closed { .. } => false,
+            State::Open { until } if Instant::now() >= until => {
+                *state = State::Probing;
+                true
+            }
+            State::Open { .. } | State::Probing => {
+                return Err(StoreError::new(
+                    StoreErrorKind::CircuitOpen,
+                    "Redis failed repeatedly; the breaker answers at once until a probe succeeds",
+                ));
+            }
+        };
+        Ok(Permit {
+            breaker: self.clone(),
+            probe,
+            reported: false,
+        })
+    }
+
+    fn record(&self, success: bool) {
+        let mut state = self.state.lock();
+        *state = match (*state, success) {
+            (_, true) => State::Closed { failures: 0 },
+            (State::Closed { failures }, false) if failures + 1 < self.threshold => State::Closed {
+                failures: failures + 1,
+            },
+            (State::Open { until }, false) => State::Open { until },
+            (State::Closed { .. } | State::Probing, false) => State::Open {
+                until: Instant::now() + self.open_for,
+            },
+        };
+    }
+}
+
+impl Permit {
+    /// The call reached Redis and got an answer.
+    pub(crate) fn succeeded(mut self) {
+        self.reported = true;
+        self.breaker.record(true);
+    }
+
+    /// The call failed to reach Redis or timed out.
+    pub(crate) fn failed(mut self) {
+        self.reported = true;
+        self.breaker.record(false);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            self.breaker.record(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_error(breaker: &Arc<Breaker>) -> bool {
+        matches!(breaker.admit(), Err(e) if e.kind() == StoreErrorKind::CircuitOpen)
+    }
+
+    #[test]
+    fn opens_after_threshold_failures_in_a_row_only() {
+        let breaker = Arc::new(Breaker::new(3, Duration::from_secs(3600)));
+        breaker.admit().unwrap().failed();
+        breaker.admit().unwrap().failed();
+        breaker.admit().unwrap().succeeded();
+        breaker.admit().unwrap().failed();
+        breaker.admit().unwrap().failed();
+        assert!(!open_error(&breaker), "a success reset the count");
+        breaker.admit().unwrap().failed();
+        assert!(open_error(&breaker));
+    }
+
+    #[test]
+    fn one_probe_at_a_time_decides_after_the_open_time() {
+        let breaker = Arc::new(Breaker::new(1, Duration::ZERO));
+        breaker.admit().unwrap().failed();
+        let probe = breaker.admit().expect("the open time has passed: a probe");
+        assert!(open_error(&breaker), "only one probe in flight");
+        probe.failed();
+        let probe = breaker.admit().expect("another probe");
+        probe.succeeded();
+        assert!(breaker.admit().is_ok() && breaker.admit().is_ok(), "closed");
+    }
+
+    #[test]
+    fn a_dropped_probe_reopens_instead_of_blocking_forever() {
+        let breaker = Arc::new(Breaker::new(1, Duration::ZERO));
+        breaker.admit().unwrap().failed();
+        drop(breaker.admit().unwrap());
+        assert!(breaker.admit().is_ok(), "a new probe is admitted");
+    }
+}

@@ -1,0 +1,176 @@
+//! Configuring and connecting a [`RedisStore`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Client;
+
+use super::breaker::Breaker;
+use super::connection::Connection;
+use super::error::RedisSetupError;
+use super::keys::KeyLayout;
+use super::scripts::{CallContext, SCRIPTS};
+use super::store::{RedisStore, Shared};
+
+/// Where the scripts read the time of a decision. See the
+/// [module docs](super) for why it matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TimeSource {
+    /// The Redis server's clock (`TIME`): one clock for every app instance.
+    /// The default.
+    #[default]
+    Redis,
+    /// The instant the caller passes in (the registry's
+    /// [`Clock`](crate::Clock)): for tests with a
+    /// [`FakeClock`](crate::FakeClock), or when every instance shares one
+    /// well-synchronised clock.
+    Caller,
+}
+
+/// Which servers to connect to.
+#[derive(Debug, Clone)]
+enum Topology {
+    Standalone(String),
+    Cluster(Vec<String>),
+}
+
+/// Configures a [`RedisStore`]; made by [`RedisStore::standalone`] or
+/// [`RedisStore::cluster`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_tickets::store::RedisStore;
+///
+/// # async fn run() -> Result<(), tower_tickets::store::RedisSetupError> {
+/// let store = RedisStore::standalone("redis://127.0.0.1:6379")
+///     .key_prefix("myapp:tickets:")
+///     .timeout(Duration::from_millis(50))
+///     .connect()
+///     .await?;
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    topology: Topology,
+    prefix: String,
+    timeout: Duration,
+    breaker_failures: u32,
+    breaker_open_for: Duration,
+    idle_periods: u32,
+    time_source: TimeSource,
+}
+
+impl RedisStoreBuilder {
+    fn new(topology: Topology) -> Self {
+        Self {
+            topology,
+            prefix: "tickets:".into(),
+            timeout: Duration::from_millis(100),
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_millis(500),
+            idle_periods: 3,
+            time_source: TimeSource::Redis,
+        }
+    }
+
+    /// What every key starts with (default `tickets:`): visible ASCII
+    /// without braces, at most 64 bytes.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The longest a call may take, reconnection included (default 100 ms).
+    /// A call that takes longer fails with
+    /// [`Timeout`](crate::store::StoreErrorKind::Timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// After `failures` failed calls in a row (default 5), answer every call
+    /// at once with [`CircuitOpen`](crate::store::StoreErrorKind::CircuitOpen)
+    /// for `open_for` (default 500 ms), then let one call probe Redis.
+    pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.breaker_failures = failures.max(1);
+        self.breaker_open_for = open_for;
+        self
+    }
+
+    /// A user's balances expire this many of their kinds' longest refill
+    /// period after their last refill (default 3, at least 1): a refill is
+    /// due by then, so forgetting the user gives back nothing they did not
+    /// have coming. Users who keep spending are refilled, and kept, every
+    /// period.
+    pub fn idle_periods(mut self, periods: u32) -> Self {
+        self.idle_periods = periods.max(1);
+        self
+    }
+
+    /// Where decisions take their time (default [`TimeSource::Redis`]).
+    pub fn time_source(mut self, source: TimeSource) -> Self {
+        self.time_source = source;
+        self
+    }
+
+    /// Connects and loads the scripts.
+    pub async fn connect(self) -> Result<RedisStore, RedisSetupError> {
+        let keys =
+            KeyLayout::new(&self.prefix).map_err(|reason| RedisSetupError::InvalidPrefix {
+                prefix: self.prefix.clone(),
+                reason,
+            })?;
+        let mut connection = match &self.topology {
+            Topology::Standalone(url) => {
+                let client = Client::open(url.as_str()).map_err(RedisSetupError::InvalidUrl)?;
+                Connection::standalone(client, self.timeout).await
+            }
+            Topology::Cluster(nodes) => Connection::cluster(nodes, self.timeout).await,
+        }
+        .map_err(RedisSetupError::Unreachable)?;
+        for script in SCRIPTS.all() {
+            connection
+                .load(script)
+                .await
+                .map_err(RedisSetupError::Unreachable)?;
+        }
+        Ok(RedisStore::from_shared(Shared {
+            connection,
+            keys,
+            context: CallContext {
+                time_source: self.time_source,
+                idle_periods: self.idle_periods,
+            },
+            timeout: self.timeout,
+            breaker: Arc::new(Breaker::new(self.breaker_failures, self.breaker_open_for)),
+        }))
+    }
+}
+
+impl RedisStore {
+    /// Configures a store on one Redis server, e.g. `redis://127.0.0.1:6379`.
+    pub fn standalone(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Topology::Standalone(url.into()))
+    }
+
+    /// Configures a store on a Redis Cluster, given the URLs of some of its
+    /// nodes.
+    pub fn cluster<I, S>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisStoreBuilder::new(Topology::Cluster(
+            nodes.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// Connects to one Redis server with the defaults.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, RedisSetupError> {
+        Self::standalone(url).connect().await
+    }
+}

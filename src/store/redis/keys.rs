@@ -1,0 +1,71 @@
+//! Where a user's values live: key names under one hash tag `{uid}`.
+
+use crate::idempotency::IdempotencyKey;
+use crate::uid::Uid;
+
+/// The longest key prefix accepted.
+pub(crate) const MAX_PREFIX_LEN: usize = 64;
+
+/// Builds every key the scripts touch.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyLayout {
+    prefix: Box<str>,
+}
+
+impl KeyLayout {
+    /// A layout under `prefix`, or why the prefix cannot be used. Braces
+    /// would move the hash tag (Redis Cluster hashes the first `{...}`);
+    /// spaces and control characters make keys unreadable in tools.
+    pub(crate) fn new(prefix: &str) -> Result<Self, String> {
+        if prefix.len() > MAX_PREFIX_LEN {
+            return Err(format!(
+                "it is {} bytes long; at most {MAX_PREFIX_LEN} are allowed",
+                prefix.len()
+            ));
+        }
+        if let Some(bad) = prefix
+            .chars()
+            .find(|c| !c.is_ascii_graphic() || *c == '{' || *c == '}')
+        {
+            return Err(format!(
+                "it contains {bad:?}; use visible ASCII without braces, e.g. \"tickets:\""
+            ));
+        }
+        Ok(Self {
+            prefix: prefix.into(),
+        })
+    }
+
+    /// The hash of `uid`'s balances.
+    pub(crate) fn balances(&self, uid: &Uid) -> String {
+        format!("{}{{{uid}}}:t", self.prefix)
+    }
+
+    /// The record of `uid`'s charged idempotency key. The key's own braces,
+    /// if any, come after the hash tag and so do not move it.
+    pub(crate) fn idempotency(&self, uid: &Uid, key: &IdempotencyKey) -> String {
+        format!("{}{{{uid}}}:i:{}", self.prefix, key.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_user_shares_its_hash_tag() {
+        let keys = KeyLayout::new("app:").unwrap();
+        let uid = Uid::parse("u1").unwrap();
+        let key = IdempotencyKey::parse("a}{b").unwrap();
+        assert_eq!(keys.balances(&uid), "app:{u1}:t");
+        assert_eq!(keys.idempotency(&uid, &key), "app:{u1}:i:a}{b");
+    }
+
+    #[test]
+    fn prefixes_that_would_move_the_hash_tag_are_refused() {
+        for bad in ["a{", "}", "a b", "\n", &"x".repeat(MAX_PREFIX_LEN + 1)] {
+            assert!(KeyLayout::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(KeyLayout::new("").is_ok());
+    }
+}

@@ -1,0 +1,21 @@
+-- adjust: grant (add) or set a balance, after applying a due refill.
+--
+-- KEYS[1] the user's balances.
+-- ARGV: decision time ('' = Redis TIME), idle TTL ms, kind count, then per
+--       kind: 'grant' or 'set', amount, spec.
+-- Reply: {remaining, last refill, ...}.
+
+local t = decision_time(ARGV[1])
+local kinds = read_kinds(4, tonumber(ARGV[3]), 2)
+load(KEYS[1], kinds, t)
+for _, kind in ipairs(kinds) do
+  local amount = tonumber(kind.own[2])
+  if kind.own[1] == 'grant' then
+    kind.n = math.min(kind.n + amount, MAX_BALANCE)
+  else
+    kind.n = amount
+  end
+  kind.new_n = true
+end
+save(KEYS[1], kinds, tonumber(ARGV[2]))
+return balances_reply({}, kinds)

@@ -1,0 +1,166 @@
+-- tower-tickets: the part every script shares (each script is this file
+-- followed by its own body, sent as one source).
+--
+-- One user's balances live in one hash, KEYS[1] = <prefix>{<uid>}:t, with two
+-- fields per kind:
+--   n:<kind>  tickets left, a non-negative integer
+--   r:<kind>  the last refill, in Unix milliseconds
+-- Every key a script touches carries the same hash tag {<uid>}, so a script
+-- runs on a single cluster slot.
+--
+-- A kind travels in ARGV as a spec: the script's own per-kind values first,
+-- then the kind's name, the balance a user unseen so far starts with, its
+-- capacity, and its refill: 'R', <period ms> for a rolling refill, or 'C'
+-- and the last three calendar cutoffs before the caller's clock's next
+-- boundary (a calendar refill is due once its boundary has passed, that is
+-- once the decision time is past the cutoff; Lua knows no time zones, so
+-- Rust computes them).
+
+local MAX_BALANCE = 4294967295
+
+-- Aborts the script with an error that names what is wrong; Rust turns
+-- it into a StoreError of kind Corrupt.
+local function corrupt(what)
+  error({err = 'TICKETS_CORRUPT ' .. what})
+end
+
+-- The instant of the decision in Unix ms: the caller's, or this Redis
+-- server's clock when the caller sends ''.
+local function decision_time(arg)
+  if arg == '' then
+    local now = redis.call('TIME')
+    return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  end
+  return tonumber(arg)
+end
+
+-- Reads `count` kind specs from ARGV, starting at `at`; each begins with
+-- `own` values of the calling script, kept in kind.own.
+local function read_kinds(at, count, own)
+  local kinds = {}
+  for k = 1, count do
+    local kind = {own = {}}
+    for o = 1, own do
+      kind.own[o] = ARGV[at]
+      at = at + 1
+    end
+    kind.name = ARGV[at]
+    kind.initial = tonumber(ARGV[at + 1])
+    kind.capacity = tonumber(ARGV[at + 2])
+    if ARGV[at + 3] == 'R' then
+      kind.period = tonumber(ARGV[at + 4])
+      at = at + 5
+    else
+      kind.cutoffs = {tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), tonumber(ARGV[at + 6])}
+      at = at + 7
+    end
+    kinds[k] = kind
+  end
+  return kinds
+end
+
+-- The latest last-refill instant at which a refill is due at `t`, or nil.
+local function cutoff(kind, t)
+  if kind.period then
+    return t - kind.period
+  end
+  local latest = nil
+  for _, c in ipairs(kind.cutoffs) do
+    if c < t then
+      latest = c
+    end
+  end
+  return latest
+end
+
+-- A stored field as a number, or an error naming the key and field.
+local function stored_integer(key, field, value)
+  if type(value) ~= 'string' or not string.match(value, '^%d+$') then
+    corrupt(key .. ' field ' .. field .. ' holds ' .. string.format('%q', tostring(value)) ..
+      ', not a number written by tower-tickets')
+  end
+  return tonumber(value)
+end
+
+-- Loads each kind's balance into kind.n and kind.r, with a due refill
+-- applied: topped up to capacity (never lowered) and refilled at `t`. A kind
+-- never seen starts at kind.initial, refilled at kind.born or else at `t`.
+-- kind.new_n and kind.new_r tell save() which fields changed.
+local function load(key, kinds, t)
+  local fields = {}
+  for k, kind in ipairs(kinds) do
+    fields[2 * k - 1] = 'n:' .. kind.name
+    fields[2 * k] = 'r:' .. kind.name
+  end
+  local ok, values = pcall(redis.call, 'HMGET', key, unpack(fields))
+  if not ok then
+    corrupt(key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not the hash of ticket balances')
+  end
+  for k, kind in ipairs(kinds) do
+    local n, r = values[2 * k - 1], values[2 * k]
+    if not n and not r then
+      kind.n, kind.r = kind.initial, kind.born or t
+      kind.new_n, kind.new_r = true, true
+    else
+      kind.n = stored_integer(key, fields[2 * k - 1], n)
+      kind.r = stored_integer(key, fields[2 * k], r)
+    end
+    local due = cutoff(kind, t)
+    if due and kind.r <= due then
+      kind.n, kind.r = math.max(kind.n, kind.capacity), t
+      kind.new_n, kind.new_r = true, true
+    end
+  end
+end
+
+-- Writes the fields that changed. When a refill timestamp changed (a new
+-- kind, a refill), keeps the user's hash for at least `idle_ttl` ms more,
+-- never shortening it (another kind of the same user may need longer): the
+-- hash expires a few periods after its last refill, when a refill is due
+-- anyway, so forgetting the user gives back nothing they had not coming.
+local function save(key, kinds, idle_ttl)
+  local fields = {}
+  local refilled = false
+  for _, kind in ipairs(kinds) do
+    if kind.new_n then
+      fields[#fields + 1] = 'n:' .. kind.name
+      fields[#fields + 1] = kind.n
+    end
+    if kind.new_r then
+      fields[#fields + 1] = 'r:' .. kind.name
+      fields[#fields + 1] = kind.r
+      refilled = true
+    end
+  end
+  if #fields == 0 then
+    return
+  end
+  redis.call('HSET', key, unpack(fields))
+  if refilled and redis.call('PTTL', key) < idle_ttl then
+    redis.call('PEXPIRE', key, idle_ttl)
+  end
+end
+
+-- The reply tail every script ends with: remaining and last refill per kind,
+-- in the order of the request.
+local function balances_reply(reply, kinds)
+  for _, kind in ipairs(kinds) do
+    reply[#reply + 1] = kind.n
+    reply[#reply + 1] = kind.r
+  end
+  return reply
+end
+
+-- The integer stored at an idempotency key (the instant it stops counting),
+-- or nil when absent.
+local function idempotency_expiry(key)
+  local ok, value = pcall(redis.call, 'GET', key)
+  if not ok then
+    corrupt(key .. ' is not an idempotency key written by tower-tickets')
+  end
+  if not value then
+    return nil
+  end
+  return stored_integer(key, 'value', value)
+end
+

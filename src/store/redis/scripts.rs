@@ -1,0 +1,152 @@
+//! The Lua scripts, built once per process, and the arguments they take.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use redis::{Script, ScriptInvocation};
+
+use super::builder::TimeSource;
+use crate::kind::TicketKind;
+use crate::refill::Refill;
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+/// Every script, each prefixed with the shared Lua functions.
+pub(crate) struct Scripts {
+    pub(crate) charge: Script,
+    pub(crate) refund: Script,
+    pub(crate) balances: Script,
+    pub(crate) adjust: Script,
+    pub(crate) seed: Script,
+}
+
+/// Built (and hashed) once; `EVALSHA` reuses the hashes.
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    charge: with_common(include_str!("lua/charge.lua")),
+    refund: with_common(include_str!("lua/refund.lua")),
+    balances: with_common(include_str!("lua/balances.lua")),
+    adjust: with_common(include_str!("lua/adjust.lua")),
+    seed: with_common(include_str!("lua/seed.lua")),
+});
+
+fn with_common(body: &str) -> Script {
+    Script::new(&format!("{COMMON}{body}"))
+}
+
+impl Scripts {
+    pub(crate) fn all(&self) -> [&Script; 5] {
+        [
+            &self.charge,
+            &self.refund,
+            &self.balances,
+            &self.adjust,
+            &self.seed,
+        ]
+    }
+}
+
+/// A calendar refill can land up to 25 h after the previous one (the day a
+/// daylight-saving change adds an hour).
+const LONGEST_CALENDAR_PERIOD: Duration = Duration::from_secs(25 * 3600);
+
+/// The longest time between two refills of `kind`.
+fn longest_period(kind: &TicketKind) -> Duration {
+    match kind.refill_schedule() {
+        Refill::Rolling { period } => *period,
+        Refill::Calendar { .. } => LONGEST_CALENDAR_PERIOD,
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What every call of one store shares: where decisions take their time and
+/// how long idle users are kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallContext {
+    pub(crate) time_source: TimeSource,
+    pub(crate) idle_periods: u32,
+}
+
+impl CallContext {
+    /// The decision time argument: the caller's instant in Unix ms, or `''`
+    /// for the Redis server's clock.
+    pub(crate) fn time_arg(&self, now: DateTime<Utc>) -> String {
+        match self.time_source {
+            TimeSource::Redis => String::new(),
+            TimeSource::Caller => now.timestamp_millis().to_string(),
+        }
+    }
+
+    /// How long (ms) a user's hash outlives its last refill: a few of the
+    /// longest refill periods among `kinds`, so that by the time it expires a
+    /// refill is due anyway and forgetting the user mints nothing.
+    pub(crate) fn idle_ttl<'a>(&self, kinds: impl IntoIterator<Item = &'a TicketKind>) -> u64 {
+        let longest = kinds
+            .into_iter()
+            .map(longest_period)
+            .max()
+            .unwrap_or(LONGEST_CALENDAR_PERIOD);
+        millis(longest).saturating_mul(u64::from(self.idle_periods))
+    }
+}
+
+/// Appends `kind`'s spec (see `lua/common.lua`): name, the balance an unseen
+/// user starts with, capacity, refill.
+pub(crate) fn push_kind(
+    invocation: &mut ScriptInvocation<'static>,
+    kind: &TicketKind,
+    starting_balance: u32,
+    now: DateTime<Utc>,
+) {
+    invocation
+        .arg(kind.name())
+        .arg(starting_balance)
+        .arg(kind.capacity());
+    match kind.refill_schedule() {
+        Refill::Rolling { period } => {
+            invocation.arg("R").arg(millis(*period));
+        }
+        calendar @ Refill::Calendar { .. } => {
+            invocation.arg("C");
+            for cutoff in calendar_cutoffs(calendar, now) {
+                invocation.arg(cutoff.timestamp_millis());
+            }
+        }
+    }
+}
+
+/// The cutoffs of the two boundaries up to `now` and of the next one, in
+/// order. The script applies the latest one its clock has passed, so a Redis
+/// clock up to a day away from the caller's still refills on time.
+fn calendar_cutoffs(refill: &Refill, now: DateTime<Utc>) -> [DateTime<Utc>; 3] {
+    let ms = TimeDelta::milliseconds(1);
+    let current = refill.cutoff(now);
+    let previous = refill.cutoff(current);
+    let next = refill.next_after(current + ms) - ms;
+    [previous, current, next]
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveTime;
+
+    use super::*;
+
+    #[test]
+    fn calendar_cutoffs_surround_now() {
+        let midnight = Refill::daily_at(NaiveTime::MIN, chrono_tz::Europe::Paris);
+        let now: DateTime<Utc> = "2026-03-29T10:00:00Z".parse().unwrap();
+        let cutoffs = calendar_cutoffs(&midnight, now).map(|c| c.to_rfc3339());
+        assert_eq!(
+            cutoffs,
+            [
+                "2026-03-27T22:59:59.999+00:00",
+                "2026-03-28T22:59:59.999+00:00",
+                "2026-03-29T21:59:59.999+00:00",
+            ]
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! Every way a request can fail to identify its user is a 401 that touches no
+//! store; the built-in JWT extractor checks signature, expiry, issuer and
+//! audience.
+
+mod app;
+
+use std::time::Duration;
+
+use app::App;
+use axum::body::Body;
+use axum::http::StatusCode;
+use http::request::Parts;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tower_tickets::identity::{IdentityError, IdentityExtractor, JwtIdentity};
+use tower_tickets::{Tickets, Uid};
+
+fn hs256(claims: serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn rs256(claims: serde_json::Value, private_pem: &[u8], kid: Option<&str>) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_rsa_pem(private_pem).unwrap(),
+    )
+    .unwrap()
+}
+
+fn exp_in(app: &App, secs: i64) -> i64 {
+    app.tickets.now().timestamp() + secs
+}
+
+async fn assert_unauthorized(app: &App, authorization: Option<&str>) -> serde_json::Value {
+    let mut request = app.request("POST", "/upload", None);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let reply = app.send(request.body(Body::empty()).unwrap()).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.json);
+    assert_eq!(reply.header("content-type"), "application/problem+json");
+    assert_eq!(reply.header("www-authenticate"), "Bearer");
+    assert_eq!(reply.json["status"], 401);
+    assert_eq!(app.store.calls(), 0, "no store was touched");
+    assert_eq!(app.handled(), 0, "the handler never ran");
+    reply.json
+}
+
+#[tokio::test]
+async fn no_token_is_a_401_that_charges_nothing() {
+    let app = App::new();
+    let body = assert_unauthorized(&app, None).await;
+    assert_eq!(body["title"], "Sign-in required");
+    assert_eq!(
+        body["detail"],
+        "Sign in to continue (no credentials were sent)."
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_authorization_header_is_a_401() {
+    let app = App::new();
+    for value in [
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer ",
+        "Bearer not.a.jwt",
+        "Bearer .....",
+    ] {
+        assert_unauthorized(&app, Some(value)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_signature_is_a_401_that_charges_nothing() {
+    let app = App::new();
+    let forged = hs256(
+        json!({"sub": "alice", "exp": exp_in(&app, 3600)}),
+        b"another secret",
+    );
+    let body = assert_unauthorized(&app, Some(&format!("Bearer {forged}"))).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("signature"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_a_401_by_the_injected_clock() {
+    let app = App::new();
+    let token = app.token("alice"); // valid for 30 days from the fake now
+    app.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let body = assert_unauthorized(&app, Some(&format!("Bearer {token}"))).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    let stale = hs256(
+        json!({"sub": "alice", "exp": exp_in(&app, -60)}),
+        app::SECRET,
+    );
+    assert_unauthorized(&app, Some(&format!("Bearer {stale}"))).await;
+}
+
+#[tokio::test]
+async fn a_token_without_exp_or_sub_is_a_401() {
+    let app = App::new();
+    let no_exp = hs256(json!({"sub": "alice"}), app::SECRET);
+    assert_unauthorized(&app, Some(&format!("Bearer {no_exp}"))).await;
+    let no_sub = hs256(json!({"exp": exp_in(&app, 3600)}), app::SECRET);
+    assert_unauthorized(&app, Some(&format!("Bearer {no_sub}"))).await;
+}
+
+#[tokio::test]
+async fn a_hostile_uid_in_a_valid_token_is_a_401_that_touches_no_store() {
+    let app = App::new();
+    let long = "a".repeat(129);
+    for sub in [
+        "",
+        "a}b",
+        "{alice}",
+        "../users/admin",
+        "a/b",
+        "__name__",
+        "a b",
+        "é",
+        &long,
+    ] {
+        let token = hs256(json!({"sub": sub, "exp": exp_in(&app, 3600)}), app::SECRET);
+        let body = assert_unauthorized(&app, Some(&format!("Bearer {token}"))).await;
+        assert!(
+            body["detail"].as_str().unwrap().contains("user id"),
+            "{sub:?}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_401_speaks_french_when_asked() {
+    let app = App::new();
+    let reply = app
+        .send(
+            app.request("POST", "/upload", None)
+                .header("accept-language", "fr")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.json["title"], "Identification requise");
+}
+
+#[tokio::test]
+async fn reading_balances_needs_an_identity_too() {
+    let app = App::new();
+    let reply = app
+        .send(
+            app.request("GET", "/tickets", None)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.store.calls(), 0);
+}
+
+fn parts(authorization: &str) -> Parts {
+    let (parts, ()) = http::Request::builder()
+        .header("authorization", authorization)
+        .body(())
+        .unwrap()
+        .into_parts();
+    parts
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    "2026-06-01T10:00:00Z".parse().unwrap()
+}
+
+#[test]
+fn issuer_and_audience_are_checked_when_configured() {
+    let verify = JwtIdentity::hs256(b"secret")
+        .issuer("https://securetoken.google.com/demo")
+        .audience("demo");
+    let exp = now().timestamp() + 3600;
+    let token = |claims: serde_json::Value| parts(&format!("Bearer {}", hs256(claims, b"secret")));
+    let good = token(json!({
+        "sub": "alice", "exp": exp,
+        "iss": "https://securetoken.google.com/demo", "aud": "demo",
+    }));
+    assert_eq!(
+        verify.identify(&good, now()),
+        Ok(Uid::parse("alice").unwrap())
+    );
+    let wrong_iss =
+        token(json!({"sub": "alice", "exp": exp, "iss": "https://evil", "aud": "demo"}));
+    let wrong_aud = token(json!({
+        "sub": "alice", "exp": exp,
+        "iss": "https://securetoken.google.com/demo", "aud": "other",
+    }));
+    let missing = token(json!({"sub": "alice", "exp": exp}));
+    for bad in [wrong_iss, wrong_aud, missing] {
+        assert!(matches!(
+            verify.identify(&bad, now()),
+            Err(IdentityError::Invalid { .. })
+        ));
+    }
+}
+
+#[test]
+fn rs256_tokens_verify_with_the_public_key_picked_by_kid() {
+    let private = include_bytes!("fixtures/rs256-private.pem");
+    let other = include_bytes!("fixtures/rs256-other-private.pem");
+    let public = include_str!("fixtures/rs256-public.pem");
+    let verify = JwtIdentity::rs256([("key-1", public)]).unwrap();
+    let claims = json!({"sub": "alice", "exp": now().timestamp() + 60});
+    let signed = parts(&format!(
+        "Bearer {}",
+        rs256(claims.clone(), private, Some("key-1"))
+    ));
+    assert_eq!(verify.identify(&signed, now()).unwrap().as_str(), "alice");
+    let unnamed = parts(&format!("Bearer {}", rs256(claims.clone(), private, None)));
+    assert!(
+        verify.identify(&unnamed, now()).is_ok(),
+        "one key: kid optional"
+    );
+    let unknown_kid = parts(&format!(
+        "Bearer {}",
+        rs256(claims.clone(), private, Some("key-9"))
+    ));
+    assert!(verify.identify(&unknown_kid, now()).is_err());
+    let forged = parts(&format!(
+        "Bearer {}",
+        rs256(claims.clone(), other, Some("key-1"))
+    ));
+    assert!(verify.identify(&forged, now()).is_err());
+    // An HS256 token must not pass as RS256 (algorithm confusion).
+    let hs = parts(&format!("Bearer {}", hs256(claims, public.as_bytes())));
+    assert!(verify.identify(&hs, now()).is_err());
+    assert!(JwtIdentity::rs256([("bad", "not a pem")]).is_err());
+}
+
+#[test]
+fn the_header_identity_validates_the_uid() {
+    use tower_tickets::identity::HeaderIdentity;
+    let identity = HeaderIdentity::new(http::HeaderName::from_static("x-user-id"));
+    let request = |value: &str| {
+        http::Request::builder()
+            .header("x-user-id", value)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    };
+    assert_eq!(
+        identity.identify(&request("bob"), now()).unwrap().as_str(),
+        "bob"
+    );
+    assert!(matches!(
+        identity.identify(&request("a}b"), now()),
+        Err(IdentityError::InvalidUid(_))
+    ));
+}
+
+#[test]
+fn the_extension_identity_fails_closed_without_an_auth_layer() {
+    use tower_tickets::identity::ExtensionIdentity;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    assert!(matches!(
+        ExtensionIdentity.identify(&parts, now()),
+        Err(IdentityError::Missing { .. })
+    ));
+    parts.extensions.insert(Uid::parse("carol").unwrap());
+    assert_eq!(
+        ExtensionIdentity.identify(&parts, now()).unwrap().as_str(),
+        "carol"
+    );
+    let _ = Tickets::builder(); // The extension identity is the registry's default.
+}

@@ -1,0 +1,112 @@
+//! The Redis store on a local 3-master Redis Cluster: the same scripts,
+//! each on the single slot of the user's hash tag.
+
+#![cfg(feature = "redis")]
+
+mod contract;
+mod support;
+
+use tower_tickets::store::{RedisStore, TimeSource};
+
+use support::redis_server::shared_cluster;
+
+async fn caller_time_store(nodes: Vec<String>) -> RedisStore {
+    RedisStore::cluster(nodes)
+        .time_source(TimeSource::Caller)
+        .connect()
+        .await
+        .expect("connect to the test cluster")
+}
+
+tower_tickets_contract!(caller_time_store(shared_cluster().urls()));
+
+mod focused {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use tower_tickets::store::{ChargeOutcome, ChargeRequest, RedisStore, TicketStore};
+    use tower_tickets::{Cost, IdempotencyKey, TicketKind, Tickets};
+
+    use super::contract::fresh_uid;
+    use super::support::redis_server::shared_cluster;
+
+    fn tickets() -> Tickets {
+        Tickets::builder()
+            .kind(TicketKind::new("upload", 5))
+            .kind(TicketKind::new("ai", 3))
+            .build()
+            .unwrap()
+    }
+
+    async fn store() -> RedisStore {
+        RedisStore::cluster(shared_cluster().urls())
+            .key_prefix("cluster:")
+            // 4,000 calls at once queue longer than the default 100 ms; these
+            // tests are about atomicity and routing, not latency.
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn four_instances_with_their_own_connections_allow_exactly_five() {
+        let tickets = tickets();
+        let uid = fresh_uid("cluster-race");
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(store().await);
+        }
+        let mut tasks = Vec::new();
+        for store in &stores {
+            for _ in 0..1000 {
+                tasks.push(tokio::spawn(store.charge(ChargeRequest {
+                    uid: uid.clone(),
+                    cost: tickets.check_cost(&Cost::of("upload", 1)).unwrap(),
+                    now: tickets.now(),
+                    idempotency_key: None,
+                })));
+            }
+        }
+        let mut allowed = 0;
+        for task in tasks {
+            if let ChargeOutcome::Allowed { .. } = task.await.unwrap().expect("Redis answers") {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 5);
+    }
+
+    #[tokio::test]
+    async fn users_spread_over_every_master() {
+        let tickets = tickets();
+        let store = store().await;
+        for n in 0..30 {
+            let outcome = store
+                .charge(ChargeRequest {
+                    uid: fresh_uid(&format!("spread{n}")),
+                    cost: tickets
+                        .check_cost(&Cost::of("upload", 1).and("ai", 1))
+                        .unwrap(),
+                    now: tickets.now(),
+                    idempotency_key: Some(IdempotencyKey::parse("k").unwrap()),
+                })
+                .await
+                .expect("a multi-kind, keyed charge runs on one slot");
+            assert!(matches!(outcome, ChargeOutcome::Allowed { .. }));
+        }
+        let masters_used: BTreeSet<u16> = shared_cluster()
+            .nodes
+            .iter()
+            .filter(|node| {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg("cluster:{spread*")
+                    .query(&mut node.connection())
+                    .unwrap();
+                !keys.is_empty()
+            })
+            .map(|node| node.port())
+            .collect();
+        assert_eq!(masters_used.len(), 3, "30 users land on all 3 masters");
+    }
+}

@@ -1,0 +1,417 @@
+//! The Redis store on a standalone server: the shared contract, then what
+//! only Redis can show (connections of several instances, commands sent,
+//! keys written, values it did not write).
+
+#![cfg(feature = "redis")]
+
+mod contract;
+mod support;
+
+use tower_tickets::store::{RedisStore, TimeSource};
+
+use support::redis_server::shared_server;
+
+/// A store deciding on the caller's clock, as the contract's `FakeClock`
+/// needs.
+async fn caller_time_store(url: String) -> RedisStore {
+    RedisStore::standalone(url)
+        .time_source(TimeSource::Caller)
+        .connect()
+        .await
+        .expect("connect to the test server")
+}
+
+tower_tickets_contract!(caller_time_store(shared_server().url()));
+
+mod focused {
+    use std::sync::Arc;
+
+    use tower_tickets::store::{
+        Adjustment, ChargeOutcome, ChargeRequest, KindBalance, RedisStore, RefusalCache,
+        StoreErrorKind, TicketStore, TimeSource,
+    };
+    use tower_tickets::{Cost, FakeClock, IdempotencyKey, TicketKind, Tickets, Uid};
+
+    use super::contract::{fresh_uid, start};
+    use super::support::redis_server::{RedisServer, shared_server};
+    use super::support::ticket_app;
+
+    /// Kinds for tests that call the store directly.
+    fn tickets() -> Tickets {
+        Tickets::builder()
+            .kind(TicketKind::new("upload", 5))
+            .kind(TicketKind::new("ai", 3))
+            .clock(FakeClock::at(start()))
+            .build()
+            .unwrap()
+    }
+
+    fn charge_request(tickets: &Tickets, uid: &Uid, kind: &str) -> ChargeRequest {
+        ChargeRequest {
+            uid: uid.clone(),
+            cost: tickets.check_cost(&Cost::of(kind, 1)).unwrap(),
+            now: tickets.now(),
+            idempotency_key: None,
+        }
+    }
+
+    async fn store_on(server: &RedisServer, prefix: &str) -> RedisStore {
+        RedisStore::standalone(server.url())
+            .key_prefix(prefix)
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// `(command, calls)` from `INFO commandstats`.
+    fn command_calls(server: &RedisServer) -> Vec<(String, u64)> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut server.connection())
+            .unwrap();
+        info.lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats.strip_prefix("calls=")?.split(',').next()?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn reset_stats(server: &RedisServer) {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .exec(&mut server.connection())
+            .unwrap();
+    }
+
+    /// The commands a script may run; `INFO commandstats` counts them too.
+    const SCRIPT_COMMANDS: [&str; 8] = [
+        "hmget", "hset", "pttl", "pexpire", "time", "get", "set", "del",
+    ];
+
+    /// How many scripts the store ran since the stats were reset, after
+    /// checking that it sent nothing else: every other command counted is
+    /// one a script runs, and each script reads the user's hash once, so
+    /// `hmget` counts the scripts run (none loaded, none sent as `EVAL`).
+    fn script_calls(server: &RedisServer) -> u64 {
+        let calls = command_calls(server);
+        let count = |name: &str| calls.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+        for (name, _) in &calls {
+            assert!(
+                // The test's own commands are INFO and CONFIG RESETSTAT.
+                name == "evalsha"
+                    || name == "info"
+                    || name.starts_with("config")
+                    || SCRIPT_COMMANDS.contains(&name.as_str()),
+                "the store sent {name}: {calls:?}"
+            );
+        }
+        assert_eq!(count("hmget"), count("evalsha"), "{calls:?}");
+        count("evalsha")
+    }
+
+    fn keys(server: &RedisServer, pattern: &str) -> Vec<String> {
+        let mut connection = server.connection();
+        let mut keys: Vec<String> = redis::Commands::scan_match(&mut connection, pattern)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn four_instances_with_their_own_connections_allow_exactly_five() {
+        let tickets = tickets();
+        let uid = fresh_uid("four-instances");
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            // 4,000 calls at once queue longer than the default 100 ms; this
+            // test is about atomicity, not latency.
+            let store = RedisStore::standalone(shared_server().url())
+                .key_prefix("race:")
+                .timeout(std::time::Duration::from_secs(30))
+                .connect()
+                .await
+                .unwrap();
+            stores.push(store);
+        }
+        let mut tasks = Vec::new();
+        for store in &stores {
+            for _ in 0..1000 {
+                let charge = store.charge(charge_request(&tickets, &uid, "upload"));
+                tasks.push(tokio::spawn(charge));
+            }
+        }
+        let mut allowed = 0;
+        for task in tasks {
+            if let ChargeOutcome::Allowed { .. } = task.await.unwrap().expect("Redis answers") {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 5);
+    }
+
+    #[tokio::test]
+    async fn each_decision_is_one_script_call_allowed_or_refused() {
+        let server = RedisServer::start();
+        let store = store_on(&server, "calls:").await;
+        let tickets = tickets();
+        let (alice, bob) = (fresh_uid("alice"), fresh_uid("bob"));
+        // Warm up: the scripts are loaded and the connection is open.
+        store
+            .charge(charge_request(&tickets, &alice, "ai"))
+            .await
+            .unwrap();
+        reset_stats(&server);
+        let mut outcomes = (0, 0);
+        for uid in [&alice, &bob].into_iter().cycle().take(20) {
+            match store
+                .charge(charge_request(&tickets, uid, "ai"))
+                .await
+                .unwrap()
+            {
+                ChargeOutcome::Allowed { .. } => outcomes.0 += 1,
+                _ => outcomes.1 += 1,
+            }
+        }
+        assert_eq!(outcomes, (5, 15), "alice had 2 left, bob 3");
+        assert_eq!(script_calls(&server), 20);
+    }
+
+    #[tokio::test]
+    async fn refusals_at_zero_cost_one_call_per_cache_lifetime() {
+        let server = RedisServer::start();
+        let store = RefusalCache::new(store_on(&server, "cached:").await);
+        let clock = FakeClock::at(start());
+        let tickets = Tickets::builder()
+            .kind(TicketKind::new("ai", 3))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let uid = fresh_uid("hammer");
+        let charge = || store.charge(charge_request(&tickets, &uid, "ai"));
+        for _ in 0..3 {
+            charge().await.unwrap();
+        }
+        reset_stats(&server);
+        for _ in 0..100 {
+            let refused = charge().await.unwrap();
+            assert!(matches!(refused, ChargeOutcome::Refused { .. }));
+        }
+        assert_eq!(script_calls(&server), 1);
+        // One second later the refusal is asked again, once.
+        clock.advance(std::time::Duration::from_secs(1));
+        for _ in 0..100 {
+            charge().await.unwrap();
+        }
+        assert_eq!(script_calls(&server), 2);
+        // A grant through this instance is seen at once.
+        let ai = tickets.kind("ai").unwrap();
+        store
+            .adjust(&uid, ai, Adjustment::Grant(1), tickets.now())
+            .await
+            .unwrap();
+        assert!(matches!(
+            charge().await.unwrap(),
+            ChargeOutcome::Allowed { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn hostile_uids_never_reach_redis() {
+        let server = RedisServer::start();
+        let tickets = ticket_app::tickets(store_on(&server, "app:").await);
+        let router = ticket_app::router(&tickets);
+        let hostile: [&[u8]; 12] = [
+            b"a}{b",
+            b"{victim}",
+            b"victim}:t",
+            b"../users/admin",
+            b"a b",
+            b"*",
+            b"a:b",
+            b"__name__",
+            b"",
+            "é".as_bytes(),
+            b"\xff\xfe",
+            &[b'a'; 129],
+        ];
+        for uid in hostile {
+            let reply = ticket_app::post_as(&router, "/upload", uid).await;
+            assert_eq!(reply.status, 401, "{:?}", String::from_utf8_lossy(uid));
+            assert_eq!(
+                reply.content_type.as_deref(),
+                Some("application/problem+json")
+            );
+        }
+        assert_eq!(
+            keys(&server, "*"),
+            Vec::<String>::new(),
+            "nothing reached Redis"
+        );
+        let reply = ticket_app::post_as(&router, "/upload", b"fine_uid-1").await;
+        assert_eq!(reply.status, 201);
+        assert_eq!(keys(&server, "*"), ["app:{fine_uid-1}:t"]);
+    }
+
+    #[tokio::test]
+    async fn foreign_values_under_our_keys_are_clear_errors() {
+        let tickets = tickets();
+        let store = store_on(shared_server(), "foreign:").await;
+        let mut redis = shared_server().connection();
+        let charge = |uid: &Uid, key: Option<&str>| {
+            let mut request = charge_request(&tickets, uid, "upload");
+            request.idempotency_key = key.map(|k| IdempotencyKey::parse(k).unwrap());
+            store.charge(request)
+        };
+
+        let string_user = fresh_uid("string");
+        redis::cmd("SET")
+            .arg(format!("foreign:{{{string_user}}}:t"))
+            .arg("hello")
+            .exec(&mut redis)
+            .unwrap();
+        let error = charge(&string_user, None).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Corrupt);
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("foreign:{{{string_user}}}:t holds a string")),
+            "{message}"
+        );
+
+        let garbled_user = fresh_uid("garbled");
+        redis::cmd("HSET")
+            .arg(format!("foreign:{{{garbled_user}}}:t"))
+            .arg("n:upload")
+            .arg("-3")
+            .arg("r:upload")
+            .arg("1")
+            .exec(&mut redis)
+            .unwrap();
+        let error = charge(&garbled_user, None).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Corrupt);
+        assert!(
+            error.to_string().contains("n:upload holds \"-3\""),
+            "{error}"
+        );
+        let read = store
+            .balances(&garbled_user, tickets.kinds(), tickets.now())
+            .await;
+        assert_eq!(read.unwrap_err().kind(), StoreErrorKind::Corrupt);
+
+        let keyed_user = fresh_uid("keyed");
+        redis::cmd("LPUSH")
+            .arg(format!("foreign:{{{keyed_user}}}:i:retry-1"))
+            .arg("x")
+            .exec(&mut redis)
+            .unwrap();
+        let error = charge(&keyed_user, Some("retry-1")).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Corrupt);
+        assert!(error.to_string().contains("idempotency key"), "{error}");
+        // Nothing was spent by the failed calls, and others are unaffected.
+        assert!(matches!(
+            charge(&fresh_uid("healthy"), None).await.unwrap(),
+            ChargeOutcome::Allowed { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn idle_users_expire_after_a_few_of_their_longest_periods() {
+        let hour = std::time::Duration::from_secs(3600);
+        let tickets = Tickets::builder()
+            .kind(TicketKind::new("hourly", 5).refill(tower_tickets::Refill::rolling(hour)))
+            .kind(TicketKind::new("daily", 5))
+            .build()
+            .unwrap();
+        let store = RedisStore::standalone(shared_server().url())
+            .key_prefix("idle:")
+            .idle_periods(2)
+            .connect()
+            .await
+            .unwrap();
+        let uid = fresh_uid("idle");
+        let key = format!("idle:{{{uid}}}:t");
+        let ttl = || -> i64 {
+            redis::cmd("PTTL")
+                .arg(&key)
+                .query(&mut shared_server().connection())
+                .unwrap()
+        };
+        store
+            .charge(charge_request(&tickets, &uid, "hourly"))
+            .await
+            .unwrap();
+        assert!((1..=2 * 3_600_000).contains(&ttl()), "two hours");
+        store
+            .charge(charge_request(&tickets, &uid, "daily"))
+            .await
+            .unwrap();
+        assert!(ttl() > 2 * 3_600_000, "two days: {}", ttl());
+        store
+            .charge(charge_request(&tickets, &uid, "hourly"))
+            .await
+            .unwrap();
+        assert!(ttl() > 2 * 3_600_000, "never shortened: {}", ttl());
+    }
+
+    #[tokio::test]
+    async fn decisions_use_the_redis_clock_by_default() {
+        let tickets = tickets();
+        let store = store_on(shared_server(), "clock:").await;
+        let redis_now = || -> i64 {
+            let (secs, micros): (i64, i64) = redis::cmd("TIME")
+                .query(&mut shared_server().connection())
+                .unwrap();
+            secs * 1000 + micros / 1000
+        };
+        let uid = fresh_uid("clock");
+        // The caller's clock says March 2026; Redis's is the real one.
+        let before = redis_now();
+        let outcome = store
+            .charge(charge_request(&tickets, &uid, "upload"))
+            .await
+            .unwrap();
+        let after = redis_now();
+        let ChargeOutcome::Allowed { balances, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        let refilled = balances[0].last_refill.timestamp_millis();
+        assert!(
+            (before..=after).contains(&refilled),
+            "{before} <= {refilled} <= {after}"
+        );
+    }
+
+    #[tokio::test]
+    async fn seeding_never_overwrites_what_redis_holds() {
+        let tickets = tickets();
+        let store = RedisStore::standalone(shared_server().url())
+            .key_prefix("seed:")
+            .time_source(TimeSource::Caller)
+            .connect()
+            .await
+            .unwrap();
+        let upload = tickets.kind("upload").unwrap().clone();
+        let uid = fresh_uid("seed");
+        let seeded_at = tickets.now() - chrono::TimeDelta::hours(2);
+        let seed = |remaining| {
+            let balance = KindBalance {
+                remaining,
+                last_refill: seeded_at,
+            };
+            store.seed_if_absent(&uid, &[(upload.clone(), balance)], tickets.now())
+        };
+        assert_eq!(seed(2).await.unwrap()[0].remaining, 2);
+        assert_eq!(seed(2).await.unwrap()[0].last_refill, seeded_at);
+        store
+            .charge(charge_request(&tickets, &uid, "upload"))
+            .await
+            .unwrap();
+        assert_eq!(seed(5).await.unwrap()[0].remaining, 1, "kept, not reseeded");
+        let both: Vec<Arc<TicketKind>> = tickets.kinds().to_vec();
+        let read = store.balances(&uid, &both, tickets.now()).await.unwrap();
+        assert_eq!(read.iter().map(|b| b.remaining).collect::<Vec<_>>(), [1, 3]);
+    }
+}
