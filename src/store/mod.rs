@@ -35,6 +35,8 @@ pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource
 pub use self::refusal_cache::RefusalCache;
 #[cfg(feature = "firestore")]
 pub use self::snapshot::UserSnapshot;
+#[cfg(feature = "firestore")]
+pub use self::write_through::{WriteMode, WriteThrough, WriteThroughBuilder};
 use crate::cost::CheckedCost;
 use crate::idempotency::IdempotencyKey;
 use crate::kind::TicketKind;

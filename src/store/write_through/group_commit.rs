@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -28,15 +29,37 @@ use crate::store::snapshot::UserSnapshot;
 use crate::store::{StoreError, StoreErrorKind, StoreFuture};
 use crate::uid::Uid;
 
+/// What the cache holds for a user, for a round to write.
+#[derive(Debug)]
+pub(crate) enum CacheSnapshot {
+    /// The user's balances under a new version, and the count of pending
+    /// changes the write will cover.
+    Ready {
+        /// The balances, in the source's kind order.
+        state: UserSnapshot,
+        /// What to hand back to [`SnapshotCache::written`].
+        pending: u64,
+    },
+    /// Some kind was never read from the source: read it, seed, try again.
+    Unseeded,
+    /// The cache lost the user (flushed, expired, or holding balances that
+    /// did not come from the source, now discarded): the changes of the
+    /// demands waiting are gone, and must fail.
+    Lost,
+}
+
 /// Where a round finds the state to write: the cache.
 pub(crate) trait SnapshotCache: Send + Sync + 'static {
     /// The user's current balances, read in one atomic step, with a version
-    /// higher than that of every snapshot read before. `None` when the cache
-    /// no longer holds the user.
-    fn snapshot(&self, uid: &Uid) -> StoreFuture<Option<UserSnapshot>>;
+    /// higher than that of every snapshot taken before.
+    fn snapshot(self: Arc<Self>, uid: Uid) -> StoreFuture<CacheSnapshot>;
 
-    /// Firestore now holds the user's state at `version` or newer.
-    fn written(&self, uid: &Uid, version: u64) -> StoreFuture<()>;
+    /// Records balances read from the source for the kinds the cache does
+    /// not hold from it yet.
+    fn seed(self: Arc<Self>, uid: Uid, state: UserSnapshot) -> StoreFuture<()>;
+
+    /// Firestore now holds a snapshot that covered `pending`.
+    fn written(self: Arc<Self>, uid: Uid, pending: u64) -> StoreFuture<()>;
 }
 
 /// Coalesces each user's writes into at most one round per interval.
@@ -58,6 +81,9 @@ struct Shared {
 struct UserRounds {
     /// Demands made so far; each demand's ticket is this count after it.
     demanded: u64,
+    /// The decision instant of the latest demand: when a kind missing from
+    /// Firestore too is created, it is refilled then.
+    now: DateTime<Utc>,
     progress: Arc<watch::Sender<Progress>>,
 }
 
@@ -98,8 +124,9 @@ impl GroupCommit {
     }
 
     /// Asks for the user's current state (every change made to it so far) to
-    /// reach Firestore. Must be called within a Tokio runtime.
-    pub(crate) fn demand(&self, uid: &Uid) -> Demand {
+    /// reach Firestore; `now` is the instant of the change. Must be called
+    /// within a Tokio runtime.
+    pub(crate) fn demand(&self, uid: &Uid, now: DateTime<Utc>) -> Demand {
         let mut users = self.shared.users.lock();
         let rounds = users.entry(uid.clone()).or_insert_with(|| {
             let (progress, _) = watch::channel(Progress::default());
@@ -111,10 +138,12 @@ impl GroupCommit {
             ));
             UserRounds {
                 demanded: 0,
+                now,
                 progress,
             }
         });
         rounds.demanded += 1;
+        rounds.now = rounds.now.max(now);
         Demand {
             ticket: rounds.demanded,
             progress: rounds.progress.subscribe(),
@@ -163,17 +192,18 @@ async fn run_rounds(shared: Arc<Shared>, uid: Uid, progress: Arc<watch::Sender<P
         if let Some(started) = last_round {
             tokio::time::sleep_until(started + shared.interval).await;
         }
-        let target = {
+        let (target, now) = {
             let mut users = shared.users.lock();
-            let demanded = users.get(&uid).map_or(served, |rounds| rounds.demanded);
-            if demanded == served {
-                users.remove(&uid);
-                return;
+            match users.get(&uid) {
+                Some(rounds) if rounds.demanded > served => (rounds.demanded, rounds.now),
+                _ => {
+                    users.remove(&uid);
+                    return;
+                }
             }
-            demanded
         };
         last_round = Some(Instant::now());
-        let result = shared.round(&uid).await;
+        let result = shared.round(&uid, now).await;
         progress.send_modify(|p| match result {
             Ok(()) => p.stored = target,
             Err(error) => {
@@ -188,17 +218,23 @@ async fn run_rounds(shared: Arc<Shared>, uid: Uid, progress: Arc<watch::Sender<P
 
 impl Shared {
     /// Reads the user's state from the cache and writes it to Firestore.
-    async fn round(&self, uid: &Uid) -> Result<(), StoreError> {
-        let snapshot = self.cache.snapshot(uid).await?.ok_or_else(|| {
-            StoreError::new(
+    async fn round(&self, uid: &Uid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut snapshot = self.cache.clone().snapshot(uid.clone()).await?;
+        if let CacheSnapshot::Unseeded = snapshot {
+            let stored = self.source.load_or_create(uid, now).await?;
+            self.cache.clone().seed(uid.clone(), stored).await?;
+            snapshot = self.cache.clone().snapshot(uid.clone()).await?;
+        }
+        let CacheSnapshot::Ready { state, pending } = snapshot else {
+            return Err(StoreError::new(
                 StoreErrorKind::Unavailable,
                 format!("the cache lost the state of user {uid} before it reached Firestore"),
-            )
-        })?;
-        if self.source.write(uid, &snapshot).await? == WriteOutcome::Written {
+            ));
+        };
+        if self.source.write(uid, &state).await? == WriteOutcome::Written {
             self.writes.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(error) = self.cache.written(uid, snapshot.version).await {
+        if let Err(error) = self.cache.clone().written(uid.clone(), pending).await {
             // Harmless: the user is written again, for nothing, later.
             tracing::warn!(%uid, %error, "could not record a Firestore write in the cache");
         }
@@ -240,20 +276,34 @@ mod tests {
     }
 
     impl SnapshotCache for CountingCache {
-        fn snapshot(&self, uid: &Uid) -> StoreFuture<Option<UserSnapshot>> {
-            let snapshot = self.users.lock().get_mut(uid).map(|(version, balance)| {
-                *version += 1;
-                UserSnapshot {
-                    version: *version,
-                    balances: vec![*balance],
+        fn snapshot(self: Arc<Self>, uid: Uid) -> StoreFuture<CacheSnapshot> {
+            let snapshot = match self.users.lock().get_mut(&uid) {
+                Some((version, balance)) => {
+                    *version += 1;
+                    CacheSnapshot::Ready {
+                        state: UserSnapshot {
+                            version: *version,
+                            balances: vec![*balance],
+                        },
+                        pending: 0,
+                    }
                 }
-            });
+                None => CacheSnapshot::Lost,
+            };
             Box::pin(std::future::ready(Ok(snapshot)))
         }
 
-        fn written(&self, _: &Uid, _: u64) -> StoreFuture<()> {
+        fn seed(self: Arc<Self>, _: Uid, _: UserSnapshot) -> StoreFuture<()> {
             Box::pin(std::future::ready(Ok(())))
         }
+
+        fn written(self: Arc<Self>, _: Uid, _: u64) -> StoreFuture<()> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    fn now() -> chrono::DateTime<chrono::Utc> {
+        "2026-03-01T08:00:00Z".parse().unwrap()
     }
 
     fn kinds() -> [TicketKind; 1] {
@@ -272,7 +322,7 @@ mod tests {
             let (cache, writer, uid) = (cache.clone(), writer.clone(), uid.clone());
             tokio::spawn(async move {
                 cache.spend(&uid);
-                writer.demand(&uid).wait().await
+                writer.demand(&uid, now()).wait().await
             })
         });
         for request in burst.collect::<Vec<_>>() {
@@ -300,7 +350,7 @@ mod tests {
         let writer = GroupCommit::new(cache.clone(), source, Duration::from_secs(1));
         let uid = Uid::parse("unlucky").unwrap();
         cache.spend(&uid);
-        let error = writer.demand(&uid).wait().await.unwrap_err();
+        let error = writer.demand(&uid, now()).wait().await.unwrap_err();
         assert!(
             matches!(
                 error.kind(),
