@@ -8,6 +8,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::store::firestore::FirestoreSource;
 use crate::store::{RedisSetupError, RedisStore, TimeSource};
 
+/// Idle users are forgotten by Redis after this many of their kinds'
+/// longest refill period (the Redis store's default); coming back costs them
+/// one Firestore read.
+const IDLE_PERIODS: u32 = 3;
+
 /// When a change is acknowledged, relative to its Firestore write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -35,7 +40,6 @@ pub struct WriteThroughBuilder {
     mode: WriteMode,
     key_prefix: String,
     redis_timeout: Duration,
-    idle_periods: u32,
     time_source: TimeSource,
     write_interval: Duration,
     recovery_interval: Duration,
@@ -61,7 +65,6 @@ impl WriteThroughBuilder {
             mode: WriteMode::Sync,
             key_prefix: "tickets:".into(),
             redis_timeout: Duration::from_millis(100),
-            idle_periods: 3,
             time_source: TimeSource::Redis,
             write_interval: Duration::from_secs(1),
             recovery_interval: Duration::from_secs(5),
@@ -103,14 +106,6 @@ impl WriteThroughBuilder {
         self
     }
 
-    /// How long idle users stay in Redis; see
-    /// [`RedisStoreBuilder::idle_periods`](crate::store::RedisStoreBuilder::idle_periods).
-    /// Forgetting a user costs one Firestore read when they come back.
-    pub fn idle_periods(mut self, periods: u32) -> Self {
-        self.idle_periods = periods.max(1);
-        self
-    }
-
     /// Where Redis decisions take their time; see [`TimeSource`].
     pub fn time_source(mut self, source: TimeSource) -> Self {
         self.time_source = source;
@@ -134,11 +129,11 @@ impl WriteThroughBuilder {
             .map(|kind| kind.refill_schedule().window_secs())
             .max()
             .unwrap_or(24 * 3600);
-        let idle_ttl = Duration::from_secs(longest_period.saturating_mul(self.idle_periods.into()));
+        let idle_ttl = Duration::from_secs(longest_period.saturating_mul(IDLE_PERIODS.into()));
         let redis = RedisStore::standalone(self.redis_url.clone())
             .key_prefix(self.key_prefix.clone())
             .timeout(self.redis_timeout)
-            .idle_periods(self.idle_periods)
+            .idle_periods(IDLE_PERIODS)
             .time_source(self.time_source)
             .connect()
             .await?;

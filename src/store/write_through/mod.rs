@@ -156,16 +156,11 @@ impl WriteThrough {
 
 impl Shared {
     async fn charge(&self, request: ChargeRequest) -> Result<ChargeOutcome, StoreError> {
+        let (cost, kinds) = self.unseeded_cost(&request.cost)?;
         let unseeded = ChargeRequest {
-            cost: self.unseeded_cost(&request.cost)?,
+            cost,
             ..request.clone()
         };
-        let kinds: Vec<_> = unseeded
-            .cost
-            .items()
-            .iter()
-            .map(|i| i.kind.clone())
-            .collect();
         for _ in 0..ATTEMPTS {
             let (balances, refused) = match self.redis.charge(unseeded.clone()).await? {
                 ChargeOutcome::Allowed { balances, receipt } => {
@@ -264,16 +259,11 @@ impl Shared {
         receipt: Receipt,
         now: DateTime<Utc>,
     ) -> Result<RefundOutcome, StoreError> {
+        let (cost, kinds) = self.unseeded_cost(&receipt.cost)?;
         let unseeded = Receipt {
-            cost: self.unseeded_cost(&receipt.cost)?,
+            cost,
             ..receipt.clone()
         };
-        let kinds: Vec<_> = unseeded
-            .cost
-            .items()
-            .iter()
-            .map(|i| i.kind.clone())
-            .collect();
         for _ in 0..ATTEMPTS {
             let outcome = self.redis.refund(unseeded.clone(), now).await?;
             // A void refund may have met an unseeded balance.
@@ -368,19 +358,26 @@ impl Shared {
             .collect()
     }
 
-    /// `cost` over the unseeded twins of its kinds.
-    fn unseeded_cost(&self, cost: &CheckedCost) -> Result<CheckedCost, StoreError> {
-        let mut items = cost.items().iter();
-        let first = items.next().map(|i| Cost::of(i.kind.name(), i.amount));
-        let cost = items
-            .fold(first, |c, i| c.map(|c| c.and(i.kind.name(), i.amount)))
-            .ok_or_else(|| StoreError::new(StoreErrorKind::Unavailable, "an empty cost"))?;
-        CheckedCost::check(&cost, &self.unseeded_kinds).map_err(|e| {
+    /// `cost` over the unseeded twins of its kinds, and those kinds.
+    fn unseeded_cost(
+        &self,
+        cost: &CheckedCost,
+    ) -> Result<(CheckedCost, Vec<Arc<TicketKind>>), StoreError> {
+        let kinds: Vec<_> = cost.items().iter().map(|i| i.kind.clone()).collect();
+        let kinds = self.unseeded(&kinds)?;
+        let mut amounts = cost.items().iter().map(|i| i.amount);
+        let mut named = kinds.iter().zip(&mut amounts).map(|(k, a)| (k.name(), a));
+        let (first, amount) = named
+            .next()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Unavailable, "a cost with no kind"))?;
+        let cost = named.fold(Cost::of(first, amount), |cost, (k, a)| cost.and(k, a));
+        let cost = CheckedCost::check(&cost, &kinds).map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Unavailable,
                 format!("the write-through store cannot charge this cost: {e}"),
             )
-        })
+        })?;
+        Ok((cost, kinds))
     }
 }
 
