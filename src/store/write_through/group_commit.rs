@@ -81,6 +81,8 @@ struct Shared {
 struct UserRounds {
     /// Demands made so far; each demand's ticket is this count after it.
     demanded: u64,
+    /// Demands carried by the rounds done so far.
+    served: u64,
     /// The decision instant of the latest demand: when a kind missing from
     /// Firestore too is created, it is refilled then.
     now: DateTime<Utc>,
@@ -138,6 +140,7 @@ impl GroupCommit {
             ));
             UserRounds {
                 demanded: 0,
+                served: 0,
                 now,
                 progress,
             }
@@ -148,6 +151,12 @@ impl GroupCommit {
             ticket: rounds.demanded,
             progress: rounds.progress.subscribe(),
         }
+    }
+
+    /// How many users have changes waiting for a round (in this instance).
+    pub(crate) fn pending_users(&self) -> usize {
+        let users = self.shared.users.lock();
+        users.values().filter(|r| r.demanded > r.served).count()
     }
 
     /// How many writes reached Firestore (a round whose state Firestore
@@ -186,7 +195,6 @@ impl Demand {
 /// Serves one user's demands, one round per interval, until an interval
 /// passes without a demand.
 async fn run_rounds(shared: Arc<Shared>, uid: Uid, progress: Arc<watch::Sender<Progress>>) {
-    let mut served = 0;
     let mut last_round: Option<Instant> = None;
     loop {
         if let Some(started) = last_round {
@@ -195,7 +203,7 @@ async fn run_rounds(shared: Arc<Shared>, uid: Uid, progress: Arc<watch::Sender<P
         let (target, now) = {
             let mut users = shared.users.lock();
             match users.get(&uid) {
-                Some(rounds) if rounds.demanded > served => (rounds.demanded, rounds.now),
+                Some(rounds) if rounds.demanded > rounds.served => (rounds.demanded, rounds.now),
                 _ => {
                     users.remove(&uid);
                     return;
@@ -212,7 +220,9 @@ async fn run_rounds(shared: Arc<Shared>, uid: Uid, progress: Arc<watch::Sender<P
                 p.error = Some(Arc::new(error));
             }
         });
-        served = target;
+        if let Some(rounds) = shared.users.lock().get_mut(&uid) {
+            rounds.served = target;
+        }
     }
 }
 

@@ -147,6 +147,12 @@ impl WriteThrough {
         }
     }
 
+    /// How many users have changes that this instance is about to write (a
+    /// gauge for metrics: in async mode, how far Firestore is behind).
+    pub fn pending_writes(&self) -> usize {
+        self.shared.writer.pending_users()
+    }
+
     /// How many writes this instance made to Firestore (a write that found
     /// a newer state stored, and so wrote nothing, does not count).
     pub fn firestore_writes(&self) -> u64 {
