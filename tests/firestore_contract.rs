@@ -15,7 +15,7 @@ use chrono::NaiveTime;
 use tower_tickets::store::{FirestoreSource, TimeSource, WriteMode, WriteThrough};
 use tower_tickets::{Refill, TicketKind};
 
-use support::firestore_emulator::FirestoreEmulator;
+use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator};
 use support::redis_server::shared_server;
 
 /// The contract fixture's kinds: they name the Firestore fields.
@@ -33,19 +33,22 @@ fn kinds() -> [TicketKind; 3] {
 /// so tests share one Firestore project and one Redis key prefix per mode.
 async fn store(mode: WriteMode, prefix: &str) -> WriteThrough {
     let db = FirestoreEmulator::shared().client("contract").await;
-    WriteThrough::builder(shared_server().url(), FirestoreSource::new(db, kinds()))
-        .mode(mode)
-        .key_prefix(prefix)
-        // The contract drives a FakeClock; decisions take the caller's time.
-        .time_source(TimeSource::Caller)
-        // The contract tests behaviour, not pacing: write often.
-        .write_interval(Duration::from_millis(5))
-        // The emulator's JVM shares the CPU: a burst of 1,000 charges on a
-        // loaded 2-core machine may see replies later than the 100 ms default.
-        .redis_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .expect("connect to the test servers")
+    WriteThrough::builder(
+        shared_server().url(),
+        FirestoreSource::new(db, kinds()).timeout(FIRESTORE_TIMEOUT),
+    )
+    .mode(mode)
+    .key_prefix(prefix)
+    // The contract drives a FakeClock; decisions take the caller's time.
+    .time_source(TimeSource::Caller)
+    // The contract tests behaviour, not pacing: write often.
+    .write_interval(Duration::from_millis(5))
+    // The emulator's JVM shares the CPU: a burst of 1,000 charges on a
+    // loaded 2-core machine may see replies later than the 100 ms default.
+    .redis_timeout(Duration::from_secs(2))
+    .connect()
+    .await
+    .expect("connect to the test servers")
 }
 
 mod sync_mode {

@@ -19,7 +19,7 @@ use firestore::FirestoreDb;
 use tower_tickets::store::{FirestoreSource, UserSnapshot, WriteMode, WriteThrough};
 use tower_tickets::{TicketKind, Tickets, Uid};
 
-use support::firestore_emulator::{FirestoreEmulator, client_at};
+use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator, client_at};
 use support::redis_server::shared_server;
 use support::tcp_gate::TcpGate;
 use support::ticket_app::{post_as, router, tickets};
@@ -31,7 +31,7 @@ fn kinds() -> [TicketKind; 2] {
 /// A store on the shared Redis under the test's prefix, writing through
 /// `db`; its recovery scan runs often, so that catching up shows quickly.
 async fn store(db: FirestoreDb, mode: WriteMode, test: &str) -> WriteThrough {
-    let source = FirestoreSource::new(db, kinds()).timeout(Duration::from_secs(2));
+    let source = FirestoreSource::new(db, kinds()).timeout(FIRESTORE_TIMEOUT);
     WriteThrough::builder(shared_server().url(), source)
         .mode(mode)
         .key_prefix(format!("{test}:"))
@@ -72,7 +72,7 @@ async fn post(router: &axum::Router, path: &str, uid: &Uid) -> StatusCode {
 async fn sync_mode_answers_503_and_refunds_while_firestore_is_down() {
     let mut emulator = FirestoreEmulator::start();
     let db = emulator.client("down-sync").await;
-    let probe = FirestoreSource::new(db.clone(), kinds());
+    let probe = FirestoreSource::new(db.clone(), kinds()).timeout(FIRESTORE_TIMEOUT);
     let tickets = tickets(store(db, WriteMode::Sync, "down-sync").await);
     let router = router(&tickets);
     let frank = Uid::parse("frank").unwrap();
@@ -110,7 +110,7 @@ async fn sync_mode_answers_503_and_refunds_while_firestore_is_down() {
 async fn async_mode_keeps_answering_and_firestore_converges_after_restart() {
     let mut emulator = FirestoreEmulator::start();
     let db = emulator.client("down-async").await;
-    let probe = FirestoreSource::new(db.clone(), kinds());
+    let probe = FirestoreSource::new(db.clone(), kinds()).timeout(FIRESTORE_TIMEOUT);
     let tickets = tickets(store(db, WriteMode::Async, "down-async").await);
     let router = router(&tickets);
     let grace = Uid::parse("grace").unwrap();
@@ -157,7 +157,8 @@ fn a_new_instance_writes_what_a_dead_one_left_pending() {
     doomed_runtime.shutdown_background();
 
     test_runtime.block_on(async {
-        let probe = FirestoreSource::new(emulator.client("dead-instance").await, kinds());
+        let probe = FirestoreSource::new(emulator.client("dead-instance").await, kinds())
+            .timeout(FIRESTORE_TIMEOUT);
         assert_eq!(
             firestore_uploads(&probe, &heidi).await,
             Some(5),

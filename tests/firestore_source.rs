@@ -15,7 +15,7 @@ use tower_tickets::store::{
 };
 use tower_tickets::{TicketKind, Uid};
 
-use support::firestore_emulator::FirestoreEmulator;
+use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator};
 
 fn kinds() -> [TicketKind; 2] {
     [TicketKind::new("upload", 5), TicketKind::new("ai", 3)]
@@ -24,7 +24,10 @@ fn kinds() -> [TicketKind; 2] {
 /// A client of the shared emulator, in a project of the test's own.
 async fn connect(project: &str) -> (FirestoreSource, FirestoreDb) {
     let db = FirestoreEmulator::shared().client(project).await;
-    (FirestoreSource::new(db.clone(), kinds()), db)
+    (
+        FirestoreSource::new(db.clone(), kinds()).timeout(FIRESTORE_TIMEOUT),
+        db,
+    )
 }
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -267,7 +270,8 @@ async fn custom_collection_and_field_names() {
         [TicketKind::new("upload", 5).fields("uploads.left", "uploads_refilled")],
     )
     .collection("accounts")
-    .version_field("rev");
+    .version_field("rev")
+    .timeout(FIRESTORE_TIMEOUT);
     let frank = uid("frank");
     let mut state = snapshot(3, 4, 0, "2026-03-01T08:00:00Z");
     state.balances.truncate(1);

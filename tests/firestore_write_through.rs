@@ -26,7 +26,7 @@ use tower_tickets::store::{
 };
 use tower_tickets::{FakeClock, TicketKind, Tickets, Uid};
 
-use support::firestore_emulator::{FirestoreEmulator, client_at};
+use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator, client_at};
 use support::redis_server::{RedisServer, shared_server};
 use support::tcp_gate::TcpGate;
 use support::ticket_app::{USER_HEADER, post_as, router};
@@ -81,15 +81,18 @@ impl App {
         write_interval: Duration,
         clock: &FakeClock,
     ) -> Self {
-        let store = WriteThrough::builder(redis_url, FirestoreSource::new(db.clone(), kinds()))
-            .mode(mode)
-            .key_prefix(format!("{test}:"))
-            .time_source(TimeSource::Caller)
-            .write_interval(write_interval)
-            .redis_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .expect("connect to the test servers");
+        let store = WriteThrough::builder(
+            redis_url,
+            FirestoreSource::new(db.clone(), kinds()).timeout(FIRESTORE_TIMEOUT),
+        )
+        .mode(mode)
+        .key_prefix(format!("{test}:"))
+        .time_source(TimeSource::Caller)
+        .write_interval(write_interval)
+        .redis_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect to the test servers");
         let [upload, ai] = kinds();
         let tickets = Tickets::builder()
             .kind(upload)

@@ -26,6 +26,9 @@ const MAIN_CLASS: &str = "com.google.cloud.datastore.emulator.firestore.CloudFir
 /// The JVM usually answers within a few seconds; a loaded machine may take longer.
 const STARTUP_LIMIT: Duration = Duration::from_secs(90);
 const POLL_EVERY: Duration = Duration::from_millis(25);
+/// How long a test lets one Firestore operation take: the emulator's JVM
+/// answers its first requests slowly, and shares a loaded machine.
+pub const FIRESTORE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Starts `java` with `$0`... under `sh`, prints the emulator's pid, waits
 /// for stdin to close, then kills the emulator.

@@ -262,7 +262,7 @@ mod tests {
     use crate::store::KindBalance;
     use crate::{TicketKind, Uid};
 
-    use super::firestore_emulator::FirestoreEmulator;
+    use super::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator};
 
     /// A cache of one kind's balances, versioned like the Redis cache: each
     /// snapshot read takes the next version.
@@ -323,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_one_user_costs_at_most_two_writes_and_ends_exact() {
         let db = FirestoreEmulator::shared().client("group-commit").await;
-        let source = FirestoreSource::new(db, kinds());
+        let source = FirestoreSource::new(db, kinds()).timeout(FIRESTORE_TIMEOUT);
         let cache = Arc::new(CountingCache::default());
         let writer = GroupCommit::new(cache.clone(), source.clone(), Duration::from_secs(1));
         let uid = Uid::parse("burst").unwrap();
