@@ -3,9 +3,11 @@
 //!
 //! In the user's balances hash `<prefix>{uid}:t` (the Redis store's, see its
 //! module docs), two fields of ours:
-//! - `v`: the version of the user's state, first Firestore's, then
-//!   increased by every snapshot taken for a write, so that a later
-//!   snapshot always carries a higher version;
+//! - `v`: the version of the user's state, increased by every snapshot
+//!   taken for a write, so that a later snapshot always carries a higher
+//!   version. Seeding a user afresh sets it well past Firestore's version
+//!   (see `lua/seed.lua`), so that no write of a lost Redis state still on
+//!   its way can outrank the new state's;
 //! - `s`: the kinds seeded from Firestore, as `,upload,ai,`.
 //!
 //! A balance outside `s` was made by the Redis store on its own: its charges
@@ -61,6 +63,7 @@ pub(crate) struct Checked {
 }
 
 /// Our keys and scripts, on a connection of our own.
+#[derive(Clone)]
 pub(crate) struct RedisState {
     connection: ConnectionManager,
     prefix: String,
@@ -304,8 +307,155 @@ fn unexpected(operation: &str, reply: &[i64]) -> StoreError {
 }
 
 #[cfg(test)]
+#[allow(dead_code)] // The tests use the standalone server only.
+#[path = "../../../tests/support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(test)]
 mod tests {
+    use super::redis_server::shared_server;
     use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn kinds() -> Vec<Arc<TicketKind>> {
+        vec![
+            Arc::new(TicketKind::new("upload", 5)),
+            Arc::new(TicketKind::new("ai", 3)),
+        ]
+    }
+
+    async fn state(prefix: &str) -> Arc<RedisState> {
+        let state = RedisState::connect(
+            &shared_server().url(),
+            prefix,
+            Duration::from_secs(2),
+            kinds(),
+            DAY,
+        )
+        .await
+        .expect("the test server answers");
+        Arc::new(state)
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn from_firestore(version: u64) -> UserSnapshot {
+        UserSnapshot {
+            version,
+            balances: vec![
+                KindBalance {
+                    remaining: 4,
+                    last_refill: at("2026-03-27T08:00:00Z"),
+                },
+                KindBalance {
+                    remaining: 1,
+                    last_refill: at("2026-03-27T09:00:00Z"),
+                },
+            ],
+        }
+    }
+
+    fn redis() -> redis::Connection {
+        shared_server().connection()
+    }
+
+    #[tokio::test]
+    async fn a_fresh_seed_starts_a_lineage_far_past_firestore() {
+        let state = state("seed:").await;
+        let uid = Uid::parse("u1").unwrap();
+        state.seed_state(&uid, &from_firestore(7)).await.unwrap();
+        let CacheSnapshot::Ready { state: read, .. } =
+            state.clone().snapshot(uid.clone()).await.unwrap()
+        else {
+            panic!("seeded")
+        };
+        assert_eq!(read.version, 7 + 1_048_576 + 1);
+        assert_eq!(read.balances, from_firestore(7).balances);
+        // Seeding again touches nothing seeded, and never lowers the version.
+        let mut newer = from_firestore(9);
+        newer.balances[0].remaining = 0;
+        state.seed_state(&uid, &newer).await.unwrap();
+        let checked = state.check(&uid, &kinds()).await.unwrap();
+        assert!(checked.seeded);
+        assert_eq!(checked.stored[0].unwrap().remaining, 4);
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("seed:{u1}:t")
+            .query(&mut redis())
+            .unwrap();
+        assert!(ttl > 0, "seeded balances expire when idle");
+    }
+
+    #[tokio::test]
+    async fn balances_the_redis_store_made_on_its_own_are_replaced_or_discarded() {
+        let state = state("bogus:").await;
+        let uid = Uid::parse("u2").unwrap();
+        // A whole hash without a version: replaced by the seed.
+        let _: () = redis::cmd("HSET")
+            .arg("bogus:{u2}:t")
+            .arg(&["n:upload", "0", "r:upload", "1"])
+            .query(&mut redis())
+            .unwrap();
+        assert!(!state.check(&uid, &kinds()).await.unwrap().seeded);
+        assert!(matches!(
+            state.clone().snapshot(uid.clone()).await.unwrap(),
+            CacheSnapshot::Lost
+        ));
+        state.seed_state(&uid, &from_firestore(0)).await.unwrap();
+        assert_eq!(
+            state.check(&uid, &kinds()).await.unwrap().stored[0]
+                .unwrap()
+                .remaining,
+            4
+        );
+        // A kind outside the seeded list: discarded by a snapshot.
+        let _: () = redis::cmd("HSET")
+            .arg("bogus:{u2}:t")
+            .arg(&["n:extra", "0", "r:extra", "1"])
+            .query(&mut redis())
+            .unwrap();
+        let mut with_extra = kinds();
+        with_extra.push(Arc::new(TicketKind::new("extra", 2)));
+        let extended = Arc::new(RedisState {
+            kinds: with_extra,
+            ..(*state).clone()
+        });
+        assert!(matches!(
+            extended.clone().snapshot(uid.clone()).await.unwrap(),
+            CacheSnapshot::Lost
+        ));
+        // Now merely missing: read it from Firestore first.
+        assert!(matches!(
+            extended.clone().snapshot(uid.clone()).await.unwrap(),
+            CacheSnapshot::Unseeded
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_write_forgets_only_the_pending_changes_its_snapshot_covered() {
+        let state = state("pending:").await;
+        let uid = Uid::parse("u3").unwrap();
+        assert!(
+            !state.mark_pending(&uid).await.unwrap(),
+            "nothing seeded, nothing counted"
+        );
+        state.seed_state(&uid, &from_firestore(0)).await.unwrap();
+        assert!(state.mark_pending(&uid).await.unwrap());
+        let CacheSnapshot::Ready { pending, .. } =
+            state.clone().snapshot(uid.clone()).await.unwrap()
+        else {
+            panic!("seeded")
+        };
+        assert_eq!(pending, 1);
+        // A change after the snapshot: the write does not cover it.
+        assert!(state.mark_pending(&uid).await.unwrap());
+        state.clone().written(uid.clone(), pending).await.unwrap();
+        assert_eq!(state.pending_users().await.unwrap(), [uid.clone()]);
+        state.clone().written(uid.clone(), 2).await.unwrap();
+        assert!(state.pending_users().await.unwrap().is_empty());
+    }
 
     #[test]
     fn glob_metacharacters_of_the_prefix_are_escaped() {

@@ -5,10 +5,17 @@
 -- balance that is not the truth, so it is replaced. A kind outside the
 -- seeded list is replaced for the same reason.
 --
+-- A hash seeded afresh starts a new lineage of snapshots: its version jumps
+-- LINEAGE_GAP past Firestore's, so that a write still in flight from the
+-- lost lineage (numbered just past Firestore's version) can never pass for a
+-- newer state than the new lineage's.
+--
 -- KEYS[1] the user's balances hash.
 -- ARGV: the stored version, the idle TTL ms, then per kind: name, count,
 --       last refill ms.
 -- Reply: {version} as stored.
+
+local LINEAGE_GAP = 1048576
 
 local key = KEYS[1]
 local stored = redis.call('HMGET', key, 'v', 's')
@@ -21,6 +28,7 @@ if stored[1] then
 else
   redis.call('DEL', key)
   seeded_list = ','
+  version = string.format('%d', tonumber(version) + LINEAGE_GAP)
 end
 local fields = {}
 for i = 3, #ARGV, 3 do
