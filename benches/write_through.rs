@@ -3,7 +3,7 @@
 //! Google's Firestore emulator as Firestore.
 //!
 //! Run with `cargo bench --features firestore --bench write_through` (about
-//! 2 min). It starts its own `redis-server` and Firestore emulator on free
+//! 3 min). It starts its own `redis-server` and Firestore emulator on free
 //! 127.0.0.1 ports (the tests' harness) and drives the routers with `wrk`
 //! (Debian package `wrk`), which must be on the PATH. Without `--bench`
 //! (`cargo test --features firestore --benches`) it sends one request to
