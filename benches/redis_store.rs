@@ -3,7 +3,8 @@
 //! a priced router against the bare router (allowed and refused paths), and
 //! what requests see while Redis is killed and restarted.
 //!
-//! Run with `cargo bench --features redis --bench redis_store` (about 90 s).
+//! Run with `cargo bench --features redis --bench redis_store` (about 2 min);
+//! append `-- store`, `-- http` or `-- faults` to run one part.
 //! It starts its own `redis-server` processes on free 127.0.0.1 ports (the
 //! tests' harness) and stops them by pid. Without `--bench`
 //! (`cargo test --features redis --benches`) one short round of each part
@@ -56,6 +57,11 @@ const CALLERS: usize = 50;
 /// Keep-alive HTTP connections, one request in flight on each.
 const CONNECTIONS: usize = 32;
 const JWT_SECRET: &[u8] = b"benchmark secret, at least 32 bytes long";
+/// Names of the two runtimes' threads, to tell their CPU time apart.
+const SERVER_THREADS: &str = "bench-server";
+const CLIENT_THREADS: &str = "bench-client";
+/// The store's default per-call timeout, which the fault part checks.
+const STORE_TIMEOUT: Duration = Duration::from_millis(100);
 const UPLOAD: &[u8] = &[0x42; 256];
 
 /// How long each part runs.
@@ -70,7 +76,7 @@ struct Schedule {
 
 impl Schedule {
     const BENCH: Self = Self {
-        rounds: 3,
+        rounds: 5,
         round: Duration::from_secs(4),
         benchmark_requests: 200_000,
         fault_phase: Duration::from_secs(2),
@@ -84,11 +90,19 @@ impl Schedule {
 }
 
 fn main() -> Result<(), Error> {
-    let schedule = if std::env::args().any(|arg| arg == "--bench") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let schedule = if args.iter().any(|arg| arg == "--bench") {
         Schedule::BENCH
     } else {
         Schedule::SMOKE
     };
+    // `cargo bench ... -- http` runs only the parts whose name is given.
+    let parts: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let runs = |part: &str| parts.is_empty() || parts.contains(&part);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let redis_version = Command::new("redis-server").arg("--version").output()?;
     println!(
@@ -96,14 +110,20 @@ fn main() -> Result<(), Error> {
          and the load generator (2 worker threads, or redis-benchmark). {}",
         String::from_utf8_lossy(&redis_version.stdout).trim()
     );
-    let server_runtime = runtime("bench-server")?;
-    let client_runtime = runtime("bench-client")?;
+    let server_runtime = runtime(SERVER_THREADS)?;
+    let client_runtime = runtime(CLIENT_THREADS)?;
 
     let redis = RedisServer::start();
-    store_versus_redis_benchmark(&schedule, &redis, &client_runtime)?;
-    http_paths(&schedule, &redis, &server_runtime, &client_runtime)?;
+    if runs("store") {
+        store_versus_redis_benchmark(&schedule, &redis, &client_runtime)?;
+    }
+    if runs("http") {
+        http_paths(&schedule, &redis, &server_runtime, &client_runtime)?;
+    }
     drop(redis);
-    faults(&schedule, &server_runtime, &client_runtime)?;
+    if runs("faults") {
+        faults(&schedule, &server_runtime, &client_runtime)?;
+    }
     Ok(())
 }
 
@@ -164,31 +184,55 @@ fn store_versus_redis_benchmark(
         "## 1. Store charges/s vs redis-benchmark (EVALSHA of the charge script, {CALLERS} concurrent callers)"
     );
     println!();
-    println!("| round | store charges/s | failed charges | redis-benchmark EVALSHA/s | ratio |");
-    println!("|---|---|---|---|---|");
-    let mut ratios = Vec::new();
-    let (mut store_rates, mut benchmark_rates) = (Vec::new(), Vec::new());
-    for round in 1..=schedule.rounds {
-        let (store_rate, failed) =
-            client.block_on(store_charges_per_sec(&store, &tickets, schedule.round))?;
-        let benchmark_rate = redis_benchmark(redis, &command, schedule.benchmark_requests)?;
-        let ratio = store_rate / benchmark_rate;
-        println!("| {round} | {store_rate:.0} | {failed} | {benchmark_rate:.0} | {ratio:.3} |");
-        store_rates.push(store_rate);
-        benchmark_rates.push(benchmark_rate);
-        ratios.push(ratio);
-    }
     println!(
-        "| **median** | {:.0} | | {:.0} | {:.3} |",
-        median(store_rates),
-        median(benchmark_rates),
-        median(ratios.clone())
+        "| round | store charges/s | failed | client CPU/charge | Redis CPU/charge | redis-benchmark EVALSHA/s | Redis CPU/EVALSHA | ratio (store/redis-benchmark) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut rounds = Vec::new();
+    for round in 1..=schedule.rounds {
+        let before = Cpu::now(redis, CLIENT_THREADS);
+        let (store_rate, charges, failed) =
+            client.block_on(store_charges(&store, &tickets, schedule.round))?;
+        let store_cpu = Cpu::now(redis, CLIENT_THREADS).since(&before, charges);
+        let before = Cpu::now(redis, CLIENT_THREADS);
+        let benchmark_rate = redis_benchmark(redis, &command, schedule.benchmark_requests)?;
+        let benchmark_cpu =
+            Cpu::now(redis, CLIENT_THREADS).since(&before, schedule.benchmark_requests);
+        let ratio = store_rate / benchmark_rate;
+        println!(
+            "| {round} | {store_rate:.0} | {failed} | {} | {} | {benchmark_rate:.0} | {} | {ratio:.3} |",
+            micros(store_cpu.app),
+            micros(store_cpu.redis),
+            micros(benchmark_cpu.redis),
+        );
+        rounds.push([
+            store_rate,
+            store_cpu.app.as_secs_f64(),
+            store_cpu.redis.as_secs_f64(),
+            benchmark_rate,
+            benchmark_cpu.redis.as_secs_f64(),
+            ratio,
+        ]);
+    }
+    let column = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
+    println!(
+        "| **median** | {:.0} | | {} | {} | {:.0} | {} | {:.3} |",
+        column(0),
+        micros(Duration::from_secs_f64(column(1))),
+        micros(Duration::from_secs_f64(column(2))),
+        column(3),
+        micros(Duration::from_secs_f64(column(4))),
+        column(5),
     );
     println!();
     println!(
         "redis-benchmark command: `redis-benchmark -h 127.0.0.1 -p <port> -c {CALLERS} -n {} -r {CALLERS} --csv {}`",
         schedule.benchmark_requests,
-        command.join(" ")
+        command
+            .iter()
+            .map(|arg| if arg.is_empty() { "''" } else { arg })
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     Ok(())
 }
@@ -232,13 +276,13 @@ fn charge_request(tickets: &Tickets, uid: Uid) -> ChargeRequest {
     }
 }
 
-/// Successful charges per second, and how many failed (timeouts when the
-/// machine stalls; they count as no work done).
-async fn store_charges_per_sec(
+/// Successful charges per second, how many there were, and how many
+/// failed (timeouts when the machine stalls; they count as no work done).
+async fn store_charges(
     store: &RedisStore,
     tickets: &Tickets,
     duration: Duration,
-) -> Result<(f64, u64), Error> {
+) -> Result<(f64, u64, u64), Error> {
     let started = Instant::now();
     let deadline = started + duration;
     let callers: Vec<_> = (0..CALLERS)
@@ -262,7 +306,8 @@ async fn store_charges_per_sec(
         charged += c;
         failed += f;
     }
-    Ok((charged as f64 / started.elapsed().as_secs_f64(), failed))
+    let rate = charged as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, charged, failed))
 }
 
 /// Runs `redis-benchmark` with `command`; returns its requests/s.
@@ -294,6 +339,8 @@ struct Run {
     requests_per_sec: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time per expected answer: the server runtime's and Redis's.
+    cpu: Cpu,
     /// Answers with another status (503 when the store timed out).
     unexpected: usize,
 }
@@ -318,6 +365,11 @@ fn http_paths(
     let priced = server.block_on(serve(
         router().route_layer(tickets.layer(Cost::of("upload", 1))?),
     ))?;
+    let paths = [
+        ("bare", bare, &allowed, StatusCode::CREATED),
+        ("allowed", priced, &allowed, StatusCode::CREATED),
+        ("refused", priced, &refused, StatusCode::TOO_MANY_REQUESTS),
+    ];
 
     println!();
     println!(
@@ -326,69 +378,55 @@ fn http_paths(
     );
     println!();
     println!(
-        "| round | bare req/s | bare p50 | bare p99 | allowed req/s | allowed p50 | allowed p99 | allowed/bare | refused req/s | refused p50 | refused p99 | refused/bare | other statuses |"
+        "| round | path | req/s | req/s vs bare | p50 | p99 | server CPU/req | Redis CPU/req | other statuses |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut rows = Vec::new();
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut runs: Vec<[Run; 3]> = Vec::new();
     for round in 1..=schedule.rounds {
-        let bare = load(client, bare, &allowed, StatusCode::CREATED, schedule.round)?;
-        let allowed = load(
-            client,
-            priced,
-            &allowed,
-            StatusCode::CREATED,
-            schedule.round,
-        )?;
-        let refused = load(
-            client,
-            priced,
-            &refused,
-            StatusCode::TOO_MANY_REQUESTS,
-            schedule.round,
-        )?;
-        println!(
-            "{}",
-            http_row(&round.to_string(), &bare, &allowed, &refused)
-        );
-        rows.push((bare, allowed, refused));
+        let mut measured = Vec::with_capacity(3);
+        for (_, address, tokens, expected) in &paths {
+            let run = load(client, redis, *address, tokens, *expected, schedule.round)?;
+            measured.push(run);
+        }
+        let measured: [Run; 3] = measured.try_into().map_err(|_| "three paths")?;
+        for ((path, ..), run) in paths.iter().zip(&measured) {
+            println!("{}", http_row(&round.to_string(), path, run, &measured[0]));
+        }
+        runs.push(measured);
     }
-    let median_run = |pick: fn(&(Run, Run, Run)) -> &Run| Run {
-        requests_per_sec: median(rows.iter().map(|r| pick(r).requests_per_sec).collect()),
-        p50: Duration::from_secs_f64(median(
-            rows.iter().map(|r| pick(r).p50.as_secs_f64()).collect(),
-        )),
-        p99: Duration::from_secs_f64(median(
-            rows.iter().map(|r| pick(r).p99.as_secs_f64()).collect(),
-        )),
-        unexpected: rows.iter().map(|r| pick(r).unexpected).sum(),
-    };
-    println!(
-        "{}",
-        http_row(
-            "**median**",
-            &median_run(|r| &r.0),
-            &median_run(|r| &r.1),
-            &median_run(|r| &r.2)
-        )
-    );
+    let medians: Vec<Run> = (0..paths.len())
+        .map(|path| {
+            let column =
+                |pick: fn(&Run) -> f64| median(runs.iter().map(|r| pick(&r[path])).collect());
+            let seconds = |pick: fn(&Run) -> f64| Duration::from_secs_f64(column(pick));
+            Run {
+                requests_per_sec: column(|r| r.requests_per_sec),
+                p50: seconds(|r| r.p50.as_secs_f64()),
+                p99: seconds(|r| r.p99.as_secs_f64()),
+                cpu: Cpu {
+                    app: seconds(|r| r.cpu.app.as_secs_f64()),
+                    redis: seconds(|r| r.cpu.redis.as_secs_f64()),
+                },
+                unexpected: runs.iter().map(|r| r[path].unexpected).sum(),
+            }
+        })
+        .collect();
+    for ((path, ..), run) in paths.iter().zip(&medians) {
+        println!("{}", http_row("**median**", path, run, &medians[0]));
+    }
     Ok(())
 }
 
-fn http_row(label: &str, bare: &Run, allowed: &Run, refused: &Run) -> String {
+fn http_row(round: &str, path: &str, run: &Run, bare: &Run) -> String {
     format!(
-        "| {label} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
-        bare.requests_per_sec,
-        millis(bare.p50),
-        millis(bare.p99),
-        allowed.requests_per_sec,
-        millis(allowed.p50),
-        millis(allowed.p99),
-        allowed.requests_per_sec / bare.requests_per_sec,
-        refused.requests_per_sec,
-        millis(refused.p50),
-        millis(refused.p99),
-        refused.requests_per_sec / bare.requests_per_sec,
-        bare.unexpected + allowed.unexpected + refused.unexpected,
+        "| {round} | {path} | {:.0} | {:.2} | {} | {} | {} | {} | {} |",
+        run.requests_per_sec,
+        run.requests_per_sec / bare.requests_per_sec,
+        millis(run.p50),
+        millis(run.p99),
+        micros(run.cpu.app),
+        micros(run.cpu.redis),
+        run.unexpected,
     )
 }
 
@@ -469,14 +507,16 @@ async fn connection(
 }
 
 /// Drives `address` from [`CONNECTIONS`] connections, one per token, for
-/// `duration`; every answer must be `expected`.
+/// `duration`; counts answers other than `expected` apart.
 fn load(
     client: &Runtime,
+    redis: &RedisServer,
     address: SocketAddr,
     tokens: &[HeaderValue],
     expected: StatusCode,
     duration: Duration,
 ) -> Result<Run, Error> {
+    let before = Cpu::now(redis, SERVER_THREADS);
     let started = Instant::now();
     let samples = client.block_on(drive(address, tokens, started + duration))?;
     let elapsed = started.elapsed();
@@ -490,6 +530,7 @@ fn load(
         requests_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 50),
         p99: percentile(&latencies, 99),
+        cpu: Cpu::now(redis, SERVER_THREADS).since(&before, latencies.len() as u64),
         unexpected: samples.len() - latencies.len(),
     })
 }
@@ -542,7 +583,11 @@ fn faults(schedule: &Schedule, server: &Runtime, client: &Runtime) -> Result<(),
 
     let during_outage = |s: &&Sample| s.sent + s.latency > killed && s.sent < restarted;
     let outage: Vec<&Sample> = samples.iter().filter(during_outage).collect();
-    let slowest = outage.iter().map(|s| s.latency).max().unwrap_or_default();
+    let mut latencies: Vec<Duration> = outage.iter().map(|s| s.latency).collect();
+    latencies.sort_unstable();
+    let slowest = latencies.last().copied().unwrap_or_default();
+    let bound = STORE_TIMEOUT + Duration::from_millis(50);
+    let over_bound = latencies.iter().filter(|l| **l > bound).count();
     let count = |status: StatusCode| outage.iter().filter(|s| s.status == status).count();
     let others = outage.len() - count(StatusCode::CREATED) - count(StatusCode::SERVICE_UNAVAILABLE);
     let resumed = samples
@@ -557,14 +602,16 @@ fn faults(schedule: &Schedule, server: &Runtime, client: &Runtime) -> Result<(),
     );
     println!();
     println!(
-        "| requests during the outage | 201 (answered before the kill) | 503 | other | slowest | first 201 after the restart |"
+        "| requests during the outage | 201 (answered before the kill) | 503 | other | p99 | slowest | over {} | first 201 after the restart |",
+        millis(bound)
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {others} | {} | {} |",
+        "| {} | {} | {} | {others} | {} | {} | {over_bound} | {} |",
         outage.len(),
         count(StatusCode::CREATED),
         count(StatusCode::SERVICE_UNAVAILABLE),
+        millis(percentile(&latencies, 99)),
         millis(slowest),
         resumed.map_or_else(|| "never".to_string(), millis),
     );
@@ -572,6 +619,54 @@ fn faults(schedule: &Schedule, server: &Runtime, client: &Runtime) -> Result<(),
 }
 
 // ---------------------------------------------------------------------------
+
+/// CPU time used: by this process's threads of one runtime, and by
+/// redis-server's main thread (which runs every command). Read from
+/// `/proc/*/schedstat` (Linux; zero elsewhere), so it stays meaningful on a
+/// machine whose other processes make requests/s swing.
+struct Cpu {
+    app: Duration,
+    redis: Duration,
+}
+
+impl Cpu {
+    fn now(redis: &RedisServer, threads: &str) -> Self {
+        let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+        let app = tasks
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|name| name.starts_with(threads))
+            })
+            .map(|task| schedstat(&task.path()))
+            .sum();
+        let redis = schedstat(&std::path::Path::new("/proc").join(redis.pid().to_string()));
+        Self { app, redis }
+    }
+
+    /// The CPU time per operation since `before`, over `operations`.
+    fn since(&self, before: &Self, operations: u64) -> Self {
+        let per = |after: Duration, before: Duration| {
+            after.saturating_sub(before) / u32::try_from(operations.max(1)).unwrap_or(u32::MAX)
+        };
+        Self {
+            app: per(self.app, before.app),
+            redis: per(self.redis, before.redis),
+        }
+    }
+}
+
+/// Time on CPU of the task at `dir` (its first schedstat field, in ns).
+fn schedstat(dir: &std::path::Path) -> Duration {
+    std::fs::read_to_string(dir.join("schedstat"))
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
+}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

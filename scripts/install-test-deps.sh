@@ -19,3 +19,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
   # The package starts a system-wide server; the tests start their own.
   (service redis-server stop || true) >/dev/null 2>&1
 fi
+
+# The browser test (tests/browser/): Debian's Chromium, driven by
+# playwright-core from npm (which never downloads a browser of its own).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium (Debian package chromium)"
+  apt_install chromium
+fi
+browser_tests="$(dirname "$0")/../tests/browser"
+if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
+  echo "installing the browser test's npm packages (tests/browser/package-lock.json)"
+  (cd "$browser_tests" && npm ci --no-audit --no-fund)
+fi

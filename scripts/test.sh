@@ -7,3 +7,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-test-deps.sh
 cargo test --all-features --locked "$@"
+
+# The demo's page in headless Chromium (tests/browser/): reuses the demo that
+# cargo test just built; screenshots and logs in target/browser-screenshots/.
+(cd tests/browser && node --test)

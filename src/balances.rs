@@ -97,34 +97,3 @@ impl Serialize for Balances {
         map.end()
     }
 }
-
-#[cfg(feature = "axum")]
-mod extract {
-    use std::sync::Arc;
-
-    use axum::extract::{FromRef, FromRequestParts};
-    use axum::response::Response;
-    use http::request::Parts;
-
-    use super::Balances;
-    use crate::rejection::Rejection;
-    use crate::tickets::Tickets;
-
-    impl<S> FromRequestParts<S> for Balances
-    where
-        Tickets: FromRef<S>,
-        S: Send + Sync,
-    {
-        type Rejection = Response;
-
-        async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-            let tickets = Tickets::from_ref(state);
-            let uid = tickets
-                .identify(parts)
-                .map_err(|e| tickets.reject(&Rejection::Unauthenticated(e), &parts.headers))?;
-            tickets.balances(&uid).await.map_err(|e| {
-                tickets.reject(&Rejection::StoreUnavailable(Arc::new(e)), &parts.headers)
-            })
-        }
-    }
-}

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -19,7 +20,10 @@ use crate::kind::FailMode;
 use crate::layer::{Plan, Pricing};
 use crate::ratelimit_headers::{self, RATELIMIT, RATELIMIT_POLICY};
 use crate::rejection::{QuotaExceeded, QuotaItem, Rejection};
-use crate::store::{ChargeOutcome, KindBalance, Receipt, RefundOutcome, StoreFuture};
+use crate::store::{
+    ChargeOutcome, KindBalance, Receipt, RefundOutcome, StoreError, StoreErrorKind, StoreFuture,
+};
+use crate::telemetry;
 use crate::tickets::Tickets;
 use crate::uid::Uid;
 
@@ -44,6 +48,9 @@ struct Settle {
     now: DateTime<Utc>,
     /// `RateLimit` for the balances after the charge.
     ratelimit: Option<HeaderValue>,
+    /// When the pending store operation started.
+    store_started: Instant,
+    span: tracing::Span,
 }
 
 pin_project! {
@@ -105,12 +112,14 @@ where
                 inner: Some(inner),
             },
             settle: Some(Box::new(Settle {
+                span: telemetry::decision_span(&uid, &cost),
                 tickets,
                 plan,
                 uid,
                 cost,
                 now,
                 ratelimit: None,
+                store_started: Instant::now(),
             })),
         }
     }
@@ -161,6 +170,7 @@ where
                     match receipt.take() {
                         Some(receipt) if failed => {
                             let now = settle.tickets.now();
+                            settle.store_started = Instant::now();
                             State::Refunding {
                                 refund: settle.tickets.shared.store.refund(receipt, now),
                                 result: Some(result),
@@ -191,14 +201,25 @@ impl Settle {
     /// Turns the store's answer into what happens next.
     fn decide<B>(
         &mut self,
-        outcome: Result<ChargeOutcome, crate::store::StoreError>,
+        outcome: Result<ChargeOutcome, StoreError>,
         request: &mut Request<B>,
     ) -> Decision {
+        let outcome = outcome.and_then(|o| self.checked(o));
+        telemetry::store_call("charge", self.store_started.elapsed(), &outcome);
+        let _entered = self.span.enter();
         let (balances, receipt) = match outcome {
             Ok(ChargeOutcome::Allowed { balances, receipt }) => (balances, Some(receipt)),
             Ok(ChargeOutcome::Replayed { balances }) => (balances, None),
             Ok(ChargeOutcome::Refused { balances }) => {
-                tracing::debug!(uid = %self.uid, "tickets refused");
+                self.span.record("outcome", "refused");
+                telemetry::refused(
+                    self.cost
+                        .items()
+                        .iter()
+                        .zip(&balances)
+                        .filter(|(item, balance)| balance.remaining < item.amount)
+                        .map(|(item, _)| &*item.kind),
+                );
                 return Decision::Answer(Rejection::QuotaExceeded(QuotaExceeded {
                     now: self.now,
                     items: self
@@ -222,10 +243,13 @@ impl Settle {
                     .iter()
                     .all(|item| item.kind.fail_mode() == FailMode::Open);
                 if !fail_open {
-                    tracing::error!(uid = %self.uid, %error, "ticket store unavailable; failing closed");
+                    self.span.record("outcome", "store_unavailable");
+                    tracing::error!(%error, "ticket store unavailable; failing closed");
                     return Decision::Answer(Rejection::StoreUnavailable(Arc::new(error)));
                 }
-                tracing::warn!(uid = %self.uid, %error, "ticket store unavailable; failing open, request not charged");
+                self.span.record("outcome", "failed_open");
+                telemetry::failed_open(&self.cost);
+                tracing::warn!(%error, "ticket store unavailable; failing open, request not charged");
                 request.extensions_mut().insert(Charged {
                     uid: self.uid.clone(),
                     balances: Vec::new(),
@@ -234,7 +258,12 @@ impl Settle {
                 return Decision::Call { receipt: None };
             }
         };
-        tracing::debug!(uid = %self.uid, charged = receipt.is_some(), "tickets allowed");
+        if receipt.is_some() {
+            self.span.record("outcome", "allowed");
+            telemetry::charged(&self.cost);
+        } else {
+            self.span.record("outcome", "replayed");
+        }
         self.ratelimit = Some(self.ratelimit_value(&balances));
         request.extensions_mut().insert(Charged {
             uid: self.uid.clone(),
@@ -248,6 +277,27 @@ impl Settle {
             charged: receipt.is_some(),
         });
         Decision::Call { receipt }
+    }
+
+    /// A store's answer with one balance per kind of the cost, or an error:
+    /// a backend that miscounts must not make the layer misreport.
+    fn checked(&self, outcome: ChargeOutcome) -> Result<ChargeOutcome, StoreError> {
+        let count = match &outcome {
+            ChargeOutcome::Allowed { balances, .. }
+            | ChargeOutcome::Refused { balances }
+            | ChargeOutcome::Replayed { balances } => balances.len(),
+        };
+        if count == self.cost.items().len() {
+            Ok(outcome)
+        } else {
+            Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!(
+                    "the store answered {count} balances for a cost of {} kinds",
+                    self.cost.items().len()
+                ),
+            ))
+        }
     }
 
     fn ratelimit_value(&self, balances: &[KindBalance]) -> HeaderValue {
@@ -267,14 +317,17 @@ impl Settle {
         )
     }
 
-    fn after_refund(&mut self, outcome: Result<RefundOutcome, crate::store::StoreError>) {
+    fn after_refund(&mut self, outcome: Result<RefundOutcome, StoreError>) {
+        telemetry::store_call("refund", self.store_started.elapsed(), &outcome);
+        let _entered = self.span.enter();
         match outcome {
             Ok(outcome) => {
-                tracing::debug!(uid = %self.uid, refunded = ?outcome.refunded, "charge settled");
+                telemetry::refunded(&self.cost, &outcome.refunded);
+                tracing::debug!(refunded = ?outcome.refunded, "charge settled");
                 self.ratelimit = Some(self.ratelimit_value(&outcome.balances));
             }
             Err(error) => {
-                tracing::error!(uid = %self.uid, %error, "refund failed; the charge stands");
+                tracing::error!(%error, "refund failed; the charge stands");
             }
         }
     }

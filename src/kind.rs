@@ -37,6 +37,8 @@ pub enum FailMode {
 pub struct TicketKind {
     name: Arc<str>,
     label: Arc<str>,
+    /// Labels for particular languages: `(primary tag, label)`.
+    translated_labels: Vec<(Arc<str>, Arc<str>)>,
     capacity: u32,
     initial: Option<u32>,
     refill: Refill,
@@ -59,6 +61,7 @@ impl TicketKind {
         let (count_field, refill_field) = default_fields(&name);
         Self {
             label: Arc::from(name.as_str()),
+            translated_labels: Vec::new(),
             name: Arc::from(name),
             capacity,
             initial: None,
@@ -73,6 +76,18 @@ impl TicketKind {
     /// Defaults to the name.
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = Arc::from(label.into());
+        self
+    }
+
+    /// The word used for this kind in messages of one language, given by its
+    /// primary tag: `.label_in("fr", "d'envoi")` makes the French refusal
+    /// read "Plus de tickets d'envoi". Other languages use the
+    /// [`label`](Self::label).
+    pub fn label_in(mut self, language: &str, label: impl Into<String>) -> Self {
+        let language = language.to_ascii_lowercase();
+        self.translated_labels.retain(|(l, _)| **l != *language);
+        self.translated_labels
+            .push((Arc::from(language), Arc::from(label.into())));
         self
     }
 
@@ -117,9 +132,13 @@ impl TicketKind {
         &self.name
     }
 
-    /// The word used in messages.
-    pub fn display_label(&self) -> &str {
-        &self.label
+    /// The word used in messages of `language` (a primary tag such as
+    /// `"fr"`).
+    pub fn display_label(&self, language: &str) -> &str {
+        self.translated_labels
+            .iter()
+            .find(|(l, _)| l.eq_ignore_ascii_case(language))
+            .map_or(&*self.label, |(_, label)| label)
     }
 
     /// What a refill brings the balance up to.

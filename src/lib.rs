@@ -6,6 +6,8 @@ mod charged;
 mod clock;
 mod config_error;
 mod cost;
+#[cfg(feature = "axum")]
+mod extract;
 mod future;
 mod idempotency;
 pub mod identity;
@@ -17,6 +19,7 @@ mod refill;
 mod rejection;
 mod service;
 pub mod store;
+pub mod telemetry;
 mod tickets;
 mod uid;
 

@@ -163,11 +163,15 @@ fn quota_exceeded(
     }
 }
 
-/// "3 h 12 min", "45 min", "30 s".
+/// "3 h 12 min", "45 min", "30 s". Beyond a minute, rounds up to the
+/// minute, as `Retry-After` rounds up to the second: the message never
+/// promises tickets sooner than they come.
 fn human_duration(secs: i64) -> String {
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s} s"),
+    if secs < 60 {
+        return format!("{secs} s");
+    }
+    let minutes = (secs + 59) / 60;
+    match (minutes / 60, minutes % 60) {
         (0, m) => format!("{m} min"),
         (h, 0) => format!("{h} h"),
         (h, m) => format!("{h} h {m} min"),
@@ -245,5 +249,15 @@ mod tests {
         let fr = DefaultMessages.render(&msg, "fr");
         assert_eq!(fr.title, "Plus de tickets upload");
         assert!(fr.detail.contains("dans 3 h 12 min"), "{}", fr.detail);
+    }
+
+    #[test]
+    fn waits_round_up_to_the_minute() {
+        assert_eq!(human_duration(0), "0 s");
+        assert_eq!(human_duration(59), "59 s");
+        assert_eq!(human_duration(60), "1 min");
+        assert_eq!(human_duration(61), "2 min");
+        assert_eq!(human_duration(86_399), "24 h");
+        assert_eq!(human_duration(3 * 3600 + 11 * 60 + 1), "3 h 12 min");
     }
 }

@@ -41,8 +41,9 @@ pub enum Rejection {
     BadRequest(String),
 }
 
-/// The balances that refused a request.
+/// The balances that refused a request (made by the layer only).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct QuotaExceeded {
     /// The instant of the decision.
     pub now: DateTime<Utc>,
@@ -52,6 +53,7 @@ pub struct QuotaExceeded {
 
 /// One kind of a refused cost.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct QuotaItem {
     /// The kind.
     pub kind: Arc<TicketKind>,
@@ -135,7 +137,18 @@ impl Rejection {
         let (message, quota) = match self {
             Self::QuotaExceeded(q) => {
                 // The first kind that cannot pay speaks for the refusal.
-                let first = q.violated().next().unwrap_or(&q.items[0]);
+                let Some(first) = q.violated().next().or(q.items.first()) else {
+                    return self.problem(
+                        messages,
+                        language,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        headers,
+                        &Message::BadRequest {
+                            reason: "no tickets left",
+                        },
+                        None,
+                    );
+                };
                 let retry_after = q
                     .violated()
                     .map(|i| seconds_until(i.refill_at, q.now))
@@ -154,7 +167,7 @@ impl Rejection {
                     ),
                 );
                 let message = Message::QuotaExceeded {
-                    label: first.kind.display_label(),
+                    label: first.kind.display_label(language),
                     cost: first.cost,
                     remaining: first.remaining,
                     capacity: first.kind.capacity(),

@@ -238,6 +238,12 @@ impl Tickets {
         now_millis(&*self.shared.clock)
     }
 
+    /// The registry's message catalogue, for handlers that word a refusal
+    /// themselves (pick the language with [`messages::negotiate`](crate::messages::negotiate)).
+    pub fn messages(&self) -> &dyn Messages {
+        &*self.shared.messages
+    }
+
     /// Identifies the user of a request with the registry's extractor.
     pub fn identify(&self, request: &Parts) -> Result<Uid, IdentityError> {
         self.shared.identity.identify(request, self.now())

@@ -1,5 +1,6 @@
 //! The layer in front of axum routes: the reference app's rules, end to end
 //! through HTTP, with the embedded store and a fake clock.
+#![cfg(feature = "axum")]
 
 mod app;
 
@@ -328,10 +329,10 @@ async fn accept_language_fr_gives_a_french_message() {
         .await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.header("content-language"), "fr");
-    assert_eq!(reply.json["title"], "Plus de tickets AI");
+    assert_eq!(reply.json["title"], "Plus de tickets IA");
     assert_eq!(
         reply.json["detail"],
-        "Vous avez utilisé vos 3 tickets AI. Ils seront rechargés le 2026-06-02 à 10:00 UTC, dans 24 h."
+        "Vous avez utilisé vos 3 tickets IA. Ils seront rechargés le 2026-06-02 à 10:00 UTC, dans 24 h."
     );
 }
 

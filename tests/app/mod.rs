@@ -117,7 +117,7 @@ impl App {
         let store = CountingStore::default();
         let tickets = Tickets::builder()
             .kind(TicketKind::new("upload", 5))
-            .kind(TicketKind::new("ai", 3).label("AI"))
+            .kind(TicketKind::new("ai", 3).label("AI").label_in("fr", "IA"))
             .store(store.clone())
             .clock(clock.clone())
             .identity(JwtIdentity::hs256(SECRET))

@@ -3,5 +3,6 @@
 
 #![allow(dead_code)] // Each test binary uses part of the support code.
 
+pub mod race;
 pub mod redis_server;
 pub mod ticket_app;

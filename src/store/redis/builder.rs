@@ -13,7 +13,7 @@ use super::scripts::{CallContext, SCRIPTS};
 use super::store::{RedisStore, Shared};
 
 /// Where the scripts read the time of a decision. See the
-/// [module docs](super) for why it matters.
+/// [`RedisStore`](super::RedisStore) docs for why it matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum TimeSource {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, RedisResult, Script, ScriptInvocation};
+use redis::{Client, Cmd, ErrorKind, RedisResult, Script, ServerErrorKind};
+
+use super::scripts::ScriptCall;
 
 /// Pauses between reconnection attempts: short, so that a probe soon after
 /// Redis comes back finds a fresh attempt rather than a long back-off.
@@ -45,14 +47,22 @@ impl Connection {
         Ok(Self::Cluster(client.get_async_connection().await?))
     }
 
-    /// Runs a script (`EVALSHA`, loading it after a `NOSCRIPT`).
-    pub(crate) async fn invoke(
-        &mut self,
-        invocation: &ScriptInvocation<'static>,
-    ) -> RedisResult<Vec<i64>> {
+    /// Runs a script: `EVALSHA`, and after a `NOSCRIPT` (a restarted or
+    /// flushed Redis) loads the script and sends the call again.
+    pub(crate) async fn invoke(&mut self, call: &ScriptCall) -> RedisResult<Vec<i64>> {
+        match self.query(&call.command).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.load(call.script).await?;
+                self.query(&call.command).await
+            }
+            reply => reply,
+        }
+    }
+
+    async fn query(&mut self, command: &Cmd) -> RedisResult<Vec<i64>> {
         match self {
-            Self::Standalone(connection) => invocation.invoke_async(connection).await,
-            Self::Cluster(connection) => invocation.invoke_async(connection).await,
+            Self::Standalone(connection) => command.query_async(connection).await,
+            Self::Cluster(connection) => command.query_async(connection).await,
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::{Script, ScriptInvocation};
+use redis::{Cmd, Script, ToRedisArgs};
 
 use super::builder::TimeSource;
 use crate::kind::TicketKind;
@@ -46,6 +46,33 @@ impl Scripts {
     }
 }
 
+/// One `EVALSHA` of a shared script. Arguments are written straight into
+/// the command's single buffer (a `ScriptInvocation` would allocate one per
+/// argument, then copy them all: most of a charge's client-side cost).
+pub(crate) struct ScriptCall {
+    pub(crate) script: &'static Script,
+    pub(crate) command: Cmd,
+}
+
+impl ScriptCall {
+    /// A call of `script` on `keys`; arguments follow with [`ScriptCall::arg`].
+    pub(crate) fn new(script: &'static Script, keys: &[String]) -> Self {
+        let mut command = Cmd::with_capacity(24, 256);
+        command
+            .arg("EVALSHA")
+            .arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys);
+        Self { script, command }
+    }
+
+    /// Appends an `ARGV` value.
+    pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.command.arg(arg);
+        self
+    }
+}
+
 /// A calendar refill can land up to 25 h after the previous one (the day a
 /// daylight-saving change adds an hour).
 const LONGEST_CALENDAR_PERIOD: Duration = Duration::from_secs(25 * 3600);
@@ -58,7 +85,8 @@ fn longest_period(kind: &TicketKind) -> Duration {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+/// `duration` in whole milliseconds, as the scripts take it.
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -96,23 +124,22 @@ impl CallContext {
 /// Appends `kind`'s spec (see `lua/common.lua`): name, the balance an unseen
 /// user starts with, capacity, refill.
 pub(crate) fn push_kind(
-    invocation: &mut ScriptInvocation<'static>,
+    call: &mut ScriptCall,
     kind: &TicketKind,
     starting_balance: u32,
     now: DateTime<Utc>,
 ) {
-    invocation
-        .arg(kind.name())
+    call.arg(kind.name())
         .arg(starting_balance)
         .arg(kind.capacity());
     match kind.refill_schedule() {
         Refill::Rolling { period } => {
-            invocation.arg("R").arg(millis(*period));
+            call.arg("R").arg(millis(*period));
         }
         calendar @ Refill::Calendar { .. } => {
-            invocation.arg("C");
+            call.arg("C");
             for cutoff in calendar_cutoffs(calendar, now) {
-                invocation.arg(cutoff.timestamp_millis());
+                call.arg(cutoff.timestamp_millis());
             }
         }
     }

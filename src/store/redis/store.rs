@@ -4,14 +4,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use redis::ScriptInvocation;
 
 use super::breaker::Breaker;
 use super::connection::Connection;
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
-use super::scripts::{CallContext, SCRIPTS, push_kind};
+use super::scripts::{CallContext, SCRIPTS, ScriptCall, millis, push_kind};
 use crate::idempotency::IDEMPOTENCY_TTL;
 use crate::kind::TicketKind;
 use crate::store::{
@@ -24,8 +23,68 @@ use crate::uid::Uid;
 ///
 /// Made by [`RedisStore::connect`], [`RedisStore::standalone`] or
 /// [`RedisStore::cluster`]. Clones share the connection, the breaker and
-/// the configuration. See the [module docs](super) for keys, time and
-/// faults.
+/// the configuration.
+///
+/// ```no_run
+/// use tower_tickets::store::{RedisStore, RefusalCache};
+/// use tower_tickets::{TicketKind, Tickets};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let tickets = Tickets::builder()
+///     .kind(TicketKind::new("upload", 5))
+///     // Repeated refusals of a user at zero are answered locally for 1 s.
+///     .store(RefusalCache::new(store))
+///     .build()?;
+/// # let _ = tickets;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Any number of app instances share one truth. Each operation is one `EVALSHA` of a script
+/// from `lua/` (built once, reloaded by the `redis` crate after a
+/// `NOSCRIPT`), sent over one multiplexed connection per store (concurrent
+/// calls are pipelined on one socket) that reconnects by itself. Standalone
+/// Redis and Redis Cluster run the same scripts.
+///
+/// # Keys
+/// One user's keys share the hash tag `{uid}`, so every script touches a
+/// single cluster slot:
+/// - `<prefix>{<uid>}:t`: a hash with, per kind, `n:<kind>` (tickets left)
+///   and `r:<kind>` (last refill, Unix milliseconds). It expires a few
+///   refill periods after its last refill ([`RedisStoreBuilder::idle_periods`](crate::store::RedisStoreBuilder::idle_periods);
+///   an active user is refilled, and so kept, every period), so Redis memory
+///   follows active users. An expired user starts over with the initial
+///   balances, which never mints tickets: a refill was due anyway.
+/// - `<prefix>{<uid>}:i:<Idempotency-Key>`: a charged idempotency key, kept
+///   24 h.
+///
+/// Keys are only built from a validated [`Uid`](crate::Uid), so a hostile
+/// id never reaches Redis; the prefix may not contain `{` or `}`.
+///
+/// # Time
+/// Decisions across instances need one clock: app servers' clocks drift
+/// apart, and a server whose clock runs ahead would refill early (a peer
+/// behind it would then see refill timestamps from the future). By default
+/// ([`TimeSource::Redis`](crate::store::TimeSource::Redis)) the scripts read Redis's own clock (`TIME`), so
+/// every app server decides on the same time: the clock of the Redis server
+/// that owns the user (in a cluster, the master of the user's slot). The
+/// rolling refill cutoff is computed in Lua from the period; for calendar
+/// refills (time zones are unknown to Lua) Rust sends the cutoffs around
+/// its own instant and the script picks the one its clock has passed.
+/// [`TimeSource::Caller`](crate::store::TimeSource::Caller) uses the instant the layer passes in instead (the
+/// registry's [`Clock`](crate::Clock)), for tests with a
+/// [`FakeClock`](crate::FakeClock) and for single-instance apps. Either way
+/// a refill timestamp never moves backwards: a clock behind the stored last
+/// refill sees no refill due.
+///
+/// # Faults
+/// Every call is bounded by a timeout (100 ms by default). After repeated
+/// failures a breaker answers [`CircuitOpen`](crate::store::StoreErrorKind)
+/// at once, and lets one call through now and then to probe for recovery.
+/// The layer turns errors into 503 (or lets fail-open kinds through). A
+/// value under one of our keys that this crate did not write is a
+/// [`Corrupt`](crate::store::StoreErrorKind) error naming the key.
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
@@ -85,34 +144,32 @@ impl RedisStore {
     ) -> StoreFuture<Vec<KindBalance>> {
         let context = &self.shared.context;
         let count = seeds.len();
-        let mut invocation = SCRIPTS.seed.prepare_invoke();
-        invocation
-            .key(self.shared.keys.balances(uid))
-            .arg(context.time_arg(now))
+        let mut call = ScriptCall::new(&SCRIPTS.seed, &[self.shared.keys.balances(uid)]);
+        call.arg(context.time_arg(now))
             .arg(context.idle_ttl(seeds.clone().map(|(kind, ..)| kind)))
             .arg(count);
         for (kind, balance, last_refill) in seeds {
             match last_refill {
-                Some(at) => invocation.arg(at.timestamp_millis()),
-                None => invocation.arg(""),
+                Some(at) => call.arg(at.timestamp_millis()),
+                None => call.arg(""),
             };
-            push_kind(&mut invocation, kind, balance, now);
+            push_kind(&mut call, kind, balance, now);
         }
-        let call = self.call("seed", invocation);
-        Box::pin(async move { reply::balances("seed", &call.await?, count) })
+        let reply = self.call("seed", call);
+        Box::pin(async move { reply::balances("seed", &reply.await?, count) })
     }
 
     /// Runs one script call under the breaker and the timeout.
     fn call(
         &self,
         operation: &'static str,
-        invocation: ScriptInvocation<'static>,
+        call: ScriptCall,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
         let shared = self.shared.clone();
         async move {
             let permit = shared.breaker.admit()?;
             let mut connection = shared.connection.clone();
-            match tokio::time::timeout(shared.timeout, connection.invoke(&invocation)).await {
+            match tokio::time::timeout(shared.timeout, connection.invoke(&call)).await {
                 Ok(Ok(reply)) => {
                     permit.succeeded();
                     Ok(reply)
@@ -142,10 +199,6 @@ impl RedisStore {
     }
 }
 
-fn millis(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl TicketStore for RedisStore {
     fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
         let ChargeRequest {
@@ -156,28 +209,24 @@ impl TicketStore for RedisStore {
         } = request;
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = cost.items();
-        let mut invocation = SCRIPTS.charge.prepare_invoke();
-        invocation.key(keys.balances(&uid));
-        if let Some(key) = &idempotency_key {
-            invocation.key(keys.idempotency(&uid, key));
-        }
-        invocation
-            .arg(context.time_arg(now))
+        let mut call = match &idempotency_key {
+            None => ScriptCall::new(&SCRIPTS.charge, &[keys.balances(&uid)]),
+            Some(key) => ScriptCall::new(
+                &SCRIPTS.charge,
+                &[keys.balances(&uid), keys.idempotency(&uid, key)],
+            ),
+        };
+        call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(millis(IDEMPOTENCY_TTL))
             .arg(items.len());
         for item in items {
-            invocation.arg(item.amount);
-            push_kind(
-                &mut invocation,
-                &item.kind,
-                item.kind.initial_balance(),
-                now,
-            );
+            call.arg(item.amount);
+            push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
-        let call = self.call("charge", invocation);
+        let reply = self.call("charge", call);
         Box::pin(async move {
-            let reply = call.await?;
+            let reply = reply.await?;
             let Some((&outcome, rest)) = reply.split_first() else {
                 return Err(unexpected_reply("charge", &reply));
             };
@@ -203,29 +252,24 @@ impl TicketStore for RedisStore {
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = receipt.cost.items();
         let count = items.len().min(receipt.last_refills.len());
-        let mut invocation = SCRIPTS.refund.prepare_invoke();
-        invocation.key(keys.balances(&receipt.uid));
-        if let Some(key) = &receipt.idempotency_key {
-            invocation.key(keys.idempotency(&receipt.uid, key));
-        }
-        invocation
-            .arg(context.time_arg(now))
+        let balances_key = keys.balances(&receipt.uid);
+        let mut call = match &receipt.idempotency_key {
+            None => ScriptCall::new(&SCRIPTS.refund, &[balances_key]),
+            Some(key) => ScriptCall::new(
+                &SCRIPTS.refund,
+                &[balances_key, keys.idempotency(&receipt.uid, key)],
+            ),
+        };
+        call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(count);
         for (item, charged_at) in items.iter().zip(&receipt.last_refills) {
-            invocation
-                .arg(item.amount)
-                .arg(charged_at.timestamp_millis());
-            push_kind(
-                &mut invocation,
-                &item.kind,
-                item.kind.initial_balance(),
-                now,
-            );
+            call.arg(item.amount).arg(charged_at.timestamp_millis());
+            push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
-        let call = self.call("refund", invocation);
+        let reply = self.call("refund", call);
         Box::pin(async move {
-            let reply = call.await?;
+            let reply = reply.await?;
             if reply.len() != 3 * count {
                 return Err(unexpected_reply("refund", &reply));
             }
@@ -249,17 +293,14 @@ impl TicketStore for RedisStore {
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> StoreFuture<Vec<KindBalance>> {
-        let mut invocation = SCRIPTS.balances.prepare_invoke();
-        invocation
-            .key(self.shared.keys.balances(uid))
-            .arg(self.shared.context.time_arg(now))
-            .arg(kinds.len());
+        let mut call = ScriptCall::new(&SCRIPTS.balances, &[self.shared.keys.balances(uid)]);
+        call.arg(self.shared.context.time_arg(now)).arg(kinds.len());
         for kind in kinds {
-            push_kind(&mut invocation, kind, kind.initial_balance(), now);
+            push_kind(&mut call, kind, kind.initial_balance(), now);
         }
         let count = kinds.len();
-        let call = self.call("balances", invocation);
-        Box::pin(async move { reply::balances("balances", &call.await?, count) })
+        let reply = self.call("balances", call);
+        Box::pin(async move { reply::balances("balances", &reply.await?, count) })
     }
 
     fn adjust(
@@ -274,18 +315,16 @@ impl TicketStore for RedisStore {
             Adjustment::Grant(amount) => ("grant", amount),
             Adjustment::Set(balance) => ("set", balance),
         };
-        let mut invocation = SCRIPTS.adjust.prepare_invoke();
-        invocation
-            .key(self.shared.keys.balances(uid))
-            .arg(context.time_arg(now))
+        let mut call = ScriptCall::new(&SCRIPTS.adjust, &[self.shared.keys.balances(uid)]);
+        call.arg(context.time_arg(now))
             .arg(context.idle_ttl([&**kind]))
             .arg(1)
             .arg(operation)
             .arg(amount);
-        push_kind(&mut invocation, kind, kind.initial_balance(), now);
-        let call = self.call(operation, invocation);
+        push_kind(&mut call, kind, kind.initial_balance(), now);
+        let reply = self.call(operation, call);
         Box::pin(async move {
-            let balances = reply::balances(operation, &call.await?, 1)?;
+            let balances = reply::balances(operation, &reply.await?, 1)?;
             Ok(balances[0])
         })
     }

@@ -1,0 +1,104 @@
+//! What the crate reports: metrics through the [`metrics`] facade and a
+//! `tracing` span per decision.
+//!
+//! Nothing is recorded unless the application installs a metrics recorder
+//! (e.g. `metrics-exporter-prometheus`, as the demo does for `GET /metrics`).
+//! Names, all prefixed `tickets_`:
+//!
+//! | name | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `tickets_charged_total` | counter | `kind` | tickets spent |
+//! | `tickets_refused_total` | counter | `kind` | requests refused because this kind could not pay |
+//! | `tickets_refunded_total` | counter | `kind` | tickets given back after a failed request |
+//! | `tickets_fail_open_total` | counter | `kind` | requests let through uncharged while the store was down |
+//! | `tickets_store_errors_total` | counter | `operation` | store operations that failed |
+//! | `tickets_store_latency_seconds` | histogram | `operation` | time a store took to answer |
+//! | `tickets_cache_misses_total` | counter | | decisions that had to load a user from the source of truth |
+//! | `tickets_firestore_writes_total` | counter | | documents written to Firestore |
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::cost::{CheckedCost, CostItem};
+use crate::store::StoreError;
+
+/// Counter of decisions that had to load a user from the source of truth
+/// (recorded by caching stores).
+pub const CACHE_MISSES: &str = "tickets_cache_misses_total";
+/// Counter of documents written to Firestore (recorded by the Firestore
+/// backend).
+pub const FIRESTORE_WRITES: &str = "tickets_firestore_writes_total";
+
+/// Records the tickets of an allowed charge.
+pub(crate) fn charged(cost: &CheckedCost) {
+    for item in cost.items() {
+        metrics::counter!("tickets_charged_total", "kind" => item.kind.shared_name().clone())
+            .increment(u64::from(item.amount));
+    }
+}
+
+/// Records a refusal against each kind that could not pay.
+pub(crate) fn refused<'a>(kinds: impl IntoIterator<Item = &'a crate::kind::TicketKind>) {
+    for kind in kinds {
+        metrics::counter!("tickets_refused_total", "kind" => kind.shared_name().clone())
+            .increment(1);
+    }
+}
+
+/// Records the tickets given back by a refund (`refunded[i]` per cost item).
+pub(crate) fn refunded(cost: &CheckedCost, refunded: &[bool]) {
+    for (item, _) in cost.items().iter().zip(refunded).filter(|(_, done)| **done) {
+        metrics::counter!("tickets_refunded_total", "kind" => item.kind.shared_name().clone())
+            .increment(u64::from(item.amount));
+    }
+}
+
+/// Records a request let through uncharged because the store was down.
+pub(crate) fn failed_open(cost: &CheckedCost) {
+    for item in cost.items() {
+        metrics::counter!("tickets_fail_open_total", "kind" => item.kind.shared_name().clone())
+            .increment(1);
+    }
+}
+
+/// Records how long a store operation took, and whether it failed.
+pub(crate) fn store_call<T>(
+    operation: &'static str,
+    took: Duration,
+    result: &Result<T, StoreError>,
+) {
+    metrics::histogram!("tickets_store_latency_seconds", "operation" => operation)
+        .record(took.as_secs_f64());
+    if result.is_err() {
+        metrics::counter!("tickets_store_errors_total", "operation" => operation).increment(1);
+    }
+}
+
+/// The span around one decision: `uid`, `kind` and `cost` (joined with `+`
+/// for a multi-kind cost), and `outcome`, recorded when the store answers.
+pub(crate) fn decision_span(uid: &crate::uid::Uid, cost: &CheckedCost) -> tracing::Span {
+    tracing::info_span!(
+        "tickets.decision",
+        uid = %uid,
+        kind = %Joined(cost, |item, f| f.write_str(item.kind.name())),
+        cost = %Joined(cost, |item, f| write!(f, "{}", item.amount)),
+        outcome = tracing::field::Empty,
+    )
+}
+
+type WriteItem = fn(&CostItem, &mut fmt::Formatter<'_>) -> fmt::Result;
+
+/// Displays each item of a cost with a writer, joined by `+`.
+struct Joined<'a>(&'a CheckedCost, WriteItem);
+
+impl fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, item) in self.0.items().iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            (self.1)(item, f)?;
+        }
+        Ok(())
+    }
+}
