@@ -452,7 +452,10 @@ mod tests {
         // A change after the snapshot: the write does not cover it.
         assert!(state.mark_pending(&uid).await.unwrap());
         state.clone().written(uid.clone(), pending).await.unwrap();
-        assert_eq!(state.pending_users().await.unwrap(), std::slice::from_ref(&uid));
+        assert_eq!(
+            state.pending_users().await.unwrap(),
+            std::slice::from_ref(&uid)
+        );
         state.clone().written(uid.clone(), 2).await.unwrap();
         assert!(state.pending_users().await.unwrap().is_empty());
     }
