@@ -22,9 +22,10 @@ use firestore::gcloud_sdk::google::firestore::v1::Document;
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use tower_tickets::identity::HeaderIdentity;
 use tower_tickets::store::{
-    Adjustment, FirestoreSource, KindBalance, TicketStore, TimeSource, WriteMode, WriteThrough,
+    Adjustment, ChargeOutcome, ChargeRequest, FirestoreSource, KindBalance, TicketStore,
+    TimeSource, WriteMode, WriteThrough,
 };
-use tower_tickets::{FakeClock, TicketKind, Tickets, Uid};
+use tower_tickets::{Clock, Cost, FakeClock, TicketKind, Tickets, Uid};
 
 use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator, client_at};
 use support::redis_server::{RedisServer, shared_server};
@@ -430,4 +431,62 @@ async fn a_delayed_write_never_undoes_a_grant_made_meanwhile() {
         "the late write undid the grant: {stored:?}"
     );
     assert_eq!(fast.balances(&erin).await[0].remaining, 14);
+}
+
+#[tokio::test]
+async fn a_kind_added_later_is_read_from_firestore_before_the_next_write() {
+    let clock = FakeClock::at(start());
+    let ivan = uid("ivan");
+    let store_of = |kinds: Vec<TicketKind>| async {
+        let db = FirestoreEmulator::shared().client("new-kind").await;
+        let source = FirestoreSource::new(db, kinds).timeout(FIRESTORE_TIMEOUT);
+        WriteThrough::builder(shared_server().url(), source)
+            .key_prefix("new-kind:")
+            .time_source(TimeSource::Caller)
+            .write_interval(Duration::from_millis(5))
+            .connect()
+            .await
+            .unwrap()
+    };
+    let tickets_of = |store: WriteThrough, kinds: Vec<TicketKind>| {
+        kinds
+            .into_iter()
+            .fold(Tickets::builder(), |b, k| b.kind(k))
+            .store(store)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let charge = |store: WriteThrough, tickets: Tickets| {
+        let ivan = ivan.clone();
+        async move {
+            let request = ChargeRequest {
+                uid: ivan,
+                cost: tickets.check_cost(&Cost::of("upload", 1)).unwrap(),
+                now: tickets.now(),
+                idempotency_key: None,
+            };
+            let outcome = store.charge(request).await.unwrap();
+            assert!(
+                matches!(outcome, ChargeOutcome::Allowed { .. }),
+                "{outcome:?}"
+            );
+        }
+    };
+    // Version 1 of the app knows uploads only.
+    let old = vec![TicketKind::new("upload", 5)];
+    let store = store_of(old.clone()).await;
+    charge(store.clone(), tickets_of(store, old)).await;
+    // Version 2 adds AI tickets; Redis holds the user without them.
+    let new = kinds().to_vec();
+    let store = store_of(new.clone()).await;
+    charge(store.clone(), tickets_of(store, new)).await;
+    let db = FirestoreEmulator::shared().client("new-kind").await;
+    let stored = FirestoreSource::new(db, kinds())
+        .load(&ivan, clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    let counts: Vec<u32> = stored.balances.iter().map(|b| b.remaining).collect();
+    assert_eq!(counts, [3, 3], "two uploads spent; AI tickets created at 3");
 }
