@@ -31,7 +31,16 @@ fn kinds() -> [TicketKind; 2] {
 /// A store on the shared Redis under the test's prefix, writing through
 /// `db`; its recovery scan runs often, so that catching up shows quickly.
 async fn store(db: FirestoreDb, mode: WriteMode, test: &str) -> WriteThrough {
-    let source = FirestoreSource::new(db, kinds()).timeout(FIRESTORE_TIMEOUT);
+    store_with_timeout(db, mode, test, FIRESTORE_TIMEOUT).await
+}
+
+async fn store_with_timeout(
+    db: FirestoreDb,
+    mode: WriteMode,
+    test: &str,
+    firestore_timeout: Duration,
+) -> WriteThrough {
+    let source = FirestoreSource::new(db, kinds()).timeout(firestore_timeout);
     WriteThrough::builder(shared_server().url(), source)
         .mode(mode)
         .key_prefix(format!("{test}:"))
@@ -104,6 +113,35 @@ async fn sync_mode_answers_503_and_refunds_while_firestore_is_down() {
     assert_eq!(post(&router, "/upload", &frank).await, StatusCode::CREATED);
     assert_eq!(redis_uploads(&tickets, &frank).await, 2);
     assert_eq!(firestore_uploads(&probe, &frank).await, Some(2));
+}
+
+#[tokio::test]
+async fn sync_mode_answers_503_when_firestore_hangs_and_catches_up_after() {
+    let emulator = FirestoreEmulator::start();
+    let db = emulator.client("hung-sync").await;
+    let probe = FirestoreSource::new(db.clone(), kinds()).timeout(FIRESTORE_TIMEOUT);
+    // The timeout is what this test is about: a hung Firestore costs a
+    // request one timeout, then 503, never a hang.
+    let store = store_with_timeout(db, WriteMode::Sync, "hung-sync", Duration::from_secs(1)).await;
+    let tickets = tickets(store);
+    let router = router(&tickets);
+    let judy = Uid::parse("judy").unwrap();
+    assert_eq!(post(&router, "/upload", &judy).await, StatusCode::CREATED);
+
+    emulator.pause();
+    assert_eq!(
+        post(&router, "/upload", &judy).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(redis_uploads(&tickets, &judy).await, 4, "refunded in Redis");
+    emulator.resume();
+
+    eventually("Firestore agrees with Redis", || async {
+        firestore_uploads(&probe, &judy).await == Some(4)
+    })
+    .await;
+    assert_eq!(post(&router, "/upload", &judy).await, StatusCode::CREATED);
+    assert_eq!(firestore_uploads(&probe, &judy).await, Some(3));
 }
 
 #[tokio::test]
