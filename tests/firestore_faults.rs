@@ -120,13 +120,18 @@ async fn sync_mode_answers_503_when_firestore_hangs_and_catches_up_after() {
     let emulator = FirestoreEmulator::start();
     let db = emulator.client("hung-sync").await;
     let probe = FirestoreSource::new(db.clone(), kinds()).timeout(FIRESTORE_TIMEOUT);
+    let judy = Uid::parse("judy").unwrap();
+    // A patient instance warms the emulator up (its first requests are slow)
+    // and charges once.
+    let patient = router(&tickets(
+        store(db.clone(), WriteMode::Sync, "hung-sync").await,
+    ));
+    assert_eq!(post(&patient, "/upload", &judy).await, StatusCode::CREATED);
     // The timeout is what this test is about: a hung Firestore costs a
     // request one timeout, then 503, never a hang.
-    let store = store_with_timeout(db, WriteMode::Sync, "hung-sync", Duration::from_secs(1)).await;
+    let store = store_with_timeout(db, WriteMode::Sync, "hung-sync", Duration::from_secs(2)).await;
     let tickets = tickets(store);
     let router = router(&tickets);
-    let judy = Uid::parse("judy").unwrap();
-    assert_eq!(post(&router, "/upload", &judy).await, StatusCode::CREATED);
 
     emulator.pause();
     assert_eq!(
