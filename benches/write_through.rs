@@ -16,10 +16,13 @@
 //! request is allowed, and are created beforehand (their documents too), so
 //! no request reads Firestore. `wrk` runs 2 threads, 32 keep-alive
 //! connections; each thread cycles through 2,000 users of its own, so a user
-//! gets a request every few seconds: what the sync figures show is the cost
+//! gets a request every second or so: what the sync figures show is the cost
 //! of a Firestore write, not the one-write-per-second pacing of a single
-//! user's burst. The stores take turns, round after round; the table gives
-//! each round and the medians.
+//! user's burst. Each router is first warmed up for 10 s (the emulator's JVM
+//! compiles its hot paths meanwhile); then the stores take turns, round after
+//! round, each round waiting for the async writes of the one before; the
+//! table gives each round and the medians, with the load average around the
+//! run.
 
 #[path = "../tests/support/firestore_emulator.rs"]
 mod firestore_emulator;
