@@ -85,8 +85,21 @@ impl std::error::Error for InvalidKey {
     }
 }
 
+/// Makes `jsonwebtoken` use its RustCrypto backend, unless the app installed
+/// another one.
+///
+/// `jsonwebtoken` picks its backend from its crate features, and cannot when
+/// another crate of the app enables its `aws_lc_rs` feature next to our
+/// `rust_crypto` (Google's auth crates do, under the `firestore` feature):
+/// every signature would then panic. Installing one makes the choice.
+fn select_jwt_crypto() {
+    // Err: a provider is installed already, the app's or ours; keep it.
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
 impl JwtIdentity {
     fn with(algorithm: Algorithm, keys: Keys) -> Self {
+        select_jwt_crypto();
         let mut validation = Validation::new(algorithm);
         // Expiry is checked against the injected clock in `identify`.
         validation.validate_exp = false;
@@ -256,6 +269,7 @@ struct IssuedClaims<'a> {
 impl JwtIssuer {
     /// An issuer signing with HS256 and `secret`.
     pub fn hs256(secret: &[u8]) -> Self {
+        select_jwt_crypto();
         Self {
             key: EncodingKey::from_secret(secret),
             issuer: None,

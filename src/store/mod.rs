@@ -9,10 +9,16 @@
 //! so all backends agree on one time source and tests control it.
 
 mod error;
+#[cfg(feature = "firestore")]
+mod firestore;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 mod refusal_cache;
+#[cfg(feature = "firestore")]
+mod snapshot;
+#[cfg(feature = "firestore")]
+mod write_through;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,10 +27,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use self::error::{StoreError, StoreErrorKind};
+#[cfg(feature = "firestore")]
+pub use self::firestore::{DEFAULT_FIRESTORE_TIMEOUT, FirestoreSource, WriteOutcome};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource};
 pub use self::refusal_cache::RefusalCache;
+#[cfg(feature = "firestore")]
+pub use self::snapshot::UserSnapshot;
+#[cfg(feature = "firestore")]
+pub use self::write_through::{WriteMode, WriteThrough, WriteThroughBuilder};
 use crate::cost::CheckedCost;
 use crate::idempotency::IdempotencyKey;
 use crate::kind::TicketKind;

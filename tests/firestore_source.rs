@@ -1,0 +1,299 @@
+//! The Firestore source against Google's Firestore emulator: documents,
+//! field types, creation, versioned writes.
+#![cfg(feature = "firestore")]
+
+mod support {
+    pub mod firestore_emulator;
+}
+
+use chrono::{DateTime, Utc};
+use firestore::FirestoreDb;
+use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
+use firestore::gcloud_sdk::google::firestore::v1::{Document, Value};
+use tower_tickets::store::{
+    FirestoreSource, KindBalance, StoreErrorKind, UserSnapshot, WriteOutcome,
+};
+use tower_tickets::{TicketKind, Uid};
+
+use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator};
+
+fn kinds() -> [TicketKind; 2] {
+    [TicketKind::new("upload", 5), TicketKind::new("ai", 3)]
+}
+
+/// A client of the shared emulator, in a project of the test's own.
+async fn connect(project: &str) -> (FirestoreSource, FirestoreDb) {
+    let db = FirestoreEmulator::shared().client(project).await;
+    (
+        FirestoreSource::new(db.clone(), kinds()).timeout(FIRESTORE_TIMEOUT),
+        db,
+    )
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn uid(s: &str) -> Uid {
+    Uid::parse(s).unwrap()
+}
+
+fn snapshot(version: u64, upload: u32, ai: u32, at: &str) -> UserSnapshot {
+    UserSnapshot {
+        version,
+        balances: vec![
+            KindBalance {
+                remaining: upload,
+                last_refill: t(at),
+            },
+            KindBalance {
+                remaining: ai,
+                last_refill: t(at),
+            },
+        ],
+    }
+}
+
+async fn raw_document(db: &FirestoreDb, uid: &str) -> Option<Document> {
+    db.fluent()
+        .select()
+        .by_id_in("users")
+        .one(uid)
+        .await
+        .expect("the emulator answers")
+}
+
+async fn put_raw(db: &FirestoreDb, uid: &str, fields: Vec<(&str, ValueType)>) {
+    let document = Document {
+        name: format!("{}/users/{uid}", db.get_documents_path()),
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Value {
+                        value_type: Some(v),
+                    },
+                )
+            })
+            .collect(),
+        ..Document::default()
+    };
+    db.fluent()
+        .update()
+        .in_col("users")
+        .document(document)
+        .execute()
+        .await
+        .expect("the emulator stores the document");
+}
+
+fn field<'a>(document: &'a Document, name: &str) -> &'a ValueType {
+    document.fields[name]
+        .value_type
+        .as_ref()
+        .expect("a typed value")
+}
+
+#[tokio::test]
+async fn a_new_user_document_holds_the_initial_balances_as_integers_and_timestamps() {
+    let (source, db) = connect("create").await;
+    let now = t("2026-03-01T08:00:00.250Z");
+    let alice = uid("alice");
+    assert_eq!(source.load(&alice, now).await.unwrap(), None);
+
+    let created = source.load_or_create(&alice, now).await.unwrap();
+    assert_eq!(created, snapshot(0, 5, 3, "2026-03-01T08:00:00.250Z"));
+
+    let document = raw_document(&db, "alice").await.expect("created");
+    assert_eq!(field(&document, "ticketCount"), &ValueType::IntegerValue(5));
+    assert_eq!(
+        field(&document, "aiTicketCount"),
+        &ValueType::IntegerValue(3)
+    );
+    assert_eq!(
+        field(&document, "ticketsVersion"),
+        &ValueType::IntegerValue(0)
+    );
+    for refill in ["lastTicketRefill", "lastAiTicketRefill"] {
+        let ValueType::TimestampValue(ts) = field(&document, refill) else {
+            panic!("{refill} is not a timestamp");
+        };
+        assert_eq!((ts.seconds, ts.nanos), (now.timestamp(), 250_000_000));
+    }
+
+    // A second sign-up neither resets nor rewrites the balances.
+    source
+        .write(&alice, &snapshot(1, 4, 3, "2026-03-01T08:00:00.250Z"))
+        .await
+        .unwrap();
+    let later = t("2026-03-01T09:00:00Z");
+    assert_eq!(
+        source.load_or_create(&alice, later).await.unwrap(),
+        snapshot(1, 4, 3, "2026-03-01T08:00:00.250Z")
+    );
+}
+
+#[tokio::test]
+async fn an_app_document_gains_the_ticket_fields_and_keeps_its_own() {
+    let (source, db) = connect("complete").await;
+    put_raw(
+        &db,
+        "bob",
+        vec![
+            ("email", ValueType::StringValue("bob@example.com".into())),
+            ("ticketCount", ValueType::IntegerValue(1)),
+            (
+                "lastTicketRefill",
+                ValueType::TimestampValue(firestore::gcloud_sdk::prost_types::Timestamp {
+                    seconds: t("2026-02-28T10:00:00Z").timestamp(),
+                    nanos: 0,
+                }),
+            ),
+        ],
+    )
+    .await;
+    let now = t("2026-03-01T08:00:00Z");
+    let loaded = source.load_or_create(&uid("bob"), now).await.unwrap();
+    assert_eq!(loaded.balances[0].remaining, 1);
+    assert_eq!(loaded.balances[0].last_refill, t("2026-02-28T10:00:00Z"));
+    assert_eq!(loaded.balances[1].remaining, 3, "the AI kind was missing");
+
+    let document = raw_document(&db, "bob").await.unwrap();
+    assert_eq!(
+        field(&document, "email"),
+        &ValueType::StringValue("bob@example.com".into())
+    );
+    assert_eq!(
+        field(&document, "aiTicketCount"),
+        &ValueType::IntegerValue(3)
+    );
+    assert_eq!(field(&document, "ticketCount"), &ValueType::IntegerValue(1));
+}
+
+#[tokio::test]
+async fn a_write_never_replaces_a_newer_version() {
+    let (source, db) = connect("versions").await;
+    let carol = uid("carol");
+    let newer = snapshot(7, 15, 3, "2026-03-01T08:00:00Z");
+    assert_eq!(
+        source.write(&carol, &newer).await.unwrap(),
+        WriteOutcome::Written
+    );
+
+    let late = snapshot(6, 2, 3, "2026-03-01T08:00:00Z");
+    assert_eq!(
+        source.write(&carol, &late).await.unwrap(),
+        WriteOutcome::Superseded { stored_version: 7 }
+    );
+    assert_eq!(
+        source.write(&carol, &newer).await.unwrap(),
+        WriteOutcome::Superseded { stored_version: 7 },
+        "the same version is not written twice"
+    );
+    assert_eq!(
+        source
+            .load(&carol, t("2026-03-02T00:00:00Z"))
+            .await
+            .unwrap(),
+        Some(newer)
+    );
+    let document = raw_document(&db, "carol").await.unwrap();
+    assert_eq!(
+        field(&document, "ticketCount"),
+        &ValueType::IntegerValue(15)
+    );
+}
+
+#[tokio::test]
+async fn racing_writers_leave_the_highest_version() {
+    let (source, _db) = connect("race").await;
+    let dave = uid("dave");
+    let writes = (1..=12u32).map(|v| {
+        let source = source.clone();
+        let dave = dave.clone();
+        tokio::spawn(async move {
+            source
+                .write(&dave, &snapshot(v.into(), v, 0, "2026-03-01T08:00:00Z"))
+                .await
+        })
+    });
+    for write in writes.collect::<Vec<_>>() {
+        write.await.unwrap().expect("every write decides");
+    }
+    let stored = source.load(&dave, t("2026-03-01T08:00:00Z")).await.unwrap();
+    assert_eq!(stored, Some(snapshot(12, 12, 0, "2026-03-01T08:00:00Z")));
+}
+
+#[tokio::test]
+async fn a_field_of_the_wrong_type_is_a_clear_error() {
+    let (source, db) = connect("corrupt").await;
+    put_raw(
+        &db,
+        "erin",
+        vec![
+            ("ticketCount", ValueType::StringValue("five".into())),
+            (
+                "lastTicketRefill",
+                ValueType::StringValue("yesterday".into()),
+            ),
+        ],
+    )
+    .await;
+    let erin = uid("erin");
+    let now = t("2026-03-01T08:00:00Z");
+    for error in [
+        source.load(&erin, now).await.unwrap_err(),
+        source.load_or_create(&erin, now).await.unwrap_err(),
+    ] {
+        assert_eq!(error.kind(), StoreErrorKind::Corrupt);
+        assert!(
+            error.to_string().contains(
+                "users/erin: field `ticketCount` holds the string \"five\"; expected an integer"
+            ),
+            "{error}"
+        );
+    }
+    let document = raw_document(&db, "erin").await.unwrap();
+    assert_eq!(
+        field(&document, "ticketCount"),
+        &ValueType::StringValue("five".into()),
+        "a corrupt document is left as it is"
+    );
+}
+
+#[tokio::test]
+async fn custom_collection_and_field_names() {
+    let db = FirestoreEmulator::shared().client("custom").await;
+    let source = FirestoreSource::new(
+        db.clone(),
+        [TicketKind::new("upload", 5).fields("uploads.left", "uploads_refilled")],
+    )
+    .collection("accounts")
+    .version_field("rev")
+    .timeout(FIRESTORE_TIMEOUT);
+    let frank = uid("frank");
+    let mut state = snapshot(3, 4, 0, "2026-03-01T08:00:00Z");
+    state.balances.truncate(1);
+    source.write(&frank, &state).await.unwrap();
+    let document = db
+        .fluent()
+        .select()
+        .by_id_in("accounts")
+        .one("frank")
+        .await
+        .unwrap()
+        .expect("written under accounts/");
+    assert_eq!(
+        field(&document, "uploads.left"),
+        &ValueType::IntegerValue(4)
+    );
+    assert_eq!(field(&document, "rev"), &ValueType::IntegerValue(3));
+    assert_eq!(
+        source
+            .load(&frank, t("2026-03-02T00:00:00Z"))
+            .await
+            .unwrap(),
+        Some(state)
+    );
+}
