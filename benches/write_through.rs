@@ -8,7 +8,7 @@
 //! (Debian package `wrk`), which must be on the PATH. Without `--bench`
 //! (`cargo test --features firestore --benches`) it sends one request to
 //! each router, to check the set-up, and measures nothing.
-//! docs/benchmarks-firestore.md records results.
+//! docs/benchmarks.md ("Redis over Firestore") records results.
 //!
 //! Every router serves `POST /upload` at one upload ticket, the user named
 //! by an `x-user-id` header (the development identity: no JWT to verify, so

@@ -31,3 +31,12 @@ if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
   echo "installing the browser test's npm packages (tests/browser/package-lock.json)"
   (cd "$browser_tests" && npm ci --no-audit --no-fund)
 fi
+
+# The Firestore tests start Google's Firestore emulator (a jar run by java);
+# it cannot be fetched from here, so say what to install.
+jar=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
+if [ ! -f "$jar" ] || ! command -v java >/dev/null 2>&1; then
+  echo "The Firestore tests need Google's Firestore emulator ($jar) and java." >&2
+  echo "Install the Debian package google-cloud-cli-firestore-emulator (it brings a JDK)." >&2
+  exit 1
+fi

@@ -73,10 +73,23 @@ pub struct StoreArgs {
     )]
     pub redis_url: String,
 
-    /// Google Cloud project whose Firestore holds users/{uid} (not available
-    /// yet). Set FIRESTORE_EMULATOR_HOST=host:port to use the emulator.
+    /// Google Cloud project whose Firestore holds users/{uid}, written
+    /// through from Redis (--redis-url), which decides; needs the demo built
+    /// with --features firestore. Set FIRESTORE_EMULATOR_HOST=host:port to use
+    /// the emulator; otherwise Google's usual credential discovery applies.
     #[arg(long, env = "TICKETS_FIRESTORE_PROJECT")]
     pub firestore_project: Option<String>,
+}
+
+impl StoreArgs {
+    /// Where balances live, for the start-up log.
+    pub fn describe(&self) -> String {
+        match (&self.firestore_project, self.store) {
+            (Some(project), _) => format!("redis {} over firestore {project}", self.redis_url),
+            (None, StoreKind::Memory) => "memory".into(),
+            (None, StoreKind::Redis) => format!("redis {}", self.redis_url),
+        }
+    }
 }
 
 /// The `--store` choices.

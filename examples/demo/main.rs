@@ -62,26 +62,28 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
-    let store = store::open(&cli.store).await?;
-    let secret = jwt_secret(cli.jwt_secret);
+    // First, so that every metric the stores and the layer register lands here.
+    let metrics = metrics::install()?;
     let refill = Refill::rolling(cli.refill_period);
-    let tickets = Tickets::builder()
-        .kind(
-            TicketKind::new("upload", 5)
-                .label_in("fr", "d'envoi")
-                .refill(refill.clone()),
-        )
-        .kind(
-            TicketKind::new("ai", 3)
-                .label("AI")
-                .label_in("fr", "IA")
-                .refill(refill),
-        )
+    let kinds = [
+        TicketKind::new("upload", 5)
+            .label_in("fr", "d'envoi")
+            .refill(refill.clone()),
+        TicketKind::new("ai", 3)
+            .label("AI")
+            .label_in("fr", "IA")
+            .refill(refill),
+    ];
+    let store = store::open(&cli.store, &kinds).await?;
+    let secret = jwt_secret(cli.jwt_secret);
+    let tickets = kinds
+        .into_iter()
+        .fold(Tickets::builder(), |builder, kind| builder.kind(kind))
         .store(store)
         .identity(JwtIdentity::hs256(&secret))
         .build()?;
     tracing::info!(
-        store = ?cli.store.store,
+        store = %cli.store.describe(),
         refill_period = %humantime::format_duration(cli.refill_period),
         "5 upload and 3 AI tickets per user"
     );
@@ -90,7 +92,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         issuer: JwtIssuer::hs256(&secret),
         admin: AdminToken::new(cli.admin_token),
         uploads: Uploads::default(),
-        metrics: metrics::install()?,
+        metrics,
     };
     let app = routes::router(state)?;
 

@@ -35,9 +35,15 @@ impl Demo {
     /// Starts the demo with `args` (besides `--bind 127.0.0.1:0`) and waits
     /// until it listens.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts the demo with `args` and the environment variables `env`.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = demo_command()
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the demo");
