@@ -120,6 +120,25 @@ pub(crate) fn failed_open(cost: &CheckedCost) {
     }
 }
 
+/// Records that a user was loaded from the source of truth (Firestore reads
+/// happen only on cache misses and sign-ups).
+#[cfg(feature = "firestore")]
+pub(crate) fn cache_missed() {
+    static MISSES: OnceLock<Counter> = OnceLock::new();
+    MISSES
+        .get_or_init(|| metrics::counter!(CACHE_MISSES))
+        .increment(1);
+}
+
+/// Records a document written to Firestore.
+#[cfg(feature = "firestore")]
+pub(crate) fn firestore_written() {
+    static WRITES: OnceLock<Counter> = OnceLock::new();
+    WRITES
+        .get_or_init(|| metrics::counter!(FIRESTORE_WRITES))
+        .increment(1);
+}
+
 /// The store operations the layer times.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum StoreOperation {

@@ -73,4 +73,18 @@ async fn sign_up_and_uploads_reach_the_users_document_and_survive_a_flushed_redi
         (4, 3),
         "rebuilt from Firestore"
     );
+
+    let metrics = demo.call(Method::GET, "/metrics").send().await.text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert!(value("tickets_firestore_writes_total") >= 2.0, "{metrics}");
+    assert!(
+        value("tickets_cache_misses_total") >= 2.0,
+        "sign-up and the flush"
+    );
+    assert_eq!(value(r#"tickets_charged_total{kind="upload"}"#), 1.0);
 }

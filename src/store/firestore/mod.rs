@@ -23,6 +23,7 @@ use self::document::{DocumentLayout, StoredDocument};
 use super::snapshot::UserSnapshot;
 use super::{StoreError, StoreErrorKind};
 use crate::kind::TicketKind;
+use crate::telemetry;
 use crate::uid::Uid;
 
 /// How long one operation (all its round trips) may take by default.
@@ -164,6 +165,7 @@ impl FirestoreSource {
         uid: &Uid,
         now: DateTime<Utc>,
     ) -> Result<Option<UserSnapshot>, StoreError> {
+        telemetry::cache_missed();
         self.bounded("read", uid, async {
             Ok(self.read(uid, now).await?.map(|stored| stored.snapshot))
         })
@@ -178,6 +180,7 @@ impl FirestoreSource {
         uid: &Uid,
         now: DateTime<Utc>,
     ) -> Result<UserSnapshot, StoreError> {
+        telemetry::cache_missed();
         self.bounded("create", uid, async {
             for _ in 0..WRITE_ATTEMPTS {
                 let stored = match self.read(uid, now).await? {
@@ -284,7 +287,10 @@ impl FirestoreSource {
             .execute()
             .await;
         match written {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                telemetry::firestore_written();
+                Ok(true)
+            }
             Err(e) if is_lost_race(&e) => Ok(false),
             Err(e) => Err(failed("write", &self.layout.path(uid), e)),
         }
