@@ -5,17 +5,18 @@
 
 #[allow(dead_code)] // This binary uses part of the support code.
 mod support {
+    pub mod eventually;
     pub mod firestore_emulator;
     pub mod redis_server;
     pub mod tcp_gate;
     pub mod ticket_app;
 }
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use firestore::FirestoreDb;
+use support::eventually::eventually;
 use tower_tickets::store::{FirestoreSource, UserSnapshot, WriteMode, WriteThrough};
 use tower_tickets::{TicketKind, Tickets, Uid};
 
@@ -62,15 +63,6 @@ async fn redis_uploads(tickets: &Tickets, uid: &Uid) -> u32 {
 async fn firestore_uploads(source: &FirestoreSource, uid: &Uid) -> Option<u32> {
     let stored: Option<UserSnapshot> = source.load(uid, chrono::Utc::now()).await.ok()?;
     stored.map(|s| s.balances[0].remaining)
-}
-
-/// Polls `check` until it holds.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn post(router: &axum::Router, path: &str, uid: &Uid) -> StatusCode {

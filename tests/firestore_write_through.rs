@@ -4,15 +4,15 @@
 
 #[allow(dead_code)] // This binary uses part of the support code.
 mod support {
+    pub mod eventually;
     pub mod firestore_emulator;
     pub mod redis_server;
     pub mod tcp_gate;
     pub mod ticket_app;
 }
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, StatusCode};
@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use firestore::FirestoreDb;
 use firestore::gcloud_sdk::google::firestore::v1::Document;
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
+use support::eventually::eventually;
 use tower_tickets::identity::HeaderIdentity;
 use tower_tickets::store::{
     Adjustment, ChargeOutcome, ChargeRequest, FirestoreSource, KindBalance, TicketStore,
@@ -178,15 +179,6 @@ impl Stored {
 
     fn counts(&self) -> (i64, i64) {
         (self.upload.0, self.ai.0)
-    }
-}
-
-/// Polls `check` until it holds (async writes land within an interval).
-async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
