@@ -25,12 +25,12 @@
 //! Without `--bench` (`cargo test --benches`), one short slice of each checks
 //! that the set-up works. docs/benchmarks.md records results.
 
+mod support;
+
 use std::fs;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::post;
 use bytes::Bytes;
 use chrono::Utc;
 use http::header::{AUTHORIZATION, HOST};
@@ -38,12 +38,11 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::{Builder, Runtime};
+use support::{Error, load_average, median, router, runtime, serve};
+use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
 use tower_tickets::identity::{JwtIdentity, JwtIssuer};
 use tower_tickets::{Cost, TicketKind, Tickets, Uid};
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const JWT_SECRET: &[u8] = b"benchmark secret, at least 32 bytes long";
 /// What each request uploads.
@@ -128,27 +127,6 @@ impl Round {
             total_cpu: cpu(|r| r.total_cpu),
         }
     }
-}
-
-/// The handler both routers share: reads the upload, answers 201.
-async fn upload(body: Bytes) -> (StatusCode, String) {
-    (StatusCode::CREATED, format!("stored {} bytes", body.len()))
-}
-
-fn router() -> Router {
-    Router::new().route("/api/uploads", post(upload))
-}
-
-/// Serves `router` on an ephemeral 127.0.0.1 port of the current runtime.
-async fn serve(router: Router) -> Result<SocketAddr, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            eprintln!("server on {address} stopped: {e}");
-        }
-    });
-    Ok(address)
 }
 
 /// Starts both routers; returns their addresses and the bearer token of a
@@ -336,38 +314,6 @@ fn cpu_time(threads: &str) -> Option<Duration> {
         nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(Duration::from_nanos(nanos))
-}
-
-/// The 1, 5 and 15 minute load averages (Linux): how busy the machine was
-/// with other work, which this bench does not control.
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn runtime(threads: &str) -> Result<Runtime, Error> {
-    Ok(Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(threads)
-        .enable_all()
-        .build()?)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[middle - 1] + values[middle]) / 2.0
-    } else {
-        values[middle]
-    }
 }
 
 fn micros(duration: Duration) -> String {

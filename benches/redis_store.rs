@@ -31,12 +31,12 @@
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
+mod support;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::post;
 use bytes::Bytes;
 use chrono::Utc;
 use http::header::{AUTHORIZATION, HOST};
@@ -44,13 +44,12 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use redis_server::RedisServer;
-use tokio::net::{TcpListener, TcpStream};
+use support::{Error, median, router, runtime, serve};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tower_tickets::identity::{JwtIdentity, JwtIssuer};
 use tower_tickets::store::{ChargeRequest, RedisStore, RefusalCache, TicketStore};
 use tower_tickets::{Cost, TicketKind, Tickets, Uid};
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Concurrent callers of the store, and `redis-benchmark`'s `-c`.
 const CALLERS: usize = 50;
@@ -125,14 +124,6 @@ fn main() -> Result<(), Error> {
         faults(&schedule, &server_runtime, &client_runtime)?;
     }
     Ok(())
-}
-
-fn runtime(name: &str) -> Result<Runtime, Error> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(name)
-        .enable_all()
-        .build()?)
 }
 
 /// The demo's upload kind and JWT identity, over `store`.
@@ -451,21 +442,6 @@ fn tokens(users: &[Uid]) -> Vec<HeaderValue> {
         .collect()
 }
 
-async fn upload(body: Bytes) -> (StatusCode, String) {
-    (StatusCode::CREATED, format!("stored {} bytes", body.len()))
-}
-
-fn router() -> Router {
-    Router::new().route("/api/uploads", post(upload))
-}
-
-async fn serve(router: Router) -> Result<SocketAddr, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Ok(address)
-}
-
 /// One answer: when its request was sent, how long it took, its status.
 struct Sample {
     sent: Instant,
@@ -666,16 +642,6 @@ fn schedstat(dir: &std::path::Path) -> Duration {
 
 fn micros(duration: Duration) -> String {
     format!("{:.1} µs", duration.as_secs_f64() * 1e6)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[middle - 1] + values[middle]) / 2.0
-    } else {
-        values[middle]
-    }
 }
 
 fn percentile(sorted: &[Duration], percent: usize) -> Duration {

@@ -30,6 +30,8 @@ mod firestore_emulator;
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -41,12 +43,11 @@ use axum::http::{HeaderName, StatusCode};
 use axum::routing::post;
 use firestore_emulator::FirestoreEmulator;
 use redis_server::RedisServer;
+use support::{Error, load_average};
 use tokio::net::TcpListener;
 use tower_tickets::identity::HeaderIdentity;
 use tower_tickets::store::{FirestoreSource, RedisStore, TicketStore, WriteMode, WriteThrough};
 use tower_tickets::{Cost, TicketKind, Tickets, Uid};
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USER_HEADER: &str = "x-user-id";
 const WRK_THREADS: usize = 2;
@@ -360,13 +361,6 @@ fn post_once(address: SocketAddr) -> Result<u16, Error> {
     stream.read_to_string(&mut answer)?;
     let status = answer.split(' ').nth(1).ok_or("an empty answer")?;
     Ok(status.parse()?)
-}
-
-/// The machine's load averages (1, 5, 15 min): other work sways the figures.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// A file in the temporary directory, removed on drop.
