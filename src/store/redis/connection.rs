@@ -31,6 +31,9 @@ impl Connection {
     pub(crate) async fn standalone(client: Client, timeout: Duration) -> RedisResult<Self> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
+            // The store bounds every call itself; a second timer per call
+            // would only cost time.
+            .set_response_timeout(None)
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY)
             .set_number_of_retries(RECONNECT_RETRIES);

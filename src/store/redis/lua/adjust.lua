@@ -9,13 +9,13 @@ local t = decision_time(ARGV[1])
 local kinds = read_kinds(4, tonumber(ARGV[3]), 2)
 load(KEYS[1], kinds, t)
 for _, kind in ipairs(kinds) do
-  local amount = tonumber(kind.own[2])
-  if kind.own[1] == 'grant' then
+  local amount = tonumber(kind[2])
+  if kind[1] == 'grant' then
     kind.n = math.min(kind.n + amount, MAX_BALANCE)
   else
     kind.n = amount
   end
   kind.new_n = true
 end
-save(KEYS[1], kinds, tonumber(ARGV[2]))
+save(KEYS[1], kinds, ARGV[2])
 return balances_reply({}, kinds)

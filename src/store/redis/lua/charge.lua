@@ -20,14 +20,14 @@ if KEYS[2] then
 end
 if outcome == 1 then
   for _, kind in ipairs(kinds) do
-    if kind.n < tonumber(kind.own[1]) then
+    if kind.n < tonumber(kind[1]) then
       outcome = 0
     end
   end
 end
 if outcome == 1 then
   for _, kind in ipairs(kinds) do
-    kind.n = kind.n - tonumber(kind.own[1])
+    kind.n = kind.n - tonumber(kind[1])
     kind.new_n = true
   end
   if KEYS[2] then
@@ -35,5 +35,5 @@ if outcome == 1 then
     redis.call('SET', KEYS[2], t + ttl, 'PX', ttl)
   end
 end
-save(KEYS[1], kinds, tonumber(ARGV[2]))
+save(KEYS[1], kinds, ARGV[2])
 return balances_reply({outcome}, kinds)

@@ -35,18 +35,21 @@ local function decision_time(arg)
 end
 
 -- Reads `count` kind specs from ARGV, starting at `at`; each begins with
--- `own` values of the calling script, kept in kind.own.
+-- `own` (0 to 2) values of the calling script, kept as kind[1] and kind[2].
+-- A charge runs this on every request, so the table is built in one
+-- constructor (no rehashing) and values a decision may not need (the
+-- initial balance, the capacity) stay strings until load() needs them.
 local function read_kinds(at, count, own)
   local kinds = {}
   for k = 1, count do
-    local kind = {own = {}}
-    for o = 1, own do
-      kind.own[o] = ARGV[at]
-      at = at + 1
-    end
-    kind.name = ARGV[at]
-    kind.initial = tonumber(ARGV[at + 1])
-    kind.capacity = tonumber(ARGV[at + 2])
+    local first, second = nil, nil
+    if own > 0 then first = ARGV[at] end
+    if own > 1 then second = ARGV[at + 1] end
+    at = at + own
+    local name = ARGV[at]
+    local kind = {first, second, name = name, n_field = 'n:' .. name, r_field = 'r:' .. name,
+      initial = ARGV[at + 1], capacity = ARGV[at + 2], period = false, cutoffs = false,
+      n = 0, r = 0, born = false, new_n = false, new_r = false}
     if ARGV[at + 3] == 'R' then
       kind.period = tonumber(ARGV[at + 4])
       at = at + 5
@@ -89,8 +92,8 @@ end
 local function load(key, kinds, t)
   local fields = {}
   for k, kind in ipairs(kinds) do
-    fields[2 * k - 1] = 'n:' .. kind.name
-    fields[2 * k] = 'r:' .. kind.name
+    fields[2 * k - 1] = kind.n_field
+    fields[2 * k] = kind.r_field
   end
   local ok, values = pcall(redis.call, 'HMGET', key, unpack(fields))
   if not ok then
@@ -99,7 +102,7 @@ local function load(key, kinds, t)
   for k, kind in ipairs(kinds) do
     local n, r = values[2 * k - 1], values[2 * k]
     if not n and not r then
-      kind.n, kind.r = kind.initial, kind.born or t
+      kind.n, kind.r = tonumber(kind.initial), kind.born or t
       kind.new_n, kind.new_r = true, true
     else
       kind.n = stored_integer(key, fields[2 * k - 1], n)
@@ -107,7 +110,7 @@ local function load(key, kinds, t)
     end
     local due = cutoff(kind, t)
     if due and kind.r <= due then
-      kind.n, kind.r = math.max(kind.n, kind.capacity), t
+      kind.n, kind.r = math.max(kind.n, tonumber(kind.capacity)), t
       kind.new_n, kind.new_r = true, true
     end
   end
@@ -123,11 +126,11 @@ local function save(key, kinds, idle_ttl)
   local refilled = false
   for _, kind in ipairs(kinds) do
     if kind.new_n then
-      fields[#fields + 1] = 'n:' .. kind.name
+      fields[#fields + 1] = kind.n_field
       fields[#fields + 1] = kind.n
     end
     if kind.new_r then
-      fields[#fields + 1] = 'r:' .. kind.name
+      fields[#fields + 1] = kind.r_field
       fields[#fields + 1] = kind.r
       refilled = true
     end
@@ -136,7 +139,7 @@ local function save(key, kinds, idle_ttl)
     return
   end
   redis.call('HSET', key, unpack(fields))
-  if refilled and redis.call('PTTL', key) < idle_ttl then
+  if refilled and redis.call('PTTL', key) < tonumber(idle_ttl) then
     redis.call('PEXPIRE', key, idle_ttl)
   end
 end

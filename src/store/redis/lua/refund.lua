@@ -16,14 +16,14 @@ end
 
 local reply = {}
 for _, kind in ipairs(kinds) do
-  local same_period = kind.r == tonumber(kind.own[2])
+  local same_period = kind.r == tonumber(kind[2])
   if same_period then
-    kind.n = math.min(kind.n + tonumber(kind.own[1]), MAX_BALANCE)
+    kind.n = math.min(kind.n + tonumber(kind[1]), MAX_BALANCE)
     kind.new_n = true
   end
   reply[#reply + 1] = same_period and 1 or 0
   reply[#reply + 1] = kind.n
   reply[#reply + 1] = kind.r
 end
-save(KEYS[1], kinds, tonumber(ARGV[2]))
+save(KEYS[1], kinds, ARGV[2])
 return reply

@@ -11,10 +11,10 @@
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(4, tonumber(ARGV[3]), 1)
 for _, kind in ipairs(kinds) do
-  if kind.own[1] ~= '' then
-    kind.born = tonumber(kind.own[1])
+  if kind[1] ~= '' then
+    kind.born = tonumber(kind[1])
   end
 end
 load(KEYS[1], kinds, t)
-save(KEYS[1], kinds, tonumber(ARGV[2]))
+save(KEYS[1], kinds, ARGV[2])
 return balances_reply({}, kinds)
