@@ -11,7 +11,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use tokio::sync::mpsc;
 use tower_tickets::store::{
-    ChargeOutcome, ChargeRequest, RedisStore, StoreError, StoreErrorKind, TicketStore,
+    ChargeOutcome, ChargeRequest, RedisSetupError, RedisStore, StoreError, StoreErrorKind,
+    TicketStore,
 };
 use tower_tickets::{Cost, TicketKind, Tickets, Uid};
 
@@ -189,6 +190,20 @@ async fn a_hung_redis_times_out_instead_of_hanging_requests() {
     assert_eq!(error.kind(), StoreErrorKind::Timeout, "{error}");
     server.signal("CONT");
     charge_until_served(&store, &tickets).await;
+}
+
+#[tokio::test]
+async fn connecting_to_a_hung_redis_fails_instead_of_hanging() {
+    let server = RedisServer::start();
+    server.signal("STOP");
+    let connect = RedisStore::standalone(server.url())
+        .timeout(Duration::from_millis(100))
+        .connect();
+    // A guard against a hang, far above the timeout: not a timing claim.
+    let outcome = tokio::time::timeout(RECOVERY_LIMIT, connect).await;
+    server.signal("CONT");
+    let error = outcome.expect("connect gave up").unwrap_err();
+    assert!(matches!(error, RedisSetupError::Unreachable(_)), "{error}");
 }
 
 #[tokio::test]

@@ -133,9 +133,17 @@ impl RedisStoreBuilder {
         }
         .map_err(RedisSetupError::Unreachable)?;
         for script in SCRIPTS.all() {
-            connection
-                .load(script)
+            // Calls carry no timeout of the connection's own (the store
+            // bounds each one), so bound the loads here.
+            tokio::time::timeout(self.timeout, connection.load(script))
                 .await
+                .unwrap_or_else(|_elapsed| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("loading a script took longer than {:?}", self.timeout),
+                    )
+                    .into())
+                })
                 .map_err(RedisSetupError::Unreachable)?;
         }
         Ok(RedisStore::from_shared(Shared {
