@@ -4,7 +4,9 @@
 //! picked from `Accept-Language`. An app replaces the catalogue by
 //! implementing [`Messages`].
 
-use chrono::{DateTime, Utc};
+use std::fmt::{self, Write as _};
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use http::HeaderMap;
 use http::header::ACCEPT_LANGUAGE;
 
@@ -119,62 +121,97 @@ fn quota_exceeded(
     refill_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Rendered {
-    let when = refill_at.format("%H:%M UTC");
-    let day = refill_at.format("%Y-%m-%d");
-    let same_day = refill_at.date_naive() == now.date_naive();
-    let wait = human_duration((refill_at - now).num_seconds().max(0));
+    // Refusals are rendered on every 429, so each sentence is written into
+    // one buffer, with no format string parsed at run time.
+    let on_day = (refill_at.date_naive() != now.date_naive()).then_some(Day(refill_at));
+    let at = ClockTime(refill_at);
+    let wait = Wait((refill_at - now).num_seconds().max(0));
     let plural = |n: u32| if n == 1 { "" } else { "s" };
-    if french {
-        let used = if remaining == 0 {
-            format!("Vous avez utilisé vos {capacity} tickets {label}.")
+    let mut detail = String::with_capacity(128);
+    // Writing into a String cannot fail.
+    let _ = if french {
+        if remaining == 0 {
+            write!(detail, "Vous avez utilisé vos {capacity} tickets {label}.")
         } else {
-            format!(
+            write!(
+                detail,
                 "Cette action demande {cost} ticket{} {label} et il vous en reste {remaining}.",
                 plural(cost)
             )
-        };
-        let at = if same_day {
-            format!("à {when}")
-        } else {
-            format!("le {day} à {when}")
-        };
-        Rendered {
-            title: format!("Plus de tickets {label}"),
-            detail: format!("{used} Ils seront rechargés {at}, dans {wait}."),
         }
+        .and_then(|()| match on_day {
+            Some(day) => write!(
+                detail,
+                " Ils seront rechargés le {day} à {at}, dans {wait}."
+            ),
+            None => write!(detail, " Ils seront rechargés à {at}, dans {wait}."),
+        })
     } else {
-        let used = if remaining == 0 {
-            format!("You have used all {capacity} {label} tickets.")
+        if remaining == 0 {
+            write!(detail, "You have used all {capacity} {label} tickets.")
         } else {
-            format!(
+            write!(
+                detail,
                 "This needs {cost} {label} ticket{} and you have {remaining} left.",
                 plural(cost)
             )
-        };
-        let at = if same_day {
-            format!("at {when}")
-        } else {
-            format!("on {day} at {when}")
-        };
-        Rendered {
-            title: format!("No {label} tickets left"),
-            detail: format!("{used} They refill {at}, in {wait}."),
         }
+        .and_then(|()| match on_day {
+            Some(day) => write!(detail, " They refill on {day} at {at}, in {wait}."),
+            None => write!(detail, " They refill at {at}, in {wait}."),
+        })
+    };
+    let title = if french {
+        ["Plus de tickets ", label].concat()
+    } else {
+        ["No ", label, " tickets left"].concat()
+    };
+    Rendered { title, detail }
+}
+
+/// "2026-01-01": the UTC date of an instant.
+#[derive(Clone, Copy)]
+struct Day(DateTime<Utc>);
+
+impl fmt::Display for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let date = self.0.date_naive();
+        write!(
+            f,
+            "{:04}-{:02}-{:02}",
+            date.year(),
+            date.month(),
+            date.day()
+        )
     }
 }
 
-/// "3 h 12 min", "45 min", "30 s". Beyond a minute, rounds up to the
-/// minute, as `Retry-After` rounds up to the second: the message never
-/// promises tickets sooner than they come.
-fn human_duration(secs: i64) -> String {
-    if secs < 60 {
-        return format!("{secs} s");
+/// "10:00 UTC": the UTC time of an instant, to the minute.
+struct ClockTime(DateTime<Utc>);
+
+impl fmt::Display for ClockTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02} UTC", self.0.hour(), self.0.minute())
     }
-    let minutes = (secs + 59) / 60;
-    match (minutes / 60, minutes % 60) {
-        (0, m) => format!("{m} min"),
-        (h, 0) => format!("{h} h"),
-        (h, m) => format!("{h} h {m} min"),
+}
+
+/// A wait of so many seconds: "3 h 12 min", "45 min", "30 s". Beyond a
+/// minute, rounds up to the minute, as `Retry-After` rounds up to the
+/// second: the message never promises tickets sooner than they come.
+struct Wait(i64);
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0;
+        if secs < 60 {
+            return write!(f, "{secs} s");
+        }
+        let minutes = (secs + 59) / 60;
+        match (minutes / 60, minutes % 60) {
+            (0, m) => write!(f, "{m} min"),
+            (h, 0) => write!(f, "{h} h"),
+            (h, m) => write!(f, "{h} h {m} min"),
+        }
     }
 }
 
@@ -253,11 +290,12 @@ mod tests {
 
     #[test]
     fn waits_round_up_to_the_minute() {
-        assert_eq!(human_duration(0), "0 s");
-        assert_eq!(human_duration(59), "59 s");
-        assert_eq!(human_duration(60), "1 min");
-        assert_eq!(human_duration(61), "2 min");
-        assert_eq!(human_duration(86_399), "24 h");
-        assert_eq!(human_duration(3 * 3600 + 11 * 60 + 1), "3 h 12 min");
+        let wait = |secs| Wait(secs).to_string();
+        assert_eq!(wait(0), "0 s");
+        assert_eq!(wait(59), "59 s");
+        assert_eq!(wait(60), "1 min");
+        assert_eq!(wait(61), "2 min");
+        assert_eq!(wait(86_399), "24 h");
+        assert_eq!(wait(3 * 3600 + 11 * 60 + 1), "3 h 12 min");
     }
 }

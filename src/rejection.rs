@@ -5,10 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use http::header::{CONTENT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use crate::identity::IdentityError;
 use crate::kind::TicketKind;
@@ -91,26 +91,70 @@ impl QuotaExceeded {
     }
 }
 
-#[derive(Serialize)]
+/// The problem+json body (RFC 9457), with the quota members of a 429.
 struct Problem<'a> {
-    #[serde(rename = "type")]
     kind: &'a str,
     title: String,
     status: u16,
     detail: String,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     quota: Option<QuotaMembers<'a>>,
 }
 
-#[derive(Serialize)]
+/// The members a 429 adds to the problem.
 struct QuotaMembers<'a> {
     kind: &'a str,
     cost: u32,
     remaining: u32,
     capacity: u32,
-    refill_at: String,
-    #[serde(rename = "violated-policies")]
+    refill_at: DateTime<Utc>,
     violated_policies: Vec<&'a str>,
+}
+
+// Written by hand: serde's `flatten` would serialize the whole body
+// through a map, and this body is written on every refusal.
+impl Serialize for Problem<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let members = if self.quota.is_some() { 10 } else { 4 };
+        let mut body = serializer.serialize_struct("Problem", members)?;
+        body.serialize_field("type", self.kind)?;
+        body.serialize_field("title", &self.title)?;
+        body.serialize_field("status", &self.status)?;
+        body.serialize_field("detail", &self.detail)?;
+        if let Some(quota) = &self.quota {
+            body.serialize_field("kind", quota.kind)?;
+            body.serialize_field("cost", &quota.cost)?;
+            body.serialize_field("remaining", &quota.remaining)?;
+            body.serialize_field("capacity", &quota.capacity)?;
+            body.serialize_field("refill_at", &Rfc3339Seconds(quota.refill_at))?;
+            body.serialize_field("violated-policies", &quota.violated_policies)?;
+        }
+        body.end()
+    }
+}
+
+/// `2026-06-02T10:00:00Z`, written without a format string to parse.
+struct Rfc3339Seconds(DateTime<Utc>);
+
+impl fmt::Display for Rfc3339Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (date, time) = (self.0.date_naive(), self.0.time());
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            date.year(),
+            date.month(),
+            date.day(),
+            time.hour(),
+            time.minute(),
+            time.second()
+        )
+    }
+}
+
+impl Serialize for Rfc3339Seconds {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl Rejection {
@@ -179,7 +223,7 @@ impl Rejection {
                     cost: first.cost,
                     remaining: first.remaining,
                     capacity: first.kind.capacity(),
-                    refill_at: first.refill_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    refill_at: first.refill_at,
                     violated_policies: q.violated().map(|i| i.kind.name()).collect(),
                 };
                 (message, Some(members))
