@@ -20,8 +20,11 @@
 //!    bare router and on the same router behind the ticket layer with
 //!    `RefusalCache<RedisStore>`: once for users with `u32::MAX` tickets
 //!    (allowed path, 201) and once for users at zero (refused path, 429).
-//!    Keep-alive hyper connections, one request in flight on each, from a
-//!    separate tokio runtime in the same process.
+//!    A fourth router, the *round-trip floor*, puts in front of the bare one
+//!    a middleware that only sends `EVALSHA` of `return 1` per request: the
+//!    ceiling of any design that asks Redis once per request, measured in
+//!    the same run. Keep-alive hyper connections, one request in flight on
+//!    each, from a separate tokio runtime in the same process.
 //! 3. **Faults.** The allowed-path load runs while Redis is killed, then
 //!    restarted: the slowest request during the outage, the statuses seen,
 //!    and how long until the first 201 after the restart.
@@ -37,6 +40,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use axum::middleware::Next;
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use chrono::Utc;
 use http::header::{AUTHORIZATION, HOST};
@@ -353,11 +358,13 @@ fn http_paths(
     server.block_on(set_balances(&tickets, refused.clone(), 0))?;
     let (allowed, refused) = (tokens(&allowed), tokens(&refused));
     let bare = server.block_on(serve(router()))?;
+    let floor = server.block_on(async { serve(round_trip_floor(&redis.url()).await?).await })?;
     let priced = server.block_on(serve(
         router().route_layer(tickets.layer(Cost::of("upload", 1))?),
     ))?;
     let paths = [
         ("bare", bare, &allowed, StatusCode::CREATED),
+        ("round-trip floor", floor, &allowed, StatusCode::CREATED),
         ("allowed", priced, &allowed, StatusCode::CREATED),
         ("refused", priced, &refused, StatusCode::TOO_MANY_REQUESTS),
     ];
@@ -372,14 +379,14 @@ fn http_paths(
         "| round | path | req/s | req/s vs bare | p50 | p99 | server CPU/req | Redis CPU/req | other statuses |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let mut runs: Vec<[Run; 3]> = Vec::new();
+    let mut runs: Vec<[Run; 4]> = Vec::new();
     for round in 1..=schedule.rounds {
-        let mut measured = Vec::with_capacity(3);
+        let mut measured = Vec::with_capacity(paths.len());
         for (_, address, tokens, expected) in &paths {
             let run = load(client, redis, *address, tokens, *expected, schedule.round)?;
             measured.push(run);
         }
-        let measured: [Run; 3] = measured.try_into().map_err(|_| "three paths")?;
+        let measured: [Run; 4] = measured.try_into().map_err(|_| "four paths")?;
         for ((path, ..), run) in paths.iter().zip(&measured) {
             println!("{}", http_row(&round.to_string(), path, run, &measured[0]));
         }
@@ -419,6 +426,28 @@ fn http_row(round: &str, path: &str, run: &Run, bare: &Run) -> String {
         micros(run.cpu.redis),
         run.unexpected,
     )
+}
+
+/// The ceiling of any design that asks Redis once per request: the bare
+/// router behind a middleware that sends `EVALSHA` of `return 1` on a
+/// multiplexed connection and then calls the handler. No identity, no
+/// script work, no timeout, no headers.
+async fn round_trip_floor(url: &str) -> Result<axum::Router, Error> {
+    let connection = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let script = redis::Script::new("return 1");
+    script.load_async(&mut connection.clone()).await?;
+    let round_trip = move |request: axum::extract::Request, next: Next| {
+        let (mut connection, script) = (connection.clone(), script.clone());
+        async move {
+            match script.invoke_async::<_, i64>(&mut connection).await {
+                Ok(_) => next.run(request).await,
+                Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            }
+        }
+    };
+    Ok(router().route_layer(axum::middleware::from_fn(round_trip)))
 }
 
 /// The demo's set-up: the refusal cache in front of the Redis store.
