@@ -16,6 +16,7 @@ mod layer;
 pub mod messages;
 mod ratelimit_headers;
 mod refill;
+mod refusal_bodies;
 mod rejection;
 mod service;
 pub mod store;

@@ -14,6 +14,7 @@ use crate::identity::IdentityError;
 use crate::kind::TicketKind;
 use crate::messages::{Message, Messages, negotiate};
 use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME, seconds_until};
+use crate::refusal_bodies::{BodyKey, RefusalBodies};
 use crate::store::StoreError;
 
 /// The problem type of a 429.
@@ -110,6 +111,29 @@ struct QuotaMembers<'a> {
     violated_policies: Vec<&'a str>,
 }
 
+/// `message` in `language` as a problem+json body.
+fn problem_body(
+    messages: &dyn Messages,
+    language: &str,
+    status: StatusCode,
+    message: &Message<'_>,
+    quota: Option<QuotaMembers<'_>>,
+) -> Bytes {
+    let rendered = messages.render(message, language);
+    let problem = Problem {
+        kind: if quota.is_some() {
+            QUOTA_EXCEEDED_TYPE
+        } else {
+            "about:blank"
+        },
+        title: rendered.title,
+        status: status.as_u16(),
+        detail: rendered.detail,
+        quota,
+    };
+    Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
+}
+
 // Written by hand: serde's `flatten` would serialize the whole body
 // through a map, and this body is written on every refusal.
 impl Serialize for Problem<'_> {
@@ -175,6 +199,18 @@ impl Rejection {
         messages: &dyn Messages,
         request_headers: &HeaderMap,
     ) -> Response<B> {
+        self.respond(messages, request_headers, None)
+    }
+
+    /// [`Self::to_response`], reusing the body of a recent identical
+    /// one-kind refusal from `bodies` (only for the built-in catalogue: see
+    /// [`RefusalBodies`]).
+    pub(crate) fn respond<B: From<Bytes>>(
+        &self,
+        messages: &dyn Messages,
+        request_headers: &HeaderMap,
+        bodies: Option<&RefusalBodies>,
+    ) -> Response<B> {
         let language = negotiate(request_headers, messages.languages());
         let status = self.status();
         let mut headers = HeaderMap::new();
@@ -226,7 +262,22 @@ impl Rejection {
                     refill_at: first.refill_at,
                     violated_policies: q.violated().map(|i| i.kind.name()).collect(),
                 };
-                (message, Some(members))
+                let render = || problem_body(messages, language, status, &message, Some(members));
+                let body = match (bodies, q.items.as_slice()) {
+                    (Some(bodies), [only]) => {
+                        let key = BodyKey::new(
+                            language,
+                            &only.kind,
+                            only.cost,
+                            only.remaining,
+                            only.refill_at,
+                            q.now,
+                        );
+                        bodies.get_or_render(key, render)
+                    }
+                    _ => render(),
+                };
+                return self.answer(status, headers, language, body);
             }
             Self::Unauthenticated(e) => {
                 headers.insert(
@@ -264,20 +315,18 @@ impl Rejection {
         message: &Message<'_>,
         quota: Option<QuotaMembers<'_>>,
     ) -> Response<B> {
-        let rendered = messages.render(message, language);
-        let problem = Problem {
-            kind: if quota.is_some() {
-                QUOTA_EXCEEDED_TYPE
-            } else {
-                "about:blank"
-            },
-            title: rendered.title,
-            status: status.as_u16(),
-            detail: rendered.detail,
-            quota,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = Response::new(B::from(Bytes::from(body)));
+        let body = problem_body(messages, language, status, message, quota);
+        self.answer(status, headers, language, body)
+    }
+
+    fn answer<B: From<Bytes>>(
+        &self,
+        status: StatusCode,
+        headers: HeaderMap,
+        language: &str,
+        body: Bytes,
+    ) -> Response<B> {
+        let mut response = Response::new(B::from(body));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response.headers_mut().insert(

@@ -18,6 +18,7 @@ use crate::kind::TicketKind;
 use crate::layer::TicketLayer;
 use crate::messages::{DefaultMessages, Messages};
 use crate::refill::Refill;
+use crate::refusal_bodies::RefusalBodies;
 use crate::rejection::Rejection;
 use crate::store::{Adjustment, MemoryStore, StoreError, TicketStore};
 use crate::uid::Uid;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) identity: Arc<dyn IdentityExtractor>,
     pub(crate) messages: Arc<dyn Messages>,
+    /// Bodies of recent refusals; only with the built-in catalogue.
+    pub(crate) refusal_bodies: Option<RefusalBodies>,
 }
 
 impl fmt::Debug for Tickets {
@@ -121,6 +124,7 @@ impl TicketsBuilder {
                 store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 identity: self.identity.unwrap_or_else(|| Arc::new(ExtensionIdentity)),
+                refusal_bodies: self.messages.is_none().then(RefusalBodies::default),
                 messages: self.messages.unwrap_or_else(|| Arc::new(DefaultMessages)),
             }),
         })
@@ -256,7 +260,11 @@ impl Tickets {
         rejection: &Rejection,
         request_headers: &HeaderMap,
     ) -> Response<B> {
-        rejection.to_response(&*self.shared.messages, request_headers)
+        rejection.respond(
+            &*self.shared.messages,
+            request_headers,
+            self.shared.refusal_bodies.as_ref(),
+        )
     }
 
     /// `uid`'s balances of every kind, spending nothing.

@@ -365,3 +365,48 @@ async fn thousand_concurrent_uploads_on_five_tickets_allow_five() {
     assert_eq!(created, 5);
     assert_eq!(app.handled(), 5);
 }
+
+#[tokio::test]
+async fn repeated_refusals_are_worded_as_of_each_request() {
+    use tower::ServiceExt;
+    use tower_tickets::Rejection;
+    use tower_tickets::messages::DefaultMessages;
+
+    let app = App::new();
+    for _ in 0..5 {
+        app.post("/upload", "alice").await;
+    }
+    let token = app.token("alice");
+    // Steps within one second, across seconds, minutes and, at the end,
+    // midnight UTC, when the refill (10:00 the next day) becomes "today".
+    let steps_ms = [0, 300, 600, 150, 1_000, 58_000, 2_000, 50_399_000, 600, 400];
+    for step in steps_ms {
+        app.clock.advance(Duration::from_millis(step));
+        for language in ["en", "fr"] {
+            let request = app
+                .request("POST", "/upload", Some(&token))
+                .header("accept-language", language)
+                .body(Body::empty())
+                .unwrap();
+            let headers = request.headers().clone();
+            let response = app.router.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            let rejection = response.extensions().get::<Rejection>().unwrap().clone();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            // The same refusal rendered afresh, without any reuse.
+            let fresh: axum::http::Response<Body> =
+                rejection.to_response(&DefaultMessages, &headers);
+            let fresh = axum::body::to_bytes(fresh.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(body, fresh, "after {step} ms more, in {language}");
+        }
+    }
+    let reply = app.post("/upload", "alice").await;
+    assert_eq!(
+        reply.json["detail"],
+        "You have used all 5 upload tickets. They refill at 10:00 UTC, in 9 h 59 min."
+    );
+}
