@@ -23,8 +23,12 @@
 //!    A fourth router, the *round-trip floor*, puts in front of the bare one
 //!    a middleware that only sends `EVALSHA` of `return 1` per request: the
 //!    ceiling of any design that asks Redis once per request, measured in
-//!    the same run. Keep-alive hyper connections, one request in flight on
-//!    each, from a separate tokio runtime in the same process.
+//!    the same run; a fifth, the *canned 429*, answers every request with
+//!    the bytes of one refusal taken beforehand, with no layer: the ceiling
+//!    of the refused path. Keep-alive hyper connections, one request in
+//!    flight on each, from a separate tokio runtime in the same process.
+//!    Each row gives the CPU time per answer of the server runtime, of
+//!    redis-server and of the load generator.
 //! 3. **Faults.** The allowed-path load runs while Redis is killed, then
 //!    restarted: the slowest request during the outage, the statuses seen,
 //!    and how long until the first 201 after the restart.
@@ -52,6 +56,7 @@ use redis_server::RedisServer;
 use support::{Error, median, router, runtime, serve};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
+use tower::ServiceExt;
 use tower_tickets::identity::{JwtIdentity, JwtIssuer};
 use tower_tickets::store::{ChargeRequest, RedisStore, RefusalCache, TicketStore};
 use tower_tickets::{Cost, TicketKind, Tickets, Uid};
@@ -337,6 +342,8 @@ struct Run {
     p99: Duration,
     /// CPU time per expected answer: the server runtime's and Redis's.
     cpu: Cpu,
+    /// CPU time per expected answer of the load generator's threads.
+    generator_cpu: Duration,
     /// Answers with another status (503 when the store timed out).
     unexpected: usize,
 }
@@ -359,13 +366,21 @@ fn http_paths(
     let (allowed, refused) = (tokens(&allowed), tokens(&refused));
     let bare = server.block_on(serve(router()))?;
     let floor = server.block_on(async { serve(round_trip_floor(&redis.url()).await?).await })?;
-    let priced = server.block_on(serve(
-        router().route_layer(tickets.layer(Cost::of("upload", 1))?),
-    ))?;
+    let priced_router = router().route_layer(tickets.layer(Cost::of("upload", 1))?);
+    let canned = server.block_on(async {
+        serve(canned_refusal(priced_router.clone(), &refused[0]).await?).await
+    })?;
+    let priced = server.block_on(serve(priced_router))?;
     let paths = [
         ("bare", bare, &allowed, StatusCode::CREATED),
         ("round-trip floor", floor, &allowed, StatusCode::CREATED),
         ("allowed", priced, &allowed, StatusCode::CREATED),
+        (
+            "canned 429",
+            canned,
+            &refused,
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
         ("refused", priced, &refused, StatusCode::TOO_MANY_REQUESTS),
     ];
 
@@ -376,19 +391,20 @@ fn http_paths(
     );
     println!();
     println!(
-        "| round | path | req/s | req/s vs bare | p50 | p99 | server CPU/req | Redis CPU/req | other statuses |"
+        "| round | path | req/s | req/s vs bare | p50 | p99 | server CPU/req | Redis CPU/req | load generator CPU/req | other statuses |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let mut runs: Vec<[Run; 4]> = Vec::new();
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut runs: Vec<[Run; 5]> = Vec::new();
     for round in 1..=schedule.rounds {
         let mut measured = Vec::with_capacity(paths.len());
         for (_, address, tokens, expected) in &paths {
             let run = load(client, redis, *address, tokens, *expected, schedule.round)?;
             measured.push(run);
         }
-        let measured: [Run; 4] = measured.try_into().map_err(|_| "four paths")?;
+        let measured: [Run; 5] = measured.try_into().map_err(|_| "five paths")?;
         for ((path, ..), run) in paths.iter().zip(&measured) {
-            println!("{}", http_row(&round.to_string(), path, run, &measured[0]));
+            let ratio = run.requests_per_sec / measured[0].requests_per_sec;
+            println!("{}", http_row(&round.to_string(), path, run, ratio));
         }
         runs.push(measured);
     }
@@ -405,25 +421,33 @@ fn http_paths(
                     app: seconds(|r| r.cpu.app.as_secs_f64()),
                     redis: seconds(|r| r.cpu.redis.as_secs_f64()),
                 },
+                generator_cpu: seconds(|r| r.generator_cpu.as_secs_f64()),
                 unexpected: runs.iter().map(|r| r[path].unexpected).sum(),
             }
         })
         .collect();
-    for ((path, ..), run) in paths.iter().zip(&medians) {
-        println!("{}", http_row("**median**", path, run, &medians[0]));
+    for (n, ((path, ..), run)) in paths.iter().zip(&medians).enumerate() {
+        // The median of each round's ratio: a round's two samples were taken
+        // seconds apart, under the same outside load.
+        let ratio = median(
+            runs.iter()
+                .map(|r| r[n].requests_per_sec / r[0].requests_per_sec)
+                .collect(),
+        );
+        println!("{}", http_row("**median**", path, run, ratio));
     }
     Ok(())
 }
 
-fn http_row(round: &str, path: &str, run: &Run, bare: &Run) -> String {
+fn http_row(round: &str, path: &str, run: &Run, ratio_to_bare: f64) -> String {
     format!(
-        "| {round} | {path} | {:.0} | {:.2} | {} | {} | {} | {} | {} |",
+        "| {round} | {path} | {:.0} | {ratio_to_bare:.2} | {} | {} | {} | {} | {} | {} |",
         run.requests_per_sec,
-        run.requests_per_sec / bare.requests_per_sec,
         millis(run.p50),
         millis(run.p99),
         micros(run.cpu.app),
         micros(run.cpu.redis),
+        micros(run.generator_cpu),
         run.unexpected,
     )
 }
@@ -448,6 +472,27 @@ async fn round_trip_floor(url: &str) -> Result<axum::Router, Error> {
         }
     };
     Ok(router().route_layer(axum::middleware::from_fn(round_trip)))
+}
+
+/// The ceiling of the refused path: a handler that answers, without reading
+/// the upload, with the very status, headers and body `priced` gave `token`
+/// (one refusal taken beforehand). What is left between it and `refused`
+/// is the layer's work; what is left between it and `bare` is the cost of a
+/// larger answer, for the server and the load generator alike.
+async fn canned_refusal(priced: axum::Router, token: &HeaderValue) -> Result<axum::Router, Error> {
+    let request = Request::post("/api/uploads")
+        .header(AUTHORIZATION, token.clone())
+        .body(axum::body::Body::from(UPLOAD))?;
+    let refusal = priced.oneshot(request).await?;
+    let status = refusal.status();
+    let mut headers = refusal.headers().clone();
+    headers.remove(http::header::CONTENT_LENGTH);
+    let body = refusal.into_body().collect().await?.to_bytes();
+    let answer = move || {
+        let (headers, body) = (headers.clone(), body.clone());
+        async move { (status, headers, body) }
+    };
+    Ok(axum::Router::new().route("/api/uploads", axum::routing::post(answer)))
 }
 
 /// The demo's set-up: the refusal cache in front of the Redis store.
@@ -522,6 +567,7 @@ fn load(
     duration: Duration,
 ) -> Result<Run, Error> {
     let before = Cpu::now(redis, SERVER_THREADS);
+    let generator_before = threads_cpu(CLIENT_THREADS);
     let started = Instant::now();
     let samples = client.block_on(drive(address, tokens, started + duration))?;
     let elapsed = started.elapsed();
@@ -531,7 +577,9 @@ fn load(
         .map(|s| s.latency)
         .collect();
     latencies.sort_unstable();
+    let answers = u32::try_from(latencies.len().max(1)).unwrap_or(u32::MAX);
     Ok(Run {
+        generator_cpu: threads_cpu(CLIENT_THREADS).saturating_sub(generator_before) / answers,
         requests_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 50),
         p99: percentile(&latencies, 99),
@@ -636,15 +684,7 @@ struct Cpu {
 
 impl Cpu {
     fn now(redis: &RedisServer, threads: &str) -> Self {
-        let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
-        let app = tasks
-            .flatten()
-            .filter(|task| {
-                std::fs::read_to_string(task.path().join("comm"))
-                    .is_ok_and(|name| name.starts_with(threads))
-            })
-            .map(|task| schedstat(&task.path()))
-            .sum();
+        let app = threads_cpu(threads);
         let redis = schedstat(&std::path::Path::new("/proc").join(redis.pid().to_string()));
         Self { app, redis }
     }
@@ -659,6 +699,20 @@ impl Cpu {
             redis: per(self.redis, before.redis),
         }
     }
+}
+
+/// Time on CPU so far of this process's threads whose name starts with
+/// `threads`.
+fn threads_cpu(threads: &str) -> Duration {
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with(threads))
+        })
+        .map(|task| schedstat(&task.path()))
+        .sum()
 }
 
 /// Time on CPU of the task at `dir` (its first schedstat field, in ns).
