@@ -3,7 +3,7 @@
 //! a priced router against the bare router (allowed and refused paths), and
 //! what requests see while Redis is killed and restarted.
 //!
-//! Run with `cargo bench --features redis --bench redis_store` (about 2 min);
+//! Run with `cargo bench --features redis --bench redis_store` (about 3 min);
 //! append `-- store`, `-- http` or `-- faults` to run one part.
 //! It starts its own `redis-server` processes on free 127.0.0.1 ports (the
 //! tests' harness) and stops them by pid. Without `--bench`

@@ -100,6 +100,11 @@ impl TicketsBuilder {
 
     /// The message catalogue (defaults to [`DefaultMessages`], English and
     /// French).
+    ///
+    /// A custom catalogue words every refusal afresh. With the default one,
+    /// the problem body of a one-kind 429 is reused while nothing it says
+    /// changes (same kind, balance, refill, and wait to the second), which
+    /// makes a client hammering a route at zero cheap to answer.
     pub fn messages(mut self, messages: impl Messages) -> Self {
         self.messages = Some(Arc::new(messages));
         self
