@@ -246,23 +246,26 @@ impl Rejection {
                         q.now,
                     ),
                 );
-                let message = Message::QuotaExceeded {
-                    label: first.kind.display_label(language),
-                    cost: first.cost,
-                    remaining: first.remaining,
-                    capacity: first.kind.capacity(),
-                    refill_at: first.refill_at,
-                    now: q.now,
+                // Built only when no recent identical refusal left its body.
+                let render = || {
+                    let message = Message::QuotaExceeded {
+                        label: first.kind.display_label(language),
+                        cost: first.cost,
+                        remaining: first.remaining,
+                        capacity: first.kind.capacity(),
+                        refill_at: first.refill_at,
+                        now: q.now,
+                    };
+                    let members = QuotaMembers {
+                        kind: first.kind.name(),
+                        cost: first.cost,
+                        remaining: first.remaining,
+                        capacity: first.kind.capacity(),
+                        refill_at: first.refill_at,
+                        violated_policies: q.violated().map(|i| i.kind.name()).collect(),
+                    };
+                    problem_body(messages, language, status, &message, Some(members))
                 };
-                let members = QuotaMembers {
-                    kind: first.kind.name(),
-                    cost: first.cost,
-                    remaining: first.remaining,
-                    capacity: first.kind.capacity(),
-                    refill_at: first.refill_at,
-                    violated_policies: q.violated().map(|i| i.kind.name()).collect(),
-                };
-                let render = || problem_body(messages, language, status, &message, Some(members));
                 let body = match (bodies, q.items.as_slice()) {
                     (Some(bodies), [only]) => {
                         let key = BodyKey::new(
