@@ -205,6 +205,8 @@ async fn a_write_never_replaces_a_newer_version() {
     );
 }
 
+/// Twelve writers of one document at once. None gives up: a writer loses a
+/// race at most once per other writer, and it has attempts for fifteen.
 #[tokio::test]
 async fn racing_writers_leave_the_highest_version() {
     let (source, _db) = connect("race").await;

@@ -6,8 +6,9 @@
 //! replaces a stored state of the same or a higher version, so a late
 //! write-back cannot undo a newer state. Each write is a read followed by a
 //! write conditioned on the document's update time, retried when another
-//! writer got in between.
+//! writer got in between (see `attempts` for how often and how soon).
 
+mod attempts;
 mod document;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use firestore::gcloud_sdk::google::firestore::v1::Document;
 use firestore::timestamp_utils::from_timestamp;
 use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreWritePrecondition};
 
+use self::attempts::{Attempts, WRITE_ATTEMPTS};
 use self::document::{DocumentLayout, StoredDocument};
 use super::snapshot::UserSnapshot;
 use super::{StoreError, StoreErrorKind};
@@ -28,10 +30,6 @@ use crate::uid::Uid;
 
 /// How long one operation (all its round trips) may take by default.
 pub const DEFAULT_FIRESTORE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How many times a write is tried when other writers keep changing the
-/// document between its read and its write.
-const WRITE_ATTEMPTS: usize = 5;
 
 /// Users' balances in Firestore documents. Cheap to clone.
 ///
@@ -182,7 +180,8 @@ impl FirestoreSource {
     ) -> Result<UserSnapshot, StoreError> {
         telemetry::cache_missed();
         self.bounded("create", uid, async {
-            for _ in 0..WRITE_ATTEMPTS {
+            let mut attempts = Attempts::default();
+            while attempts.next().await {
                 let stored = match self.read(uid, now).await? {
                     Some(stored) if stored.complete => return Ok(stored.snapshot),
                     Some(stored) => stored,
@@ -212,7 +211,8 @@ impl FirestoreSource {
         snapshot: &UserSnapshot,
     ) -> Result<WriteOutcome, StoreError> {
         self.bounded("write", uid, async {
-            for _ in 0..WRITE_ATTEMPTS {
+            let mut attempts = Attempts::default();
+            while attempts.next().await {
                 // Balances of kinds the document lacks do not matter here: the
                 // write replaces every kind.
                 let stored = match self.read(uid, DateTime::UNIX_EPOCH).await? {
