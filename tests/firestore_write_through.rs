@@ -423,6 +423,12 @@ async fn a_delayed_write_never_undoes_a_grant_made_meanwhile() {
         "the late write undid the grant: {stored:?}"
     );
     assert_eq!(fast.balances(&erin).await[0].remaining, 14);
+    // Firestore holds the grant, so Redis may still forget the user when idle.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("late-write:{{{erin}}}:t"))
+        .query(&mut shared_server().connection())
+        .unwrap();
+    assert!(ttl > 0, "a granted user never expires: PTTL {ttl}");
 }
 
 #[tokio::test]

@@ -92,8 +92,8 @@ mod focused {
     }
 
     /// The commands a script may run; `INFO commandstats` counts them too.
-    const SCRIPT_COMMANDS: [&str; 8] = [
-        "hmget", "hset", "pttl", "pexpire", "time", "get", "set", "del",
+    const SCRIPT_COMMANDS: [&str; 11] = [
+        "hmget", "hset", "hdel", "hkeys", "pttl", "pexpire", "persist", "time", "get", "set", "del",
     ];
 
     /// How many scripts the store ran since the stats were reset, after
@@ -357,6 +357,62 @@ mod focused {
             .await
             .unwrap();
         assert!(ttl() > 2 * 3_600_000, "never shortened: {}", ttl());
+    }
+
+    /// With Redis alone, forgetting a user must lose nothing: a grant above
+    /// capacity, or a kind whose new users start elsewhere than at capacity,
+    /// keeps the hash until that no longer holds.
+    #[tokio::test]
+    async fn a_user_whom_forgetting_would_change_is_kept() {
+        let tickets = Tickets::builder()
+            .kind(TicketKind::new("upload", 5))
+            .kind(TicketKind::new("welcome", 3).initial(1))
+            .build()
+            .unwrap();
+        let store = store_on(shared_server(), "kept:").await;
+        let upload = tickets.kind("upload").unwrap();
+        let ttl_of = |uid: &Uid| -> i64 {
+            redis::cmd("PTTL")
+                .arg(format!("kept:{{{uid}}}:t"))
+                .query(&mut shared_server().connection())
+                .unwrap()
+        };
+        let charge_upload = |uid: &Uid| store.charge(charge_request(&tickets, uid, "upload"));
+
+        let granted = fresh_uid("granted");
+        charge_upload(&granted).await.unwrap();
+        assert!(ttl_of(&granted) > 0, "a user at capacity expires");
+        let balance = store
+            .adjust(&granted, upload, Adjustment::Grant(3), tickets.now())
+            .await
+            .unwrap();
+        assert_eq!(balance.remaining, 7);
+        assert_eq!(ttl_of(&granted), -1, "a grant above capacity is kept");
+        charge_upload(&granted).await.unwrap();
+        assert_eq!(ttl_of(&granted), -1, "still above capacity");
+        charge_upload(&granted).await.unwrap();
+        assert!(ttl_of(&granted) > 0, "back at capacity, it expires again");
+
+        let welcomed = fresh_uid("welcomed");
+        store
+            .ensure_user(&welcomed, tickets.kinds(), tickets.now())
+            .await
+            .unwrap();
+        assert_eq!(
+            ttl_of(&welcomed),
+            -1,
+            "a forgotten user would come back with 1 welcome ticket, not 3"
+        );
+        let balance = store
+            .adjust(&welcomed, upload, Adjustment::Set(2), tickets.now())
+            .await
+            .unwrap();
+        assert_eq!(balance.remaining, 2);
+        assert_eq!(
+            ttl_of(&welcomed),
+            -1,
+            "a call on another kind leaves the welcome kind's hold"
+        );
     }
 
     #[tokio::test]

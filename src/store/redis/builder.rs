@@ -9,7 +9,7 @@ use super::breaker::Breaker;
 use super::connection::Connection;
 use super::error::RedisSetupError;
 use super::keys::KeyLayout;
-use super::scripts::{CallContext, SCRIPTS};
+use super::scripts::{CallContext, Truth};
 use super::store::{RedisStore, Shared};
 
 /// Where the scripts read the time of a decision. See the
@@ -62,6 +62,7 @@ pub struct RedisStoreBuilder {
     breaker_open_for: Duration,
     idle_periods: u32,
     time_source: TimeSource,
+    truth: Truth,
 }
 
 impl RedisStoreBuilder {
@@ -74,6 +75,7 @@ impl RedisStoreBuilder {
             breaker_open_for: Duration::from_millis(500),
             idle_periods: 3,
             time_source: TimeSource::Redis,
+            truth: Truth::InRedis,
         }
     }
 
@@ -106,8 +108,22 @@ impl RedisStoreBuilder {
     /// due by then, so forgetting the user gives back nothing they did not
     /// have coming. Users who keep spending are refilled, and kept, every
     /// period.
+    ///
+    /// A user whom forgetting would change is never forgotten: one holding
+    /// more than a kind's capacity (a grant), or of a kind whose initial
+    /// balance differs from its capacity (a new user starts elsewhere than
+    /// a refill ends). Such a user expires again once every kind is back at
+    /// most at capacity, for kinds that start at capacity.
     pub fn idle_periods(mut self, periods: u32) -> Self {
         self.idle_periods = periods.max(1);
+        self
+    }
+
+    /// Redis only caches a source of truth that reloads a forgotten user, so
+    /// any idle user may expire.
+    #[cfg(feature = "firestore")]
+    pub(crate) fn caching_a_source(mut self) -> Self {
+        self.truth = Truth::InSource;
         self
     }
 
@@ -132,7 +148,7 @@ impl RedisStoreBuilder {
             Topology::Cluster(nodes) => Connection::cluster(nodes, self.timeout).await,
         }
         .map_err(RedisSetupError::Unreachable)?;
-        for script in SCRIPTS.all() {
+        for script in self.truth.scripts().all() {
             // Calls carry no timeout of the connection's own (the store
             // bounds each one), so bound the loads here.
             tokio::time::timeout(self.timeout, connection.load(script))
@@ -151,6 +167,7 @@ impl RedisStoreBuilder {
             keys,
             context: CallContext {
                 time_source: self.time_source,
+                truth: self.truth,
                 idle_periods: self.idle_periods,
             },
             timeout: self.timeout,

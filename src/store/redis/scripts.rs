@@ -21,20 +21,46 @@ pub(crate) struct Scripts {
     pub(crate) seed: Script,
 }
 
-/// Built (and hashed) once; `EVALSHA` reuses the hashes.
-pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    charge: with_common(include_str!("lua/charge.lua")),
-    refund: with_common(include_str!("lua/refund.lua")),
-    balances: with_common(include_str!("lua/balances.lua")),
-    adjust: with_common(include_str!("lua/adjust.lua")),
-    seed: with_common(include_str!("lua/seed.lua")),
-});
+/// Where the truth about users' balances lives. It decides when an idle
+/// user's hash may expire (`save` in `lua/common.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Truth {
+    /// Redis holds the only copy: an idle user is forgotten only when that
+    /// loses nothing.
+    InRedis,
+    /// Redis caches a source of truth that reloads a forgotten user.
+    InSource,
+}
 
-fn with_common(body: &str) -> Script {
-    Script::new(&format!("{COMMON}{body}"))
+impl Truth {
+    /// The scripts for this truth, built (and hashed) once; `EVALSHA`
+    /// reuses the hashes.
+    pub(crate) fn scripts(self) -> &'static Scripts {
+        static IN_REDIS: LazyLock<Scripts> = LazyLock::new(|| Scripts::new(Truth::InRedis));
+        static IN_SOURCE: LazyLock<Scripts> = LazyLock::new(|| Scripts::new(Truth::InSource));
+        match self {
+            Truth::InRedis => &IN_REDIS,
+            Truth::InSource => &IN_SOURCE,
+        }
+    }
 }
 
 impl Scripts {
+    fn new(truth: Truth) -> Self {
+        let prelude = format!(
+            "local REDIS_HOLDS_THE_TRUTH = {}\n{COMMON}",
+            truth == Truth::InRedis
+        );
+        let script = |body: &str| Script::new(&format!("{prelude}{body}"));
+        Self {
+            charge: script(include_str!("lua/charge.lua")),
+            refund: script(include_str!("lua/refund.lua")),
+            balances: script(include_str!("lua/balances.lua")),
+            adjust: script(include_str!("lua/adjust.lua")),
+            seed: script(include_str!("lua/seed.lua")),
+        }
+    }
+
     pub(crate) fn all(&self) -> [&Script; 5] {
         [
             &self.charge,
@@ -90,15 +116,21 @@ pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// What every call of one store shares: where decisions take their time and
-/// how long idle users are kept.
+/// What every call of one store shares: where decisions take their time,
+/// where the truth lives and how long idle users are kept.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallContext {
     pub(crate) time_source: TimeSource,
+    pub(crate) truth: Truth,
     pub(crate) idle_periods: u32,
 }
 
 impl CallContext {
+    /// The scripts this store calls.
+    pub(crate) fn scripts(&self) -> &'static Scripts {
+        self.truth.scripts()
+    }
+
     /// The decision time argument: the caller's instant in Unix ms, or `''`
     /// for the Redis server's clock.
     pub(crate) fn time_arg(&self, now: DateTime<Utc>) -> String {
@@ -110,7 +142,8 @@ impl CallContext {
 
     /// How long (ms) a user's hash outlives its last refill: a few of the
     /// longest refill periods among `kinds`, so that by the time it expires a
-    /// refill is due anyway and forgetting the user mints nothing.
+    /// refill is due anyway (`save` in `lua/common.lua` keeps the users whom
+    /// forgetting would change).
     pub(crate) fn idle_ttl<'a>(&self, kinds: impl IntoIterator<Item = &'a TicketKind>) -> u64 {
         let longest = kinds
             .into_iter()

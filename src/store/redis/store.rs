@@ -10,7 +10,7 @@ use super::connection::Connection;
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
-use super::scripts::{CallContext, SCRIPTS, ScriptCall, millis, push_kind};
+use super::scripts::{CallContext, ScriptCall, millis, push_kind};
 use crate::idempotency::IDEMPOTENCY_TTL;
 use crate::kind::TicketKind;
 use crate::store::{
@@ -55,7 +55,11 @@ use crate::uid::Uid;
 ///   refill periods after its last refill ([`RedisStoreBuilder::idle_periods`](crate::store::RedisStoreBuilder::idle_periods);
 ///   an active user is refilled, and so kept, every period), so Redis memory
 ///   follows active users. An expired user starts over with the initial
-///   balances, which never mints tickets: a refill was due anyway.
+///   balances, which mints and loses nothing: a refill was due anyway. A
+///   user whom forgetting would change (a grant above capacity, a kind whose
+///   initial balance is not its capacity) is marked `p:<kind>` and kept
+///   until that no longer holds. Under `WriteThrough` (feature `firestore`) any idle user
+///   expires: Firestore reloads them.
 /// - `<prefix>{<uid>}:i:<Idempotency-Key>`: a charged idempotency key, kept
 ///   24 h.
 ///
@@ -144,7 +148,7 @@ impl RedisStore {
     ) -> StoreFuture<Vec<KindBalance>> {
         let context = &self.shared.context;
         let count = seeds.len();
-        let mut call = ScriptCall::new(&SCRIPTS.seed, &[self.shared.keys.balances(uid)]);
+        let mut call = ScriptCall::new(&context.scripts().seed, &[self.shared.keys.balances(uid)]);
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl(seeds.clone().map(|(kind, ..)| kind)))
             .arg(count);
@@ -210,9 +214,9 @@ impl TicketStore for RedisStore {
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = cost.items();
         let mut call = match &idempotency_key {
-            None => ScriptCall::new(&SCRIPTS.charge, &[keys.balances(&uid)]),
+            None => ScriptCall::new(&context.scripts().charge, &[keys.balances(&uid)]),
             Some(key) => ScriptCall::new(
-                &SCRIPTS.charge,
+                &context.scripts().charge,
                 &[keys.balances(&uid), keys.idempotency(&uid, key)],
             ),
         };
@@ -254,9 +258,9 @@ impl TicketStore for RedisStore {
         let count = items.len().min(receipt.last_refills.len());
         let balances_key = keys.balances(&receipt.uid);
         let mut call = match &receipt.idempotency_key {
-            None => ScriptCall::new(&SCRIPTS.refund, &[balances_key]),
+            None => ScriptCall::new(&context.scripts().refund, &[balances_key]),
             Some(key) => ScriptCall::new(
-                &SCRIPTS.refund,
+                &context.scripts().refund,
                 &[balances_key, keys.idempotency(&receipt.uid, key)],
             ),
         };
@@ -293,7 +297,10 @@ impl TicketStore for RedisStore {
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> StoreFuture<Vec<KindBalance>> {
-        let mut call = ScriptCall::new(&SCRIPTS.balances, &[self.shared.keys.balances(uid)]);
+        let mut call = ScriptCall::new(
+            &self.shared.context.scripts().balances,
+            &[self.shared.keys.balances(uid)],
+        );
         call.arg(self.shared.context.time_arg(now)).arg(kinds.len());
         for kind in kinds {
             push_kind(&mut call, kind, kind.initial_balance(), now);
@@ -315,7 +322,8 @@ impl TicketStore for RedisStore {
             Adjustment::Grant(amount) => ("grant", amount),
             Adjustment::Set(balance) => ("set", balance),
         };
-        let mut call = ScriptCall::new(&SCRIPTS.adjust, &[self.shared.keys.balances(uid)]);
+        let mut call =
+            ScriptCall::new(&context.scripts().adjust, &[self.shared.keys.balances(uid)]);
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl([&**kind]))
             .arg(1)

@@ -135,6 +135,7 @@ impl WriteThroughBuilder {
             .timeout(self.redis_timeout)
             .idle_periods(IDLE_PERIODS)
             .time_source(self.time_source)
+            .caching_a_source()
             .connect()
             .await?;
         let state = super::redis_state::RedisState::connect(

@@ -1,10 +1,16 @@
 -- tower-tickets: the part every script shares (each script is this file
 -- followed by its own body, sent as one source).
 --
--- One user's balances live in one hash, KEYS[1] = <prefix>{<uid>}:t, with two
--- fields per kind:
+-- REDIS_HOLDS_THE_TRUTH, set by the line Rust puts before this file, tells
+-- whether Redis holds the only copy of the balances (true) or caches a source
+-- of truth that reloads an expired user (false).
+--
+-- One user's balances live in one hash, KEYS[1] = <prefix>{<uid>}:t, with
+-- these fields per kind:
 --   n:<kind>  tickets left, a non-negative integer
 --   r:<kind>  the last refill, in Unix milliseconds
+--   p:<kind>  present while forgetting the user would change this kind's
+--            balance (only when Redis holds the truth; see save())
 -- Every key a script touches carries the same hash tag {<uid>}, so a script
 -- runs on a single cluster slot.
 --
@@ -49,7 +55,7 @@ local function read_kinds(at, count, own)
     local name = ARGV[at]
     local kind = {first, second, name = name, n_field = 'n:' .. name, r_field = 'r:' .. name,
       initial = ARGV[at + 1], capacity = ARGV[at + 2], period = false, cutoffs = false,
-      n = 0, r = 0, born = false, new_n = false, new_r = false}
+      n = 0, r = 0, stored_n = 0, born = false, new_n = false, new_r = false}
     if ARGV[at + 3] == 'R' then
       kind.period = tonumber(ARGV[at + 4])
       at = at + 5
@@ -88,7 +94,8 @@ end
 -- Loads each kind's balance into kind.n and kind.r, with a due refill
 -- applied: topped up to capacity (never lowered) and refilled at `t`. A kind
 -- never seen starts at kind.initial, refilled at kind.born or else at `t`.
--- kind.new_n and kind.new_r tell save() which fields changed.
+-- kind.new_n and kind.new_r tell save() which fields changed; kind.stored_n
+-- is the balance as stored (0 for a kind never seen).
 local function load(key, kinds, t)
   local fields = {}
   for k, kind in ipairs(kinds) do
@@ -107,6 +114,7 @@ local function load(key, kinds, t)
     else
       kind.n = stored_integer(key, fields[2 * k - 1], n)
       kind.r = stored_integer(key, fields[2 * k], r)
+      kind.stored_n = kind.n
     end
     local due = cutoff(kind, t)
     if due and kind.r <= due then
@@ -116,18 +124,41 @@ local function load(key, kinds, t)
   end
 end
 
--- Writes the fields that changed. When a refill timestamp changed (a new
--- kind, a refill), keeps the user's hash for at least `idle_ttl` ms more,
--- never shortening it (another kind of the same user may need longer): the
--- hash expires a few periods after its last refill, when a refill is due
--- anyway, so forgetting the user gives back nothing they had not coming.
+-- Writes the fields that changed, then decides when the hash expires:
+-- - at least `idle_ttl` ms after a refill (a new kind, a due refill), never
+--   shortened (another kind of the same user may need longer): by then a
+--   refill is due anyway, so forgetting the user gives back nothing they had
+--   not coming. Active users are refilled, and so kept, every period; Redis
+--   memory follows them.
+-- - When Redis holds the truth, never while forgetting the user would change
+--   a kind's balance. A forgotten user comes back as a new one, at the
+--   initial balance; a user kept instead would have had a refill by then:
+--   topped up to capacity, never lowered. The two agree only when the
+--   initial balance is the capacity and the balance is not above it. The
+--   kind's p:<kind> field tells the calls that do not carry it. The field is
+--   written with each such balance and dropped when the balance comes back
+--   to capacity, or at a refill (which clears fields that a changed
+--   configuration left behind).
+-- (The checks are inline: every function defined in this file is a closure
+-- built again on every call.)
 local function save(key, kinds, idle_ttl)
   local fields = {}
-  local refilled = false
+  local released, refilled, kept = false, false, false
   for _, kind in ipairs(kinds) do
     if kind.new_n then
       fields[#fields + 1] = kind.n_field
       fields[#fields + 1] = kind.n
+      if REDIS_HOLDS_THE_TRUTH then
+        local capacity = tonumber(kind.capacity)
+        if kind.initial ~= kind.capacity or kind.n > capacity then
+          fields[#fields + 1] = 'p:' .. kind.name
+          fields[#fields + 1] = 1
+          kept = true
+        elseif kind.stored_n > capacity or kind.new_r then
+          released = released or {}
+          released[#released + 1] = 'p:' .. kind.name
+        end
+      end
     end
     if kind.new_r then
       fields[#fields + 1] = kind.r_field
@@ -135,12 +166,26 @@ local function save(key, kinds, idle_ttl)
       refilled = true
     end
   end
-  if #fields == 0 then
-    return
+  if #fields > 0 then
+    redis.call('HSET', key, unpack(fields))
   end
-  redis.call('HSET', key, unpack(fields))
-  if refilled and redis.call('PTTL', key) < tonumber(idle_ttl) then
-    redis.call('PEXPIRE', key, idle_ttl)
+  if released then
+    redis.call('HDEL', key, unpack(released))
+  end
+  if kept then
+    redis.call('PERSIST', key)
+  elseif refilled or released then
+    local ttl = redis.call('PTTL', key)
+    local keep = false
+    if ttl == -1 and REDIS_HOLDS_THE_TRUTH then
+      -- A new hash, or one that a kind not in this call keeps.
+      for _, field in ipairs(redis.call('HKEYS', key)) do
+        keep = keep or string.sub(field, 1, 2) == 'p:'
+      end
+    end
+    if not keep and ttl < tonumber(idle_ttl) then
+      redis.call('PEXPIRE', key, idle_ttl)
+    end
   end
 end
 
