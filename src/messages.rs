@@ -10,6 +10,8 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use http::HeaderMap;
 use http::header::ACCEPT_LANGUAGE;
 
+use crate::ratelimit_headers::seconds_until;
+
 /// A refusal to put into words.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -125,7 +127,7 @@ fn quota_exceeded(
     // one buffer, with no format string parsed at run time.
     let on_day = (refill_at.date_naive() != now.date_naive()).then_some(Day(refill_at));
     let at = ClockTime(refill_at);
-    let wait = Wait((refill_at - now).num_seconds().max(0));
+    let wait = Wait(seconds_until(refill_at, now));
     let plural = |n: u32| if n == 1 { "" } else { "s" };
     let mut detail = String::with_capacity(128);
     // Writing into a String cannot fail.
@@ -195,10 +197,11 @@ impl fmt::Display for ClockTime {
     }
 }
 
-/// A wait of so many seconds: "3 h 12 min", "45 min", "30 s". Beyond a
-/// minute, rounds up to the minute, as `Retry-After` rounds up to the
-/// second: the message never promises tickets sooner than they come.
-struct Wait(i64);
+/// A wait of so many seconds: "3 h 12 min", "45 min", "30 s". It is given
+/// in the whole seconds of `Retry-After` (rounded up), and beyond a minute
+/// rounds up to the minute: the message never promises tickets sooner than
+/// they come, nor sooner than the headers say.
+struct Wait(u64);
 
 impl fmt::Display for Wait {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -206,7 +209,7 @@ impl fmt::Display for Wait {
         if secs < 60 {
             return write!(f, "{secs} s");
         }
-        let minutes = (secs + 59) / 60;
+        let minutes = secs.div_ceil(60);
         match (minutes / 60, minutes % 60) {
             (0, m) => write!(f, "{m} min"),
             (h, 0) => write!(f, "{h} h"),
@@ -286,6 +289,26 @@ mod tests {
         let fr = DefaultMessages.render(&msg, "fr");
         assert_eq!(fr.title, "Plus de tickets upload");
         assert!(fr.detail.contains("dans 3 h 12 min"), "{}", fr.detail);
+    }
+
+    #[test]
+    fn a_wait_in_seconds_is_the_retry_after_not_less() {
+        let refill_at: DateTime<Utc> = "2026-01-01T10:00:00Z".parse().unwrap();
+        let detail = |before_ms: i64| {
+            let now = refill_at - chrono::TimeDelta::milliseconds(before_ms);
+            let msg = Message::QuotaExceeded {
+                label: "upload",
+                cost: 1,
+                remaining: 0,
+                capacity: 5,
+                refill_at,
+                now,
+            };
+            DefaultMessages.render(&msg, "en").detail
+        };
+        assert!(detail(2_300).ends_with("in 3 s."), "{}", detail(2_300));
+        assert!(detail(2_000).ends_with("in 2 s."), "{}", detail(2_000));
+        assert!(detail(60_001).ends_with("in 2 min."), "{}", detail(60_001));
     }
 
     #[test]

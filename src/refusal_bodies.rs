@@ -16,6 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::kind::TicketKind;
+use crate::ratelimit_headers::seconds_until;
 
 /// Bodies kept at most; the map starts over when full. Refusing users each
 /// need one entry per second, so this holds thousands of them.
@@ -61,7 +62,7 @@ pub(crate) struct BodyKey {
     cost: u32,
     remaining: u32,
     refill_at: DateTime<Utc>,
-    wait_secs: i64,
+    wait_secs: u64,
     same_day: bool,
 }
 
@@ -80,7 +81,7 @@ impl BodyKey {
             cost,
             remaining,
             refill_at,
-            wait_secs: (refill_at - now).num_seconds(),
+            wait_secs: seconds_until(refill_at, now),
             same_day: refill_at.date_naive() == now.date_naive(),
         }
     }
