@@ -221,8 +221,11 @@ fn rs256_tokens_verify_with_the_public_key_picked_by_kid() {
     let private = include_bytes!("fixtures/rs256-private.pem");
     let other = include_bytes!("fixtures/rs256-other-private.pem");
     let public = include_str!("fixtures/rs256-public.pem");
-    let verify = JwtIdentity::rs256([("key-1", public)]).unwrap();
-    let claims = json!({"sub": "alice", "exp": now().timestamp() + 60});
+    let verify = JwtIdentity::firebase("demo", [("key-1", public)]).unwrap();
+    let claims = json!({
+        "sub": "alice", "exp": now().timestamp() + 60,
+        "iss": "https://securetoken.google.com/demo", "aud": "demo",
+    });
     let signed = parts(&format!(
         "Bearer {}",
         rs256(claims.clone(), private, Some("key-1"))
@@ -246,7 +249,124 @@ fn rs256_tokens_verify_with_the_public_key_picked_by_kid() {
     // An HS256 token must not pass as RS256 (algorithm confusion).
     let hs = parts(&format!("Bearer {}", hs256(claims, public.as_bytes())));
     assert!(verify.identify(&hs, now()).is_err());
-    assert!(JwtIdentity::rs256([("bad", "not a pem")]).is_err());
+    assert!(JwtIdentity::rs256("https://issuer", "app", [("bad", "not a pem")]).is_err());
+}
+
+/// Google signs every Firebase project's tokens with the same keys, so an
+/// RS256 token is only accepted for the configured issuer and audience:
+/// a user of another project, even with the victim's uid, is refused.
+#[test]
+fn rs256_tokens_of_another_project_are_refused() {
+    let private = include_bytes!("fixtures/rs256-private.pem");
+    let public = include_str!("fixtures/rs256-public.pem");
+    let verify = JwtIdentity::firebase("victim-app", [("key-1", public)]).unwrap();
+    let exp = now().timestamp() + 60;
+    let token = |claims: serde_json::Value| {
+        parts(&format!("Bearer {}", rs256(claims, private, Some("key-1"))))
+    };
+    let own = token(json!({
+        "sub": "alice", "exp": exp,
+        "iss": "https://securetoken.google.com/victim-app", "aud": "victim-app",
+    }));
+    assert!(verify.identify(&own, now()).is_ok());
+    for claims in [
+        json!({
+            "sub": "alice", "exp": exp,
+            "iss": "https://securetoken.google.com/attacker-app", "aud": "attacker-app",
+        }),
+        json!({
+            "sub": "alice", "exp": exp,
+            "iss": "https://securetoken.google.com/victim-app", "aud": "attacker-app",
+        }),
+        json!({"sub": "alice", "exp": exp}),
+    ] {
+        assert!(
+            matches!(
+                verify.identify(&token(claims.clone()), now()),
+                Err(IdentityError::Invalid { .. })
+            ),
+            "{claims}"
+        );
+    }
+}
+
+/// A proxy that appends its header instead of replacing the client's would
+/// leave the client's value first: a repeated header is refused.
+#[test]
+fn a_repeated_identity_header_is_refused() {
+    use tower_tickets::identity::HeaderIdentity;
+    let token = hs256(
+        json!({"sub": "alice", "exp": now().timestamp() + 60}),
+        b"secret",
+    );
+    let (twice, ()) = http::Request::builder()
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-user-id", "mallory")
+        .header("x-user-id", "alice")
+        .body(())
+        .unwrap()
+        .into_parts();
+    for identity in [
+        &JwtIdentity::hs256(b"secret") as &dyn IdentityExtractor,
+        &HeaderIdentity::new(http::HeaderName::from_static("x-user-id")),
+    ] {
+        let error = identity.identify(&twice, now()).unwrap_err();
+        assert!(error.to_string().contains("repeats the"), "{error}");
+    }
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let verify = JwtIdentity::hs256(b"secret");
+    let token = hs256(
+        json!({"sub": "alice", "exp": now().timestamp() + 60}),
+        b"secret",
+    );
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        assert!(
+            verify
+                .identify(&parts(&format!("{scheme} {token}")), now())
+                .is_ok(),
+            "{scheme}"
+        );
+    }
+    assert!(
+        verify
+            .identify(&parts(&format!("Basic {token}")), now())
+            .is_err()
+    );
+}
+
+#[test]
+fn a_token_is_refused_before_its_nbf_and_past_its_exp_whatever_the_leeway() {
+    let verify = JwtIdentity::hs256(b"secret").leeway(Duration::from_secs(30));
+    let at = now().timestamp();
+    let token = |claims: serde_json::Value| parts(&format!("Bearer {}", hs256(claims, b"secret")));
+    let valid_from =
+        |nbf: serde_json::Value| token(json!({"sub": "alice", "exp": at + 3600, "nbf": nbf}));
+    assert!(verify.identify(&valid_from(json!(at - 60)), now()).is_ok());
+    assert!(
+        verify.identify(&valid_from(json!(at + 20)), now()).is_ok(),
+        "within the leeway"
+    );
+    for refused in [json!(at + 3600), json!("soon"), json!(1.5)] {
+        let error = verify
+            .identify(&valid_from(refused.clone()), now())
+            .unwrap_err();
+        assert!(error.to_string().contains("nbf"), "{refused}: {error}");
+    }
+    // A not-yet-valid token is not remembered as valid: it counts once due.
+    let early = valid_from(json!(at + 3600));
+    assert!(verify.identify(&early, now()).is_err());
+    let due = now() + chrono::TimeDelta::seconds(3600);
+    assert!(verify.identify(&early, due).is_ok());
+    // The leeway is capped at 5 minutes: a day-old token stays expired.
+    let lenient = JwtIdentity::hs256(b"secret").leeway(Duration::MAX);
+    let day_old = token(json!({"sub": "alice", "exp": at - 86_400}));
+    assert!(lenient.identify(&day_old, now()).is_err());
+    let minute_old = token(json!({"sub": "alice", "exp": at - 60}));
+    assert!(lenient.identify(&minute_old, now()).is_ok());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::jwt_verification::verify;
 use super::verified_tokens::{Verified, VerifiedTokens};
-use super::{IdentityError, IdentityExtractor};
+use super::{IdentityError, IdentityExtractor, only_header};
 use crate::uid::Uid;
 
 /// Verifies an `Authorization: Bearer <JWT>` token; its `sub` claim is the
@@ -19,8 +19,10 @@ use crate::uid::Uid;
 ///
 /// Checks the signature (HS256 with a shared secret, or RS256 with the given
 /// public keys, chosen by the token's `kid` when there are several), that
-/// `exp` is present and in the future (read against the layer's clock, with
-/// a small leeway), and `iss`/`aud` when configured. Any failure is a 401.
+/// `exp` is present and in the future and `nbf`, if present, in the past
+/// (read against the layer's clock, with a small leeway), and `iss`/`aud`
+/// (always with RS256, when configured with HS256). A request with more than
+/// one `Authorization` header is refused. Any failure is a 401.
 ///
 /// A token that verified is remembered (up to 10,000 by default, see
 /// [`JwtIdentity::remember`]), so a client sending the same token again pays
@@ -29,7 +31,7 @@ use crate::uid::Uid;
 /// ```
 /// use tower_tickets::identity::JwtIdentity;
 ///
-/// let verify = JwtIdentity::hs256(b"a long random secret")
+/// let verify = JwtIdentity::hs256(b"an example: use 32 or more random bytes")
 ///     .issuer("https://securetoken.google.com/my-project")
 ///     .audience("my-project");
 /// # let _ = verify;
@@ -45,6 +47,13 @@ pub struct JwtIdentity {
 
 /// How many verified tokens a [`JwtIdentity`] remembers by default.
 const REMEMBERED_TOKENS: usize = 10_000;
+
+/// The longest [`JwtIdentity::leeway`].
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// The shortest HS256 secret that is not warned about: as long as the hash
+/// (RFC 7518, section 3.2).
+const MIN_SECRET_LEN: usize = 32;
 
 #[derive(Clone)]
 enum Keys {
@@ -126,18 +135,46 @@ impl JwtIdentity {
         self
     }
 
-    /// Tokens signed with HS256 and `secret`.
+    /// Tokens signed with HS256 and `secret`, which should be at least 32
+    /// random bytes (RFC 7518, section 3.2); a shorter one is logged as a
+    /// warning, since it can be guessed offline from any token it signed.
     pub fn hs256(secret: &[u8]) -> Self {
+        if secret.len() < MIN_SECRET_LEN {
+            tracing::warn!(
+                bytes = secret.len(),
+                "the HS256 secret is shorter than {MIN_SECRET_LEN} bytes: tokens signed with it \
+                 can be forged once it is guessed; use at least {MIN_SECRET_LEN} random bytes"
+            );
+        }
         Self::with(
             Algorithm::HS256,
             Keys::One(DecodingKey::from_secret(secret)),
         )
     }
 
+    /// Firebase Auth ID tokens of the project `project_id`, signed by one of
+    /// Google's `keys` (`(kid, PEM)` pairs, as Google publishes them): RS256
+    /// with `iss` `https://securetoken.google.com/<project_id>` and `aud`
+    /// `<project_id>`.
+    pub fn firebase<I, K, P>(project_id: &str, keys: I) -> Result<Self, InvalidKey>
+    where
+        I: IntoIterator<Item = (K, P)>,
+        K: Into<String>,
+        P: AsRef<[u8]>,
+    {
+        let issuer = format!("https://securetoken.google.com/{project_id}");
+        Self::rs256(&issuer, project_id, keys)
+    }
+
     /// Tokens signed with RS256 by one of `keys`: `(kid, PEM public key)`
     /// pairs. With several keys the token's `kid` header picks one (as with
     /// Firebase's rotating keys); with one, a token without `kid` uses it.
-    pub fn rs256<I, K, P>(keys: I) -> Result<Self, InvalidKey>
+    ///
+    /// The `iss` claim must equal `issuer` and `aud` name `audience`: public
+    /// keys are often shared by many apps (every Firebase project's tokens
+    /// are signed by the same Google keys), so the signature alone would
+    /// accept another app's users.
+    pub fn rs256<I, K, P>(issuer: &str, audience: &str, keys: I) -> Result<Self, InvalidKey>
     where
         I: IntoIterator<Item = (K, P)>,
         K: Into<String>,
@@ -152,7 +189,9 @@ impl JwtIdentity {
             })?;
             by_id.insert(kid, key);
         }
-        Ok(Self::with(Algorithm::RS256, Keys::ById(by_id)))
+        Ok(Self::with(Algorithm::RS256, Keys::ById(by_id))
+            .issuer(issuer)
+            .audience(audience))
     }
 
     /// Requires the `iss` claim to equal `issuer`.
@@ -170,9 +209,11 @@ impl JwtIdentity {
         self.reconfigured()
     }
 
-    /// Tolerance for clock differences when checking `exp` (default 30 s).
+    /// Tolerance for clock differences when checking `exp` and `nbf`
+    /// (default 30 s, at most 5 min: a longer one is cut to 5 min, since a
+    /// leeway of hours would accept tokens long expired).
     pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway_secs = i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX);
+        self.leeway_secs = leeway.min(MAX_LEEWAY).as_secs() as i64;
         self
     }
 
@@ -203,41 +244,61 @@ impl JwtIdentity {
 
 impl IdentityExtractor for JwtIdentity {
     fn identify(&self, request: &Parts, now: DateTime<Utc>) -> Result<Uid, IdentityError> {
-        const EXPECTED: &str = "an Authorization: Bearer <token> header";
-        let header = request
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(IdentityError::Missing { expected: EXPECTED })?;
+        let header = only_header(
+            request,
+            &AUTHORIZATION,
+            "an Authorization: Bearer <token> header",
+        )?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|v| v.split_at_checked(BEARER.len()))
+            // The scheme is case-insensitive (RFC 9110, section 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(BEARER))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(IdentityError::Invalid {
                 reason: "the Authorization header is not of the form 'Bearer <token>'".into(),
             })?;
-        let verified = match self.verified.get(token) {
-            Some(verified) => verified,
-            None => {
-                let claims = verify(token, &self.validation, |header| self.key_for(header))?;
-                let verified = Verified {
-                    uid: Uid::parse(&claims.sub)?,
-                    exp: claims.exp,
-                };
-                self.verified.insert(token, verified.clone());
-                verified
-            }
+        if let Some(verified) = self.verified.get(token) {
+            self.check_validity(&verified, now)?;
+            return Ok(verified.uid);
+        }
+        let claims = verify(token, &self.validation, |header| self.key_for(header))?;
+        let verified = Verified {
+            uid: Uid::parse(&claims.sub)?,
+            exp: claims.exp,
+            nbf: claims.not_before()?,
         };
-        if verified.exp.saturating_add(self.leeway_secs) <= now.timestamp() {
+        // Only a token valid now is remembered.
+        self.check_validity(&verified, now)?;
+        self.verified.insert(token, verified.clone());
+        Ok(verified.uid)
+    }
+}
+
+/// The authentication scheme, with the space that ends it.
+const BEARER: &str = "Bearer ";
+
+impl JwtIdentity {
+    /// Whether the token is valid at `now`: not expired, and not before its
+    /// `nbf`, each give or take the leeway.
+    fn check_validity(&self, verified: &Verified, now: DateTime<Utc>) -> Result<(), IdentityError> {
+        let now = now.timestamp();
+        if verified.exp.saturating_add(self.leeway_secs) <= now {
             return Err(IdentityError::Invalid {
                 reason: "the token has expired".into(),
             });
         }
-        Ok(verified.uid)
+        if verified
+            .nbf
+            .is_some_and(|nbf| nbf.saturating_sub(self.leeway_secs) > now)
+        {
+            return Err(IdentityError::Invalid {
+                reason: "the token is not valid yet (nbf)".into(),
+            });
+        }
+        Ok(())
     }
 }
 

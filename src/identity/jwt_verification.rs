@@ -32,10 +32,20 @@ pub(super) struct Claims {
     iss: Claim<OneOrMany>,
     #[serde(default)]
     aud: Claim<OneOrMany>,
-    /// Never checked; declared because `decode` declares it, so that a
+    /// Not before, checked by the caller against its clock (see
+    /// [`Claims::not_before`]). Declared as `decode` declares it, so that a
     /// repeated `nbf` is refused as it is there.
-    #[serde(default, rename = "nbf")]
-    _nbf: Claim<IgnoredAny>,
+    #[serde(default)]
+    nbf: Claim<NumericDate>,
+}
+
+/// A date claim: seconds since the epoch, or anything else (which
+/// `decode`, not checking `nbf`, lets through, and the caller refuses).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumericDate {
+    Seconds(i64),
+    Other(IgnoredAny),
 }
 
 /// A claim as `jsonwebtoken` sees it: absent (or null), of a type it cannot
@@ -80,7 +90,7 @@ impl OneOrMany {
 /// from the header, then its claims against `validation`.
 ///
 /// `validation` must leave `exp`, `nbf` and `sub` unchecked and not require
-/// `nbf` (the caller checks `exp` against its own clock), as
+/// `nbf` (the caller checks `exp` and `nbf` against its own clock), as
 /// [`JwtIdentity`] sets it up.
 ///
 /// [`JwtIdentity`]: super::JwtIdentity
@@ -132,6 +142,18 @@ fn decode_part<T: DeserializeOwned>(part: &str) -> Result<T, Error> {
 }
 
 impl Claims {
+    /// The `nbf` claim, if any: the instant (seconds since the epoch) before
+    /// which the token must not be accepted.
+    pub(super) fn not_before(&self) -> Result<Option<i64>, IdentityError> {
+        match &self.nbf {
+            Claim::Absent => Ok(None),
+            Claim::Read(NumericDate::Seconds(nbf)) => Ok(Some(*nbf)),
+            Claim::Read(NumericDate::Other(_)) | Claim::Unreadable => Err(IdentityError::Invalid {
+                reason: "the token's nbf claim is not a number of seconds".into(),
+            }),
+        }
+    }
+
     /// The checks of `jsonwebtoken`'s `validate` that `validation` enables.
     fn check(&self, validation: &Validation) -> Result<(), Error> {
         for claim in &validation.required_spec_claims {

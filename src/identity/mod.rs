@@ -22,6 +22,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use http::request::Parts;
+use http::{HeaderName, HeaderValue};
 
 pub use self::extension::ExtensionIdentity;
 pub use self::header::HeaderIdentity;
@@ -70,4 +71,22 @@ impl From<UidError> for IdentityError {
     fn from(e: UidError) -> Self {
         Self::InvalidUid(e)
     }
+}
+
+/// The one value of the header `name`. A request that repeats it is
+/// refused: a proxy that appends its own value instead of replacing the
+/// client's would otherwise leave the client's value first.
+fn only_header<'a>(
+    request: &'a Parts,
+    name: &HeaderName,
+    expected: &'static str,
+) -> Result<&'a HeaderValue, IdentityError> {
+    let mut values = request.headers.get_all(name).iter();
+    let value = values.next().ok_or(IdentityError::Missing { expected })?;
+    if values.next().is_some() {
+        return Err(IdentityError::Invalid {
+            reason: format!("the request repeats the {name} header"),
+        });
+    }
+    Ok(value)
 }

@@ -1,9 +1,9 @@
 //! A bounded memory of tokens that verified, so a client that sends the same
 //! token request after request pays for its signature check once.
 //!
-//! Only a token whose signature and claims verified is remembered, keyed by
-//! its exact text, with its uid and expiry; expiry is still checked on every
-//! request. Gateways do the same (Envoy's `jwt_authn` cache, for one). Each
+//! Only a token whose signature and claims verified, and that was valid
+//! when it verified, is remembered, keyed by its exact text, with its uid
+//! and validity; validity is still checked on every request. Gateways do the same (Envoy's `jwt_authn` cache, for one). Each
 //! of the 16 shards holds at most `capacity / 16` tokens and is emptied
 //! when full, so memory stays bounded whatever clients send.
 
@@ -25,6 +25,8 @@ pub(super) struct Verified {
     pub(super) uid: Uid,
     /// Expiry, in seconds since the epoch.
     pub(super) exp: i64,
+    /// Not before, in seconds since the epoch, if the token says.
+    pub(super) nbf: Option<i64>,
 }
 
 pub(super) struct VerifiedTokens {
