@@ -136,9 +136,10 @@ end
 --   topped up to capacity, never lowered. The two agree only when the
 --   initial balance is the capacity and the balance is not above it. The
 --   kind's p:<kind> field tells the calls that do not carry it. The field is
---   written with each such balance and dropped when the balance comes back
---   to capacity, or at a refill (which clears fields that a changed
---   configuration left behind).
+--   written when the balance goes above capacity and dropped when it comes
+--   back, judged from the balance as stored, and at every refill written or
+--   dropped as the balance stands (which mends fields that a changed
+--   configuration left wrong).
 -- (The checks are inline: every function defined in this file is a closure
 -- built again on every call.)
 local function save(key, kinds, idle_ttl)
@@ -150,11 +151,15 @@ local function save(key, kinds, idle_ttl)
       fields[#fields + 1] = kind.n
       if REDIS_HOLDS_THE_TRUTH then
         local capacity = tonumber(kind.capacity)
-        if kind.initial ~= kind.capacity or kind.n > capacity then
-          fields[#fields + 1] = 'p:' .. kind.name
-          fields[#fields + 1] = 1
-          kept = true
-        elseif kind.stored_n > capacity or kind.new_r then
+        local starts_elsewhere = kind.initial ~= kind.capacity
+        local was_kept = starts_elsewhere or kind.stored_n > capacity
+        if starts_elsewhere or kind.n > capacity then
+          if kind.new_r or not was_kept then
+            fields[#fields + 1] = 'p:' .. kind.name
+            fields[#fields + 1] = 1
+            kept = true
+          end
+        elseif was_kept or kind.new_r then
           released = released or {}
           released[#released + 1] = 'p:' .. kind.name
         end
