@@ -16,6 +16,7 @@ use tower_service::Service;
 use crate::balances::BalanceView;
 use crate::charged::Charged;
 use crate::cost::CheckedCost;
+use crate::idempotency::Replays;
 use crate::kind::FailMode;
 use crate::layer::{Plan, Pricing};
 use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME};
@@ -213,6 +214,10 @@ impl Settle {
         let _entered = self.span.enter();
         let (balances, receipt) = match outcome {
             Ok(ChargeOutcome::Allowed { balances, receipt }) => (balances, Some(receipt)),
+            Ok(ChargeOutcome::Replayed { .. }) if self.plan.replays == Replays::Refuse => {
+                self.span.record("outcome", "replay_refused");
+                return Decision::Answer(Rejection::AlreadyCharged);
+            }
             Ok(ChargeOutcome::Replayed { balances }) => (balances, None),
             Ok(ChargeOutcome::Refused { balances }) => {
                 self.span.record("outcome", "refused");

@@ -19,6 +19,26 @@ pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest key accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
+/// What a [`TicketLayer`](crate::TicketLayer) does with a request whose
+/// `Idempotency-Key` already paid for a request of the same user (see
+/// [`TicketLayer::replays`](crate::TicketLayer::replays)). Either way it is
+/// not charged again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Replays {
+    /// Call the handler again, without charging (the default): the answer to
+    /// a retry whose first response was lost. The handler sees
+    /// [`Charged::charged`](crate::Charged::charged) `false` and must make
+    /// its own effect idempotent (answer with what the first request made,
+    /// say): otherwise a client that repeats one key gets the handler's work
+    /// free for 24 hours.
+    #[default]
+    CallUncharged,
+    /// Answer 409 Conflict (problem+json) without calling the handler: for
+    /// handlers that cannot tell a retry from a first request.
+    Refuse,
+}
+
 /// A validated `Idempotency-Key` value: 1 to 255 visible ASCII characters.
 ///
 /// Keys are scoped to a user: two users may use the same key.

@@ -7,6 +7,7 @@ use http::{HeaderValue, StatusCode};
 use tower_layer::Layer;
 
 use crate::cost::{CheckedCost, CostFn};
+use crate::idempotency::Replays;
 use crate::ratelimit_headers;
 use crate::service::TicketService;
 use crate::tickets::Tickets;
@@ -34,10 +35,13 @@ pub struct TicketLayer {
     pub(crate) plan: Arc<Plan>,
 }
 
-/// How a layer prices requests and when it refunds.
+/// How a layer prices requests, when it refunds and what it does with a
+/// replayed `Idempotency-Key`.
+#[derive(Clone)]
 pub(crate) struct Plan {
     pub(crate) pricing: Pricing,
     pub(crate) refund_on: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
+    pub(crate) replays: Replays,
 }
 
 #[derive(Clone)]
@@ -80,6 +84,7 @@ impl TicketLayer {
             plan: Arc::new(Plan {
                 pricing,
                 refund_on: Arc::new(|status: StatusCode| status.is_server_error()),
+                replays: Replays::default(),
             }),
         }
     }
@@ -90,12 +95,22 @@ impl TicketLayer {
         self,
         refund_on: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
     ) -> Self {
+        self.replanned(|plan| plan.refund_on = Arc::new(refund_on))
+    }
+
+    /// What to do with a request whose `Idempotency-Key` this user already
+    /// paid with (default [`Replays::CallUncharged`]: call the handler, which
+    /// must then make its own effect idempotent).
+    pub fn replays(self, replays: Replays) -> Self {
+        self.replanned(|plan| plan.replays = replays)
+    }
+
+    fn replanned(self, change: impl FnOnce(&mut Plan)) -> Self {
+        let mut plan = Plan::clone(&self.plan);
+        change(&mut plan);
         Self {
             tickets: self.tickets,
-            plan: Arc::new(Plan {
-                pricing: self.plan.pricing.clone(),
-                refund_on: Arc::new(refund_on),
-            }),
+            plan: Arc::new(plan),
         }
     }
 }

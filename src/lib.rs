@@ -31,7 +31,7 @@ pub use self::config_error::ConfigError;
 pub use self::cost::{CheckedCost, Cost, CostFn, CostItem, CostRejection};
 pub use self::future::ResponseFuture;
 pub use self::idempotency::{
-    IDEMPOTENCY_KEY, IDEMPOTENCY_TTL, IdempotencyKey, InvalidIdempotencyKey,
+    IDEMPOTENCY_KEY, IDEMPOTENCY_TTL, IdempotencyKey, InvalidIdempotencyKey, Replays,
 };
 pub use self::kind::{FailMode, TicketKind};
 pub use self::layer::TicketLayer;

@@ -43,6 +43,9 @@ pub enum Message<'a> {
         /// What is wrong, in English.
         reason: &'a str,
     },
+    /// The request's `Idempotency-Key` already paid and replays are
+    /// refused (409).
+    AlreadyCharged,
 }
 
 /// A message put into words: a short `title` and a `detail` sentence.
@@ -100,6 +103,18 @@ impl Messages for DefaultMessages {
             Message::StoreUnavailable => Rendered {
                 title: "Temporarily unavailable".into(),
                 detail: "Your tickets cannot be checked right now. Try again in a few seconds."
+                    .into(),
+            },
+            Message::AlreadyCharged if french => Rendered {
+                title: "Requête déjà faite".into(),
+                detail: "Une requête avec cette Idempotency-Key a déjà été payée ; \
+                         elle n'est pas exécutée de nouveau."
+                    .into(),
+            },
+            Message::AlreadyCharged => Rendered {
+                title: "Request already made".into(),
+                detail: "A request with this Idempotency-Key was already paid for; \
+                         it is not run again."
                     .into(),
             },
             Message::BadRequest { reason } if french => Rendered {

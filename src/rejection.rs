@@ -40,6 +40,10 @@ pub enum Rejection {
     /// The request cannot be priced, or its `Idempotency-Key` is malformed
     /// (400). Nothing is charged.
     BadRequest(String),
+    /// The request's `Idempotency-Key` already paid, and the layer refuses
+    /// replays ([`Replays::Refuse`](crate::Replays::Refuse)): 409, nothing
+    /// charged, the handler not called.
+    AlreadyCharged,
 }
 
 /// The balances that refused a request (made by the layer only).
@@ -82,6 +86,7 @@ impl fmt::Display for Rejection {
             Self::Unauthenticated(e) => write!(f, "unauthenticated: {e}"),
             Self::StoreUnavailable(e) => write!(f, "ticket store unavailable: {e}"),
             Self::BadRequest(reason) => write!(f, "bad request: {reason}"),
+            Self::AlreadyCharged => write!(f, "replay of an Idempotency-Key already charged"),
         }
     }
 }
@@ -189,6 +194,7 @@ impl Rejection {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::AlreadyCharged => StatusCode::CONFLICT,
         }
     }
 
@@ -305,6 +311,7 @@ impl Rejection {
                 (Message::StoreUnavailable, None)
             }
             Self::BadRequest(reason) => (Message::BadRequest { reason }, None),
+            Self::AlreadyCharged => (Message::AlreadyCharged, None),
         };
         self.problem(messages, language, status, headers, &message, quota)
     }

@@ -249,6 +249,7 @@ async fn an_idempotency_key_retry_is_not_charged_twice() {
     assert_eq!(send().await.status, StatusCode::CREATED);
     let retry = send().await;
     assert_eq!(retry.status, StatusCode::CREATED, "the retry is answered");
+    assert_eq!(app.handled(), 2, "by the handler, which sees it uncharged");
     assert_eq!(retry.header("ratelimit"), "\"upload\";r=4;t=86400");
     assert_eq!(app.remaining("alice", "upload").await, 4, "charged once");
     let bad = app
@@ -261,6 +262,42 @@ async fn an_idempotency_key_retry_is_not_charged_twice() {
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(app.remaining("alice", "upload").await, 4);
+}
+
+#[tokio::test]
+async fn a_replay_can_be_refused_instead_of_run_again_free() {
+    let app = App::new();
+    let token = app.token("alice");
+    let send = |key: &str, language: &str| {
+        app.send(
+            app.request("POST", "/upload-once", Some(&token))
+                .header("idempotency-key", key)
+                .header("accept-language", language)
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    assert_eq!(send("k-1", "en").await.status, StatusCode::CREATED);
+    assert_eq!(app.handled(), 1);
+    for language in ["en", "fr"] {
+        let replay = send("k-1", language).await;
+        assert_eq!(replay.status, StatusCode::CONFLICT);
+        assert_eq!(replay.header("content-type"), "application/problem+json");
+        assert_eq!(replay.header("content-language"), language);
+        assert!(
+            replay.json["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key"),
+            "{:?}",
+            replay.json
+        );
+    }
+    assert_eq!(app.handled(), 1, "the handler ran once");
+    assert_eq!(app.remaining("alice", "upload").await, 4, "charged once");
+    // Another key is another request.
+    assert_eq!(send("k-2", "en").await.status, StatusCode::CREATED);
+    assert_eq!(app.remaining("alice", "upload").await, 3);
 }
 
 #[tokio::test]

@@ -20,7 +20,9 @@ use tower_tickets::store::{
     Adjustment, ChargeOutcome, ChargeRequest, KindBalance, MemoryStore, Receipt, RefundOutcome,
     StoreFuture, TicketStore,
 };
-use tower_tickets::{Balances, Charged, Cost, CostRejection, FakeClock, TicketKind, Tickets, Uid};
+use tower_tickets::{
+    Balances, Charged, Cost, CostRejection, FakeClock, Replays, TicketKind, Tickets, Uid,
+};
 
 pub const SECRET: &[u8] = b"test secret, long enough for HS256";
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -151,6 +153,15 @@ impl App {
                 "/upload",
                 post(count(StatusCode::CREATED))
                     .route_layer(tickets.layer(Cost::of("upload", 1)).unwrap()),
+            )
+            .route(
+                "/upload-once",
+                post(count(StatusCode::CREATED)).route_layer(
+                    tickets
+                        .layer(Cost::of("upload", 1))
+                        .unwrap()
+                        .replays(Replays::Refuse),
+                ),
             )
             .route(
                 "/ai",
