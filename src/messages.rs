@@ -283,18 +283,22 @@ mod tests {
         assert_eq!(negotiate(&with_accept("fr;q=0"), &supported), "en");
     }
 
-    #[test]
-    fn quota_message_names_count_time_and_wait() {
-        let now: DateTime<Utc> = "2026-01-01T06:48:00Z".parse().unwrap();
-        let refill_at = "2026-01-01T10:00:00Z".parse().unwrap();
-        let msg = Message::QuotaExceeded {
+    /// The refusal of one upload to a user who spent all 5.
+    fn out_of_uploads(refill_at: DateTime<Utc>, now: DateTime<Utc>) -> Message<'static> {
+        Message::QuotaExceeded {
             label: "upload",
             cost: 1,
             remaining: 0,
             capacity: 5,
             refill_at,
             now,
-        };
+        }
+    }
+
+    #[test]
+    fn quota_message_names_count_time_and_wait() {
+        let now = "2026-01-01T06:48:00Z".parse().unwrap();
+        let msg = out_of_uploads("2026-01-01T10:00:00Z".parse().unwrap(), now);
         let en = DefaultMessages.render(&msg, "en");
         assert_eq!(en.title, "No upload tickets left");
         assert_eq!(
@@ -311,15 +315,9 @@ mod tests {
         let refill_at: DateTime<Utc> = "2026-01-01T10:00:00Z".parse().unwrap();
         let detail = |before_ms: i64| {
             let now = refill_at - chrono::TimeDelta::milliseconds(before_ms);
-            let msg = Message::QuotaExceeded {
-                label: "upload",
-                cost: 1,
-                remaining: 0,
-                capacity: 5,
-                refill_at,
-                now,
-            };
-            DefaultMessages.render(&msg, "en").detail
+            DefaultMessages
+                .render(&out_of_uploads(refill_at, now), "en")
+                .detail
         };
         assert!(detail(2_300).ends_with("in 3 s."), "{}", detail(2_300));
         assert!(detail(2_000).ends_with("in 2 s."), "{}", detail(2_000));

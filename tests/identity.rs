@@ -186,6 +186,14 @@ fn now() -> chrono::DateTime<chrono::Utc> {
     "2026-06-01T10:00:00Z".parse().unwrap()
 }
 
+/// A token of alice's, signed with `secret`, valid for a minute from now().
+fn alice_for_a_minute() -> String {
+    hs256(
+        json!({"sub": "alice", "exp": now().timestamp() + 60}),
+        b"secret",
+    )
+}
+
 #[test]
 fn issuer_and_audience_are_checked_when_configured() {
     let verify = JwtIdentity::hs256(b"secret")
@@ -295,10 +303,7 @@ fn rs256_tokens_of_another_project_are_refused() {
 #[test]
 fn a_repeated_identity_header_is_refused() {
     use tower_tickets::identity::HeaderIdentity;
-    let token = hs256(
-        json!({"sub": "alice", "exp": now().timestamp() + 60}),
-        b"secret",
-    );
+    let token = alice_for_a_minute();
     let (twice, ()) = http::Request::builder()
         .header("authorization", format!("Bearer {token}"))
         .header("authorization", format!("Bearer {token}"))
@@ -319,10 +324,7 @@ fn a_repeated_identity_header_is_refused() {
 #[test]
 fn the_bearer_scheme_is_case_insensitive() {
     let verify = JwtIdentity::hs256(b"secret");
-    let token = hs256(
-        json!({"sub": "alice", "exp": now().timestamp() + 60}),
-        b"secret",
-    );
+    let token = alice_for_a_minute();
     for scheme in ["Bearer", "bearer", "BEARER"] {
         assert!(
             verify
@@ -410,10 +412,7 @@ fn the_extension_identity_fails_closed_without_an_auth_layer() {
 #[test]
 fn a_remembered_token_still_expires_and_only_its_exact_text_is_remembered() {
     let verify = JwtIdentity::hs256(b"secret");
-    let token = hs256(
-        json!({"sub": "alice", "exp": now().timestamp() + 60}),
-        b"secret",
-    );
+    let token = alice_for_a_minute();
     let bearer = |token: &str| parts(&format!("Bearer {token}"));
     assert!(verify.identify(&bearer(&token), now()).is_ok());
     // The same text again is answered from memory, and expiry still counts.
@@ -433,13 +432,7 @@ fn a_remembered_token_still_expires_and_only_its_exact_text_is_remembered() {
 #[test]
 fn a_stricter_copy_forgets_what_the_looser_one_verified() {
     let loose = JwtIdentity::hs256(b"secret");
-    let token = parts(&format!(
-        "Bearer {}",
-        hs256(
-            json!({"sub": "alice", "exp": now().timestamp() + 60}),
-            b"secret"
-        )
-    ));
+    let token = parts(&format!("Bearer {}", alice_for_a_minute()));
     assert!(loose.identify(&token, now()).is_ok());
     let strict = loose.clone().issuer("https://issuer");
     assert!(strict.identify(&token, now()).is_err(), "no iss claim");
