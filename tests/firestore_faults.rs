@@ -17,7 +17,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use firestore::FirestoreDb;
 use support::eventually::eventually;
-use tower_tickets::store::{FirestoreSource, UserSnapshot, WriteMode, WriteThrough};
+use tower_tickets::store::{
+    FirestoreSource, StoreErrorKind, UserSnapshot, WriteMode, WriteThrough,
+};
 use tower_tickets::{TicketKind, Tickets, Uid};
 
 use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator, client_at};
@@ -121,6 +123,7 @@ async fn sync_mode_answers_503_when_firestore_hangs_and_catches_up_after() {
     assert_eq!(post(&patient, "/upload", &judy).await, StatusCode::CREATED);
     // The timeout is what this test is about: a hung Firestore costs a
     // request one timeout, then 503, never a hang.
+    let probe_db = db.clone();
     let store = store_with_timeout(db, WriteMode::Sync, "hung-sync", Duration::from_secs(2)).await;
     let tickets = tickets(store);
     let router = router(&tickets);
@@ -131,6 +134,22 @@ async fn sync_mode_answers_503_when_firestore_hangs_and_catches_up_after() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(redis_uploads(&tickets, &judy).await, 4, "refunded in Redis");
+    // Repeated timeouts open the breaker: then calls fail at once instead of
+    // each waiting out its timeout.
+    let breaking = FirestoreSource::new(probe_db, kinds())
+        .timeout(Duration::from_millis(200))
+        .breaker(2, Duration::from_secs(3600));
+    let now = chrono::Utc::now();
+    for _ in 0..2 {
+        let error = breaking.load(&judy, now).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Timeout, "{error}");
+    }
+    let error = breaking.load(&judy, now).await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::CircuitOpen, "{error}");
+    assert!(
+        error.to_string().contains("Firestore failed repeatedly"),
+        "{error}"
+    );
     emulator.resume();
 
     eventually("Firestore agrees with Redis", || async {

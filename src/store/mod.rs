@@ -8,6 +8,8 @@
 //! Stores never read the clock: the instant of each decision is passed in,
 //! so all backends agree on one time source and tests control it.
 
+#[cfg(feature = "redis")]
+mod breaker;
 mod error;
 #[cfg(feature = "firestore")]
 mod firestore;

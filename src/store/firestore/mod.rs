@@ -22,6 +22,7 @@ use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreWritePrecondition};
 
 use self::attempts::{Attempts, WRITE_ATTEMPTS};
 use self::document::{DocumentLayout, StoredDocument};
+use super::breaker::Breaker;
 use super::snapshot::UserSnapshot;
 use super::{StoreError, StoreErrorKind};
 use crate::kind::TicketKind;
@@ -30,6 +31,12 @@ use crate::uid::Uid;
 
 /// How long one operation (all its round trips) may take by default.
 pub const DEFAULT_FIRESTORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Failed operations in a row that open the breaker, by default.
+const BREAKER_FAILURES: u32 = 5;
+
+/// How long an open breaker answers at once before it probes, by default.
+const BREAKER_OPEN_FOR: Duration = Duration::from_secs(1);
 
 /// Users' balances in Firestore documents. Cheap to clone.
 ///
@@ -53,6 +60,8 @@ pub struct FirestoreSource {
     db: FirestoreDb,
     layout: Arc<DocumentLayout>,
     timeout: Duration,
+    /// Shared by clones: they call the same Firestore.
+    breaker: Arc<Breaker>,
 }
 
 /// What [`FirestoreSource::write`] did.
@@ -75,6 +84,7 @@ impl std::fmt::Debug for FirestoreSource {
             .field("database", self.db.get_database_path())
             .field("layout", &self.layout)
             .field("timeout", &self.timeout)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -117,6 +127,11 @@ impl FirestoreSource {
                 kinds: kinds.into_iter().map(Arc::new).collect(),
             }),
             timeout: DEFAULT_FIRESTORE_TIMEOUT,
+            breaker: Arc::new(Breaker::new(
+                "Firestore",
+                BREAKER_FAILURES,
+                BREAKER_OPEN_FOR,
+            )),
         }
     }
 
@@ -136,6 +151,16 @@ impl FirestoreSource {
     /// [`DEFAULT_FIRESTORE_TIMEOUT`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// After `failures` operations in a row that timed out or could not
+    /// reach Firestore (default 5), fail every operation at once with
+    /// [`StoreErrorKind::CircuitOpen`] for `open_for` (default 1 s), then let
+    /// one probe through: a Firestore that hangs costs requests one timeout
+    /// each only until the breaker opens.
+    pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.breaker = Arc::new(Breaker::new("Firestore", failures, open_for));
         self
     }
 
@@ -296,14 +321,15 @@ impl FirestoreSource {
         }
     }
 
-    /// Runs `operation` within the timeout.
+    /// Runs `operation` within the timeout, under the breaker.
     async fn bounded<T>(
         &self,
         action: &str,
         uid: &Uid,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, operation)
+        let permit = self.breaker.admit()?;
+        let outcome = tokio::time::timeout(self.timeout, operation)
             .await
             .unwrap_or_else(|_| {
                 Err(StoreError::new(
@@ -314,7 +340,20 @@ impl FirestoreSource {
                         self.timeout
                     ),
                 ))
-            })
+            });
+        match &outcome {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    StoreErrorKind::Timeout | StoreErrorKind::Unavailable
+                ) =>
+            {
+                permit.failed();
+            }
+            // Firestore answered, if only that the data is wrong.
+            _ => permit.succeeded(),
+        }
+        outcome
     }
 }
 

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use redis::Client;
 
-use super::breaker::Breaker;
 use super::connection::Connection;
 use super::error::RedisSetupError;
 use super::keys::KeyLayout;
 use super::scripts::{CallContext, Truth};
 use super::store::{RedisStore, Shared};
+use crate::store::breaker::Breaker;
 
 /// Where the scripts read the time of a decision. See the
 /// [`RedisStore`](super::RedisStore) docs for why it matters.
@@ -171,7 +171,11 @@ impl RedisStoreBuilder {
                 idle_periods: self.idle_periods,
             },
             timeout: self.timeout,
-            breaker: Arc::new(Breaker::new(self.breaker_failures, self.breaker_open_for)),
+            breaker: Arc::new(Breaker::new(
+                "Redis",
+                self.breaker_failures,
+                self.breaker_open_for,
+            )),
         }))
     }
 }

@@ -1,7 +1,6 @@
 //! The Redis store: every decision is one atomic Lua script call. See
 //! [`RedisStore`] for keys, time and faults.
 
-mod breaker;
 mod builder;
 mod connection;
 mod error;

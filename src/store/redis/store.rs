@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::breaker::Breaker;
 use super::connection::Connection;
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
@@ -13,6 +12,7 @@ use super::reply;
 use super::scripts::{CallContext, ScriptCall, millis, push_kind};
 use crate::idempotency::IDEMPOTENCY_TTL;
 use crate::kind::TicketKind;
+use crate::store::breaker::Breaker;
 use crate::store::{
     Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreError,
     StoreErrorKind, StoreFuture, TicketStore,

@@ -16,6 +16,8 @@ use crate::store::{StoreError, StoreErrorKind};
 /// failing at once) and its outcome closes or reopens the breaker.
 #[derive(Debug)]
 pub(crate) struct Breaker {
+    /// The backend's name, for the error ("Redis", "Firestore").
+    backend: &'static str,
     threshold: u32,
     open_for: Duration,
     state: Mutex<State>,
@@ -40,8 +42,9 @@ pub(crate) struct Permit {
 }
 
 impl Breaker {
-    pub(crate) fn new(threshold: u32, open_for: Duration) -> Self {
+    pub(crate) fn new(backend: &'static str, threshold: u32, open_for: Duration) -> Self {
         Self {
+            backend,
             threshold: threshold.max(1),
             open_for,
             state: Mutex::new(State::Closed { failures: 0 }),
@@ -60,7 +63,10 @@ impl Breaker {
             State::Open { .. } | State::Probing => {
                 return Err(StoreError::new(
                     StoreErrorKind::CircuitOpen,
-                    "Redis failed repeatedly; the breaker answers at once until a probe succeeds",
+                    format!(
+                        "{} failed repeatedly; the breaker answers at once until a probe succeeds",
+                        self.backend
+                    ),
                 ));
             }
         };
@@ -87,13 +93,13 @@ impl Breaker {
 }
 
 impl Permit {
-    /// The call reached Redis and got an answer.
+    /// The call reached the backend and got an answer.
     pub(crate) fn succeeded(mut self) {
         self.reported = true;
         self.breaker.record(true);
     }
 
-    /// The call failed to reach Redis or timed out.
+    /// The call failed to reach the backend or timed out.
     pub(crate) fn failed(mut self) {
         self.reported = true;
         self.breaker.record(false);
@@ -118,7 +124,7 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_failures_in_a_row_only() {
-        let breaker = Arc::new(Breaker::new(3, Duration::from_secs(3600)));
+        let breaker = Arc::new(Breaker::new("Redis", 3, Duration::from_secs(3600)));
         breaker.admit().unwrap().failed();
         breaker.admit().unwrap().failed();
         breaker.admit().unwrap().succeeded();
@@ -131,7 +137,7 @@ mod tests {
 
     #[test]
     fn one_probe_at_a_time_decides_after_the_open_time() {
-        let breaker = Arc::new(Breaker::new(1, Duration::ZERO));
+        let breaker = Arc::new(Breaker::new("Redis", 1, Duration::ZERO));
         breaker.admit().unwrap().failed();
         let probe = breaker.admit().expect("the open time has passed: a probe");
         assert!(open_error(&breaker), "only one probe in flight");
@@ -143,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_dropped_probe_reopens_instead_of_blocking_forever() {
-        let breaker = Arc::new(Breaker::new(1, Duration::ZERO));
+        let breaker = Arc::new(Breaker::new("Redis", 1, Duration::ZERO));
         breaker.admit().unwrap().failed();
         drop(breaker.admit().unwrap());
         assert!(breaker.admit().is_ok(), "a new probe is admitted");
