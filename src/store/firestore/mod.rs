@@ -158,7 +158,8 @@ impl FirestoreSource {
     /// reach Firestore (default 5), fail every operation at once with
     /// [`StoreErrorKind::CircuitOpen`] for `open_for` (default 1 s), then let
     /// one probe through: a Firestore that hangs costs requests one timeout
-    /// each only until the breaker opens.
+    /// each only until the breaker opens. Operations that were in flight
+    /// together when they failed count as one failure.
     pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.breaker = Arc::new(Breaker::new("Firestore", failures, open_for));
         self

@@ -96,7 +96,9 @@ impl RedisStoreBuilder {
 
     /// After `failures` failed calls in a row (default 5), answer every call
     /// at once with [`CircuitOpen`](crate::store::StoreErrorKind::CircuitOpen)
-    /// for `open_for` (default 500 ms), then let one call probe Redis.
+    /// for `open_for` (default 500 ms), then let one call probe Redis. Calls
+    /// that were in flight together when they failed (a stall times them all
+    /// out at once) count as one failure.
     pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.breaker_failures = failures.max(1);
         self.breaker_open_for = open_for;
