@@ -68,6 +68,6 @@ async fn firestore(
 ) -> Result<Arc<dyn TicketStore>, String> {
     Err(format!(
         "--firestore-project {project}: this demo was built without the `firestore` feature; \
-         rebuild it with --features firestore"
+         rebuild it with the default features (or --features firestore)"
     ))
 }
