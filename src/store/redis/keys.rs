@@ -46,6 +46,40 @@ impl KeyLayout {
     pub(crate) fn idempotency(&self, uid: &Uid, key: &IdempotencyKey) -> String {
         format!("{}{{{uid}}}:i:{}", self.prefix, key.as_str())
     }
+
+    /// The write-through's count of `uid`'s changes that Firestore may not
+    /// hold yet.
+    #[cfg(feature = "firestore")]
+    pub(crate) fn pending(&self, uid: &Uid) -> String {
+        format!("{}{{{uid}}}:w", self.prefix)
+    }
+
+    /// A `SCAN MATCH` pattern for every user's [`Self::pending`] key.
+    #[cfg(feature = "firestore")]
+    pub(crate) fn pending_pattern(&self) -> String {
+        format!("{}{{*}}:w", glob_escape(&self.prefix))
+    }
+
+    /// The user whose [`Self::pending`] key `key` is.
+    #[cfg(feature = "firestore")]
+    pub(crate) fn pending_uid(&self, key: &str) -> Option<Uid> {
+        let uid = key
+            .strip_prefix(&*self.prefix)?
+            .strip_prefix('{')?
+            .strip_suffix("}:w")?;
+        Uid::parse(uid).ok()
+    }
+}
+
+/// `text` with Redis glob metacharacters escaped.
+#[cfg(feature = "firestore")]
+fn glob_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+            escape.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -67,5 +101,19 @@ mod tests {
             assert!(KeyLayout::new(bad).is_err(), "{bad:?}");
         }
         assert!(KeyLayout::new("").is_ok());
+    }
+
+    #[cfg(feature = "firestore")]
+    #[test]
+    fn pending_keys_are_found_by_a_pattern_that_escapes_the_prefix() {
+        assert_eq!(glob_escape("tickets:"), "tickets:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        let keys = KeyLayout::new("a*:").unwrap();
+        let uid = Uid::parse("u1").unwrap();
+        assert_eq!(keys.pending(&uid), "a*:{u1}:w");
+        assert_eq!(keys.pending_pattern(), "a\\*:{*}:w");
+        assert_eq!(keys.pending_uid(&keys.pending(&uid)), Some(uid));
+        assert_eq!(keys.pending_uid("a*:{u1}:t"), None);
+        assert_eq!(keys.pending_uid("a*:{a}b}:w"), None, "not a uid");
     }
 }

@@ -11,4 +11,6 @@ mod store;
 
 pub use self::builder::{RedisStoreBuilder, TimeSource};
 pub use self::error::RedisSetupError;
+#[cfg(feature = "firestore")]
+pub(crate) use self::keys::KeyLayout;
 pub use self::store::RedisStore;

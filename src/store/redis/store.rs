@@ -119,6 +119,13 @@ impl RedisStore {
         }
     }
 
+    /// Where this store keeps each user's values: the write-through keeps
+    /// its own next to them.
+    #[cfg(feature = "firestore")]
+    pub(crate) fn keys(&self) -> &super::KeyLayout {
+        &self.shared.keys
+    }
+
     /// Records balances for the kinds Redis does not hold for `uid` yet,
     /// leaving every kind it holds untouched, then applies due refills; returns the
     /// balances as stored. This is how a cache miss is filled from the source

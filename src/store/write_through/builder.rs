@@ -140,7 +140,7 @@ impl WriteThroughBuilder {
             .await?;
         let state = super::redis_state::RedisState::connect(
             &self.redis_url,
-            &self.key_prefix,
+            redis.keys().clone(),
             self.redis_timeout,
             kinds,
             idle_ttl,

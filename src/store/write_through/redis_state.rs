@@ -30,6 +30,7 @@ use redis::{RedisError, Script, ScriptInvocation};
 
 use super::group_commit::{CacheSnapshot, SnapshotCache};
 use crate::kind::TicketKind;
+use crate::store::redis::KeyLayout;
 use crate::store::snapshot::UserSnapshot;
 use crate::store::{KindBalance, StoreError, StoreErrorKind, StoreFuture};
 use crate::uid::Uid;
@@ -66,19 +67,19 @@ pub(crate) struct Checked {
 #[derive(Clone)]
 pub(crate) struct RedisState {
     connection: ConnectionManager,
-    prefix: String,
+    keys: KeyLayout,
     timeout: Duration,
     kinds: Vec<Arc<TicketKind>>,
     idle_ttl_millis: u64,
 }
 
 impl RedisState {
-    /// Connects to the server the Redis store uses, for keys under `prefix`
-    /// (the store's prefix). Seeded balances expire after `idle_ttl` without
-    /// writes, like the store's own.
+    /// Connects to the server the Redis store uses, for keys laid out as
+    /// the store's. Seeded balances expire after `idle_ttl` without writes,
+    /// like the store's own.
     pub(crate) async fn connect(
         url: &str,
-        prefix: &str,
+        keys: KeyLayout,
         timeout: Duration,
         kinds: Vec<Arc<TicketKind>>,
         idle_ttl: Duration,
@@ -89,19 +90,11 @@ impl RedisState {
             .set_response_timeout(Some(timeout));
         Ok(Self {
             connection: ConnectionManager::new_with_config(client, config).await?,
-            prefix: prefix.to_string(),
+            keys,
             timeout,
             kinds,
             idle_ttl_millis: u64::try_from(idle_ttl.as_millis()).unwrap_or(u64::MAX),
         })
-    }
-
-    fn balances_key(&self, uid: &Uid) -> String {
-        format!("{}{{{uid}}}:t", self.prefix)
-    }
-
-    fn pending_key(&self, uid: &Uid) -> String {
-        format!("{}{{{uid}}}:w", self.prefix)
     }
 
     /// Whether `kinds` are seeded for `uid`, and their stored balances.
@@ -111,7 +104,7 @@ impl RedisState {
         kinds: &[Arc<TicketKind>],
     ) -> Result<Checked, StoreError> {
         let mut invocation = SCRIPTS.check.prepare_invoke();
-        invocation.key(self.balances_key(uid));
+        invocation.key(self.keys.balances(uid));
         for kind in kinds {
             invocation.arg(kind.name());
         }
@@ -139,7 +132,7 @@ impl RedisState {
     ) -> Result<(), StoreError> {
         let mut invocation = SCRIPTS.seed.prepare_invoke();
         invocation
-            .key(self.balances_key(uid))
+            .key(self.keys.balances(uid))
             .arg(state.version)
             .arg(self.idle_ttl_millis);
         for (kind, balance) in self.kinds.iter().zip(&state.balances) {
@@ -157,16 +150,15 @@ impl RedisState {
     pub(crate) async fn mark_pending(&self, uid: &Uid) -> Result<bool, StoreError> {
         let mut invocation = SCRIPTS.mark.prepare_invoke();
         invocation
-            .key(self.balances_key(uid))
-            .key(self.pending_key(uid));
+            .key(self.keys.balances(uid))
+            .key(self.keys.pending(uid));
         let counter: i64 = self.run("mark", &invocation).await?;
         Ok(counter > 0)
     }
 
     /// Every user with changes that Firestore may not hold yet.
     pub(crate) async fn pending_users(&self) -> Result<Vec<Uid>, StoreError> {
-        let pattern = format!("{}{{*}}:w", glob_escape(&self.prefix));
-        let (head, tail) = (format!("{}{{", self.prefix), "}:w");
+        let pattern = self.keys.pending_pattern();
         let mut users = Vec::new();
         let mut cursor = 0_u64;
         loop {
@@ -183,10 +175,7 @@ impl RedisState {
                 .await
                 .map_err(|_| timed_out("scan", self.timeout))?
                 .map_err(|e| failed("scan", e))?;
-            users.extend(keys.iter().filter_map(|key| {
-                let uid = key.strip_prefix(&head)?.strip_suffix(tail)?;
-                Uid::parse(uid).ok()
-            }));
+            users.extend(keys.iter().filter_map(|key| self.keys.pending_uid(key)));
             if next == 0 {
                 return Ok(users);
             }
@@ -212,8 +201,8 @@ impl SnapshotCache for RedisState {
         Box::pin(async move {
             let mut invocation = SCRIPTS.snapshot.prepare_invoke();
             invocation
-                .key(self.balances_key(&uid))
-                .key(self.pending_key(&uid));
+                .key(self.keys.balances(&uid))
+                .key(self.keys.pending(&uid));
             for kind in &self.kinds {
                 invocation.arg(kind.name());
             }
@@ -247,7 +236,7 @@ impl SnapshotCache for RedisState {
     fn written(self: Arc<Self>, uid: Uid, pending: u64) -> StoreFuture<()> {
         Box::pin(async move {
             let mut invocation = SCRIPTS.written.prepare_invoke();
-            invocation.key(self.pending_key(&uid)).arg(pending);
+            invocation.key(self.keys.pending(&uid)).arg(pending);
             let _forgotten: i64 = self.run("written", &invocation).await?;
             Ok(())
         })
@@ -261,16 +250,6 @@ fn balance(count: i64, refill_millis: i64) -> Option<KindBalance> {
         last_refill: DateTime::<Utc>::from_timestamp_millis(refill_millis)
             .filter(|_| refill_millis >= 0)?,
     })
-}
-
-/// `text` with Redis glob metacharacters escaped.
-fn glob_escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
-            escape.then_some('\\').into_iter().chain([c])
-        })
-        .collect()
 }
 
 fn failed(operation: &str, error: RedisError) -> StoreError {
@@ -328,7 +307,7 @@ mod tests {
     async fn state(prefix: &str) -> Arc<RedisState> {
         let state = RedisState::connect(
             &shared_server().url(),
-            prefix,
+            KeyLayout::new(prefix).expect("a valid prefix"),
             Duration::from_secs(2),
             kinds(),
             DAY,
@@ -458,11 +437,5 @@ mod tests {
         );
         state.clone().written(uid.clone(), 2).await.unwrap();
         assert!(state.pending_users().await.unwrap().is_empty());
-    }
-
-    #[test]
-    fn glob_metacharacters_of_the_prefix_are_escaped() {
-        assert_eq!(glob_escape("tickets:"), "tickets:");
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }
