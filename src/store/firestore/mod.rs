@@ -205,11 +205,13 @@ impl FirestoreSource {
         now: DateTime<Utc>,
     ) -> Result<UserSnapshot, StoreError> {
         telemetry::cache_missed();
-        self.bounded("create", uid, async {
+        // `None`: other writers won every attempt (Firestore answered: not a
+        // failure for the breaker).
+        let created = self.bounded("create", uid, async {
             let mut attempts = Attempts::default();
             while attempts.next().await {
                 let stored = match self.read(uid, now).await? {
-                    Some(stored) if stored.complete => return Ok(stored.snapshot),
+                    Some(stored) if stored.complete => return Ok(Some(stored.snapshot)),
                     Some(stored) => stored,
                     None => StoredDocument {
                         snapshot: self.layout.initial(now),
@@ -221,12 +223,12 @@ impl FirestoreSource {
                     .conditional_write(uid, &stored.snapshot, &stored)
                     .await?
                 {
-                    return Ok(stored.snapshot);
+                    return Ok(Some(stored.snapshot));
                 }
             }
-            Err(contended(uid))
-        })
-        .await
+            Ok(None)
+        });
+        created.await?.ok_or_else(|| contended(uid))
     }
 
     /// Stores `snapshot` unless the document holds its version or a newer
@@ -236,16 +238,17 @@ impl FirestoreSource {
         uid: &Uid,
         snapshot: &UserSnapshot,
     ) -> Result<WriteOutcome, StoreError> {
-        self.bounded("write", uid, async {
+        // `None` as in `load_or_create`.
+        let written = self.bounded("write", uid, async {
             let mut attempts = Attempts::default();
             while attempts.next().await {
                 // Balances of kinds the document lacks do not matter here: the
                 // write replaces every kind.
                 let stored = match self.read(uid, DateTime::UNIX_EPOCH).await? {
                     Some(stored) if stored.snapshot.version >= snapshot.version => {
-                        return Ok(WriteOutcome::Superseded {
+                        return Ok(Some(WriteOutcome::Superseded {
                             stored_version: stored.snapshot.version,
-                        });
+                        }));
                     }
                     Some(stored) => stored,
                     None => StoredDocument {
@@ -255,12 +258,12 @@ impl FirestoreSource {
                     },
                 };
                 if self.conditional_write(uid, snapshot, &stored).await? {
-                    return Ok(WriteOutcome::Written);
+                    return Ok(Some(WriteOutcome::Written));
                 }
             }
-            Err(contended(uid))
-        })
-        .await
+            Ok(None)
+        });
+        written.await?.ok_or_else(|| contended(uid))
     }
 
     /// Reads and parses the document.
