@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, ErrorKind, RedisResult, Script, ServerErrorKind};
+use redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind};
 
 use super::scripts::ScriptCall;
 
@@ -62,10 +62,24 @@ impl Connection {
         }
     }
 
-    async fn query(&mut self, command: &Cmd) -> RedisResult<Vec<i64>> {
+    /// Sends one command.
+    pub(crate) async fn query<T: FromRedisValue>(&mut self, command: &Cmd) -> RedisResult<T> {
         match self {
             Self::Standalone(connection) => command.query_async(connection).await,
             Self::Cluster(connection) => command.query_async(connection).await,
+        }
+    }
+
+    /// Runs a script of the write-through's, prepared with its keys and
+    /// arguments (loaded again after a `NOSCRIPT` by the `redis` crate).
+    #[cfg(feature = "firestore")]
+    pub(crate) async fn invoke_prepared<T: FromRedisValue>(
+        &mut self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        match self {
+            Self::Standalone(connection) => invocation.invoke_async(connection).await,
+            Self::Cluster(connection) => invocation.invoke_async(connection).await,
         }
     }
 

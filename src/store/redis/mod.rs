@@ -10,6 +10,8 @@ mod scripts;
 mod store;
 
 pub use self::builder::{RedisStoreBuilder, TimeSource};
+#[cfg(feature = "firestore")]
+pub(crate) use self::connection::Connection;
 pub use self::error::RedisSetupError;
 #[cfg(feature = "firestore")]
 pub(crate) use self::keys::KeyLayout;

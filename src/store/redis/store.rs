@@ -126,6 +126,12 @@ impl RedisStore {
         &self.shared.keys
     }
 
+    /// The store's connection, for the write-through's own keys and scripts.
+    #[cfg(feature = "firestore")]
+    pub(crate) fn connection(&self) -> super::Connection {
+        self.shared.connection.clone()
+    }
+
     /// Records balances for the kinds Redis does not hold for `uid` yet,
     /// leaving every kind it holds untouched, then applies due refills; returns the
     /// balances as stored. This is how a cache miss is filled from the source

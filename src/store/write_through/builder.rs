@@ -138,15 +138,8 @@ impl WriteThroughBuilder {
             .caching_a_source()
             .connect()
             .await?;
-        let state = super::redis_state::RedisState::connect(
-            &self.redis_url,
-            redis.keys().clone(),
-            self.redis_timeout,
-            kinds,
-            idle_ttl,
-        )
-        .await
-        .map_err(RedisSetupError::Unreachable)?;
+        let state =
+            super::redis_state::RedisState::new(&redis, self.redis_timeout, kinds, idle_ttl);
         Ok(WriteThrough::start(
             redis,
             state,

@@ -25,12 +25,12 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, ScriptInvocation};
 
 use super::group_commit::{CacheSnapshot, SnapshotCache};
 use crate::kind::TicketKind;
-use crate::store::redis::KeyLayout;
+use crate::store::RedisStore;
+use crate::store::redis::{Connection, KeyLayout};
 use crate::store::snapshot::UserSnapshot;
 use crate::store::{KindBalance, StoreError, StoreErrorKind, StoreFuture};
 use crate::uid::Uid;
@@ -63,10 +63,10 @@ pub(crate) struct Checked {
     pub(crate) stored: Vec<Option<KindBalance>>,
 }
 
-/// Our keys and scripts, on a connection of our own.
+/// Our keys and scripts, on the Redis store's connection.
 #[derive(Clone)]
 pub(crate) struct RedisState {
-    connection: ConnectionManager,
+    connection: Connection,
     keys: KeyLayout,
     timeout: Duration,
     kinds: Vec<Arc<TicketKind>>,
@@ -74,27 +74,22 @@ pub(crate) struct RedisState {
 }
 
 impl RedisState {
-    /// Connects to the server the Redis store uses, for keys laid out as
-    /// the store's. Seeded balances expire after `idle_ttl` without writes,
-    /// like the store's own.
-    pub(crate) async fn connect(
-        url: &str,
-        keys: KeyLayout,
+    /// Our state next to `store`'s, on its connection and under its keys,
+    /// each call bounded by `timeout`. Seeded balances expire after
+    /// `idle_ttl` without writes, like the store's own.
+    pub(crate) fn new(
+        store: &RedisStore,
         timeout: Duration,
         kinds: Vec<Arc<TicketKind>>,
         idle_ttl: Duration,
-    ) -> Result<Self, RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        Ok(Self {
-            connection: ConnectionManager::new_with_config(client, config).await?,
-            keys,
+    ) -> Self {
+        Self {
+            connection: store.connection(),
+            keys: store.keys().clone(),
             timeout,
             kinds,
             idle_ttl_millis: u64::try_from(idle_ttl.as_millis()).unwrap_or(u64::MAX),
-        })
+        }
     }
 
     /// Whether `kinds` are seeded for `uid`, and their stored balances.
@@ -170,7 +165,7 @@ impl RedisState {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
-            let scan = command.query_async::<(u64, Vec<String>)>(&mut connection);
+            let scan = connection.query::<(u64, Vec<String>)>(&command);
             let (next, keys) = tokio::time::timeout(self.timeout, scan)
                 .await
                 .map_err(|_| timed_out("scan", self.timeout))?
@@ -189,7 +184,7 @@ impl RedisState {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut connection = self.connection.clone();
-        tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
+        tokio::time::timeout(self.timeout, connection.invoke_prepared(invocation))
             .await
             .map_err(|_| timed_out(operation, self.timeout))?
             .map_err(|e| failed(operation, e))
@@ -305,16 +300,15 @@ mod tests {
     }
 
     async fn state(prefix: &str) -> Arc<RedisState> {
-        let state = RedisState::connect(
-            &shared_server().url(),
-            KeyLayout::new(prefix).expect("a valid prefix"),
-            Duration::from_secs(2),
-            kinds(),
-            DAY,
-        )
-        .await
-        .expect("the test server answers");
-        Arc::new(state)
+        let timeout = Duration::from_secs(2);
+        let store = RedisStore::standalone(shared_server().url())
+            .key_prefix(prefix)
+            .timeout(timeout)
+            .caching_a_source()
+            .connect()
+            .await
+            .expect("the test server answers");
+        Arc::new(RedisState::new(&store, timeout, kinds(), DAY))
     }
 
     fn at(s: &str) -> DateTime<Utc> {
