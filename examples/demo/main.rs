@@ -19,6 +19,7 @@ mod ai;
 mod auth;
 mod balances;
 mod cli;
+mod first_answers;
 mod ids;
 mod metrics;
 mod page;
@@ -40,6 +41,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::auth::AdminToken;
 use crate::cli::Cli;
+use crate::first_answers::FirstAnswers;
 use crate::routes::AppState;
 use crate::uploads::Uploads;
 
@@ -92,6 +94,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         issuer: JwtIssuer::hs256(&secret),
         admin: AdminToken::new(cli.admin_token),
         uploads: Uploads::default(),
+        first_answers: FirstAnswers::default(),
         metrics,
     };
     let app = routes::router(state)?;

@@ -60,6 +60,17 @@ impl Problems {
         self.rejection(Rejection::StoreUnavailable(Arc::new(error)))
     }
 
+    /// 409: the request's `Idempotency-Key` already paid, and its first
+    /// answer is not at hand.
+    pub fn already_charged(&self) -> Response {
+        self.rejection(Rejection::AlreadyCharged)
+    }
+
+    /// 500: the demo failed on its side.
+    pub fn internal(&self) -> Response {
+        self.own(StatusCode::INTERNAL_SERVER_ERROR, Words::Internal)
+    }
+
     /// 404: no route for this path.
     pub fn not_found(&self, method: &Method, uri: &Uri) -> Response {
         self.own(
@@ -182,6 +193,7 @@ enum Words<'a> {
     NotFound { method: &'a str, path: &'a str },
     MethodNotAllowed { method: &'a str, path: &'a str },
     TooLarge,
+    Internal,
 }
 
 impl Words<'_> {
@@ -211,6 +223,14 @@ impl Words<'_> {
             (Self::TooLarge, true) => (
                 "Corps trop volumineux",
                 "Le corps de la requête dépasse la taille acceptée par cette route.".into(),
+            ),
+            (Self::Internal, false) => (
+                "Internal error",
+                "Something went wrong on our side; try again.".into(),
+            ),
+            (Self::Internal, true) => (
+                "Erreur interne",
+                "Un problème est survenu de notre côté ; réessayez.".into(),
             ),
         }
     }

@@ -3,6 +3,7 @@
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::from_fn_with_state;
 use axum::response::Response;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -10,9 +11,10 @@ use tower_tickets::identity::JwtIssuer;
 use tower_tickets::{ConfigError, Cost, TicketLayer, Tickets};
 
 use crate::auth::AdminToken;
+use crate::first_answers::FirstAnswers;
 use crate::problem::Problems;
 use crate::uploads::{MAX_UPLOAD_BYTES, Uploads};
-use crate::{admin, ai, balances, metrics, page, signup, uploads};
+use crate::{admin, ai, balances, first_answers, metrics, page, signup, uploads};
 
 /// What every handler can extract with `State<_>`.
 #[derive(Clone, FromRef)]
@@ -25,6 +27,8 @@ pub struct AppState {
     pub admin: AdminToken,
     /// What users uploaded.
     pub uploads: Uploads,
+    /// The answers retries of a paid request get.
+    pub first_answers: FirstAnswers,
     /// Renders `GET /metrics`.
     pub metrics: PrometheusHandle,
 }
@@ -32,7 +36,10 @@ pub struct AppState {
 /// The demo's router.
 ///
 /// Costs are attached with `route_layer`, so they apply only to the routes
-/// named: an unknown path (404) or method (405) is never charged.
+/// named: an unknown path (404) or method (405) is never charged. Inside the
+/// ticket layer, `first_answers` answers a retry of a paid request (same
+/// `Idempotency-Key`) with its first answer instead of running the handler
+/// again for free.
 pub fn router(state: AppState) -> Result<Router, ConfigError> {
     let tickets = &state.tickets;
     Ok(Router::new()
@@ -46,12 +53,21 @@ pub fn router(state: AppState) -> Result<Router, ConfigError> {
             get(uploads::list).merge(
                 post(uploads::store)
                     .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
+                    .layer(from_fn_with_state(
+                        state.clone(),
+                        first_answers::answer_retries,
+                    ))
                     .route_layer(one_ticket(tickets, "upload")?),
             ),
         )
         .route(
             "/api/ai/generate",
-            post(ai::generate).route_layer(one_ticket(tickets, "ai")?),
+            post(ai::generate)
+                .layer(from_fn_with_state(
+                    state.clone(),
+                    first_answers::answer_retries,
+                ))
+                .route_layer(one_ticket(tickets, "ai")?),
         )
         .route("/api/admin/grant", post(admin::grant))
         .route("/api/admin/set", post(admin::set))

@@ -69,6 +69,56 @@ async fn an_upload_costs_exactly_one_upload_ticket() {
     assert_eq!(demo.stored_uploads(&token).await, 1);
 }
 
+/// A retry (same `Idempotency-Key`) is charged once and answered with the
+/// first answer: no second upload, no free uploads at zero by reusing a key.
+#[tokio::test]
+async fn a_retried_upload_gets_its_first_answer_and_costs_nothing_more() {
+    let demo = Demo::start(&[]);
+    let (_, token) = demo.sign_up().await;
+    let upload = |key: &str| {
+        demo.call(Method::POST, "/api/uploads")
+            .bearer(&token)
+            .header("idempotency-key", key)
+            .body(IMAGE)
+            .send()
+    };
+    let first = upload("photo-1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let retry = upload("photo-1").await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
+    assert_eq!(retry.json()["id"], first.json()["id"], "the same upload");
+    assert_eq!(demo.remaining(&token).await, (4, 3));
+    assert_eq!(demo.stored_uploads(&token).await, 1);
+
+    for n in 2..=5 {
+        let reply = upload(&format!("photo-{n}")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    }
+    assert_eq!(demo.remaining(&token).await, (0, 3));
+    let reused = upload("photo-1").await;
+    assert_eq!(reused.json()["id"], first.json()["id"], "{}", reused.text());
+    assert_eq!(
+        demo.stored_uploads(&token).await,
+        5,
+        "nothing stored for free"
+    );
+    let fresh = upload("photo-6").await;
+    fresh.problem(StatusCode::TOO_MANY_REQUESTS);
+
+    // The AI route likewise.
+    let generate = || {
+        demo.call(Method::POST, "/api/ai/generate")
+            .bearer(&token)
+            .header("idempotency-key", "idea-1")
+            .json(r#"{"prompt": "a lighthouse"}"#)
+            .send()
+    };
+    let first = generate().await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(generate().await.json(), first.json());
+    assert_eq!(demo.remaining(&token).await, (0, 2));
+}
+
 #[tokio::test]
 async fn the_sixth_upload_is_refused_with_a_quota_problem_and_not_stored() {
     let demo = Demo::start(&[]);
