@@ -188,7 +188,7 @@ fn quota_exceeded(
 
 /// "2026-01-01": the UTC date of an instant.
 #[derive(Clone, Copy)]
-struct Day(DateTime<Utc>);
+pub(crate) struct Day(pub(crate) DateTime<Utc>);
 
 impl fmt::Display for Day {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

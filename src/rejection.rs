@@ -5,14 +5,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use http::header::{CONTENT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use crate::identity::IdentityError;
 use crate::kind::TicketKind;
-use crate::messages::{Message, Messages, negotiate};
+use crate::messages::{Day, Message, Messages, negotiate};
 use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME, seconds_until};
 use crate::refusal_bodies::{BodyKey, RefusalBodies};
 use crate::store::StoreError;
@@ -166,13 +166,11 @@ struct Rfc3339Seconds(DateTime<Utc>);
 
 impl fmt::Display for Rfc3339Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (date, time) = (self.0.date_naive(), self.0.time());
+        let time = self.0.time();
         write!(
             f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            date.year(),
-            date.month(),
-            date.day(),
+            "{}T{:02}:{:02}:{:02}Z",
+            Day(self.0),
             time.hour(),
             time.minute(),
             time.second()
@@ -220,7 +218,7 @@ impl Rejection {
         let language = negotiate(request_headers, messages.languages());
         let status = self.status();
         let mut headers = HeaderMap::new();
-        let (message, quota) = match self {
+        let message = match self {
             Self::QuotaExceeded(q) => {
                 // The first kind that cannot pay speaks for the refusal.
                 let Some(first) = q.violated().next().or(q.items.first()) else {
@@ -232,7 +230,6 @@ impl Rejection {
                         &Message::BadRequest {
                             reason: "no tickets left",
                         },
-                        None,
                     );
                 };
                 let retry_after = q
@@ -303,19 +300,19 @@ impl Rejection {
                     status,
                     headers,
                     &Message::Unauthenticated { reason: &reason },
-                    None,
                 );
             }
             Self::StoreUnavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(STORE_RETRY_AFTER_SECS));
-                (Message::StoreUnavailable, None)
+                Message::StoreUnavailable
             }
-            Self::BadRequest(reason) => (Message::BadRequest { reason }, None),
-            Self::AlreadyCharged => (Message::AlreadyCharged, None),
+            Self::BadRequest(reason) => Message::BadRequest { reason },
+            Self::AlreadyCharged => Message::AlreadyCharged,
         };
-        self.problem(messages, language, status, headers, &message, quota)
+        self.problem(messages, language, status, headers, &message)
     }
 
+    /// A problem without the quota members of a 429.
     fn problem<B: From<Bytes>>(
         &self,
         messages: &dyn Messages,
@@ -323,9 +320,8 @@ impl Rejection {
         status: StatusCode,
         headers: HeaderMap,
         message: &Message<'_>,
-        quota: Option<QuotaMembers<'_>>,
     ) -> Response<B> {
-        let body = problem_body(messages, language, status, message, quota);
+        let body = problem_body(messages, language, status, message, None);
         self.answer(status, headers, language, body)
     }
 

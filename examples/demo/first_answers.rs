@@ -83,15 +83,19 @@ pub async fn answer_retries(
     next: Next,
 ) -> Response {
     // The ticket layer already refused a malformed key.
-    let key = IdempotencyKey::from_headers(request.headers())
+    let Some(key) = IdempotencyKey::from_headers(request.headers())
         .ok()
-        .flatten();
-    let (Some(key), Some(charged)) = (key, request.extensions().get::<Charged>().cloned()) else {
+        .flatten()
+    else {
         return next.run(request).await;
     };
+    let Some(charged) = request.extensions().get::<Charged>() else {
+        return next.run(request).await;
+    };
+    let (uid, paid) = (charged.uid.clone(), charged.charged);
     let now = tickets.now();
-    if !charged.charged {
-        return match answers.recall(&charged.uid, &key, now) {
+    if !paid {
+        return match answers.recall(&uid, &key, now) {
             Some(answer) => answer.to_response(),
             None => Problems::new(tickets, request.headers()).already_charged(),
         };
@@ -106,7 +110,7 @@ pub async fn answer_retries(
         return Problems::new(tickets, &parts.headers).internal();
     };
     answers.keep(
-        charged.uid,
+        uid,
         key,
         Answer {
             until: now + IDEMPOTENCY_TTL,

@@ -24,7 +24,7 @@ pub(crate) struct Breaker {
     backend: &'static str,
     threshold: u32,
     open_for: Duration,
-    state: Mutex<Counts>,
+    counts: Mutex<Counts>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +61,7 @@ impl Breaker {
             backend,
             threshold: threshold.max(1),
             open_for,
-            state: Mutex::new(Counts {
+            counts: Mutex::new(Counts {
                 state: State::Closed { failures: 0 },
                 recorded_failures: 0,
             }),
@@ -70,7 +70,7 @@ impl Breaker {
 
     /// A permit for one call, or an error at once while the breaker is open.
     pub(crate) fn admit(self: &Arc<Self>) -> Result<Permit, StoreError> {
-        let mut counts = self.state.lock();
+        let mut counts = self.counts.lock();
         let probe = match counts.state {
             State::Closed { .. } => false,
             State::Open { until } if Instant::now() >= until => {
@@ -96,7 +96,7 @@ impl Breaker {
     }
 
     fn record(&self, permit: &Permit, success: bool) {
-        let mut counts = self.state.lock();
+        let mut counts = self.counts.lock();
         if success {
             counts.state = State::Closed { failures: 0 };
             return;

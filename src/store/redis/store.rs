@@ -58,8 +58,8 @@ use crate::uid::Uid;
 ///   balances, which mints and loses nothing: a refill was due anyway. A
 ///   user whom forgetting would change (a grant above capacity, a kind whose
 ///   initial balance is not its capacity) is marked `p:<kind>` and kept
-///   until that no longer holds. Under `WriteThrough` (feature `firestore`) any idle user
-///   expires: Firestore reloads them.
+///   until that no longer holds. Under `WriteThrough` (feature `firestore`)
+///   any idle user expires: Firestore reloads them.
 /// - `<prefix>{<uid>}:i:<Idempotency-Key>`: a charged idempotency key, kept
 ///   24 h.
 ///
@@ -122,13 +122,13 @@ impl RedisStore {
     /// Where this store keeps each user's values: the write-through keeps
     /// its own next to them.
     #[cfg(feature = "firestore")]
-    pub(crate) fn keys(&self) -> &super::KeyLayout {
+    pub(crate) fn keys(&self) -> &KeyLayout {
         &self.shared.keys
     }
 
     /// The store's connection, for the write-through's own keys and scripts.
     #[cfg(feature = "firestore")]
-    pub(crate) fn connection(&self) -> super::Connection {
+    pub(crate) fn connection(&self) -> Connection {
         self.shared.connection.clone()
     }
 
