@@ -267,14 +267,13 @@ fn capture_charge_command(
 }
 
 fn charge_request(tickets: &Tickets, uid: Uid) -> ChargeRequest {
-    ChargeRequest {
+    ChargeRequest::new(
         uid,
-        cost: tickets
+        tickets
             .check_cost(&Cost::of("upload", 1))
             .expect("a valid cost"),
-        now: tickets.now(),
-        idempotency_key: None,
-    }
+        tickets.now(),
+    )
 }
 
 /// Successful charges per second, how many there were, and how many

@@ -90,12 +90,10 @@ where
             Err(e) => return reject(Rejection::BadRequest(e.to_string())),
         };
         // 3. Charge; the future calls the inner service once allowed.
-        let charge = shared.store.charge(ChargeRequest {
-            uid: uid.clone(),
-            cost: cost.clone(),
-            now,
-            idempotency_key,
-        });
+        let charge = shared.store.charge(
+            ChargeRequest::new(uid.clone(), cost.clone(), now)
+                .with_idempotency_key(idempotency_key),
+        );
         // The service that was driven to readiness is the one to call: take
         // it, and leave a fresh clone in its place for the next request.
         let clone = self.inner.clone();

@@ -95,15 +95,15 @@ pub(crate) fn refused<'a>(kinds: impl IntoIterator<Item = &'a crate::kind::Ticke
 }
 
 /// Records the tickets given back by a refund (`refunded[i]` per cost item).
-pub(crate) fn refunded(cost: &CheckedCost, refunded: &[bool]) {
-    for (item, _) in cost.items().iter().zip(refunded).filter(|(_, done)| **done) {
+pub(crate) fn refunded(cost: &CheckedCost, refunded: &[u32]) {
+    for (item, amount) in cost.items().iter().zip(refunded) {
         let kind = &item.kind;
         kind_counter(
             &kind.counters().refunded,
             "tickets_refunded_total",
             kind.shared_name(),
         )
-        .increment(u64::from(item.amount));
+        .increment(u64::from(*amount));
     }
 }
 

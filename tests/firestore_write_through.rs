@@ -458,12 +458,11 @@ async fn a_kind_added_later_is_read_from_firestore_before_the_next_write() {
     let charge = |store: WriteThrough, tickets: Tickets| {
         let ivan = ivan.clone();
         async move {
-            let request = ChargeRequest {
-                uid: ivan,
-                cost: tickets.check_cost(&Cost::of("upload", 1)).unwrap(),
-                now: tickets.now(),
-                idempotency_key: None,
-            };
+            let request = ChargeRequest::new(
+                ivan,
+                tickets.check_cost(&Cost::of("upload", 1)).unwrap(),
+                tickets.now(),
+            );
             let outcome = store.charge(request).await.unwrap();
             assert!(
                 matches!(outcome, ChargeOutcome::Allowed { .. }),

@@ -71,14 +71,16 @@ mod focused {
         let store = store().await;
         for n in 0..30 {
             let outcome = store
-                .charge(ChargeRequest {
-                    uid: fresh_uid(&format!("spread{n}")),
-                    cost: tickets
-                        .check_cost(&Cost::of("upload", 1).and("ai", 1))
-                        .unwrap(),
-                    now: tickets.now(),
-                    idempotency_key: Some(IdempotencyKey::parse("k").unwrap()),
-                })
+                .charge(
+                    ChargeRequest::new(
+                        fresh_uid(&format!("spread{n}")),
+                        tickets
+                            .check_cost(&Cost::of("upload", 1).and("ai", 1))
+                            .unwrap(),
+                        tickets.now(),
+                    )
+                    .with_idempotency_key(Some(IdempotencyKey::parse("k").unwrap())),
+                )
                 .await
                 .expect("a multi-kind, keyed charge runs on one slot");
             assert!(matches!(outcome, ChargeOutcome::Allowed { .. }));

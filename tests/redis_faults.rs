@@ -115,12 +115,11 @@ async fn charge(
     uid: &str,
 ) -> Result<ChargeOutcome, StoreError> {
     store
-        .charge(ChargeRequest {
-            uid: Uid::parse(uid).unwrap(),
-            cost: tickets.check_cost(&Cost::of("upload", 1)).unwrap(),
-            now: tickets.now(),
-            idempotency_key: None,
-        })
+        .charge(ChargeRequest::new(
+            Uid::parse(uid).unwrap(),
+            tickets.check_cost(&Cost::of("upload", 1)).unwrap(),
+            tickets.now(),
+        ))
         .await
 }
 

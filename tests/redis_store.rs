@@ -53,12 +53,11 @@ mod focused {
     }
 
     fn charge_request(tickets: &Tickets, uid: &Uid, kind: &str) -> ChargeRequest {
-        ChargeRequest {
-            uid: uid.clone(),
-            cost: tickets.check_cost(&Cost::of(kind, 1)).unwrap(),
-            now: tickets.now(),
-            idempotency_key: None,
-        }
+        ChargeRequest::new(
+            uid.clone(),
+            tickets.check_cost(&Cost::of(kind, 1)).unwrap(),
+            tickets.now(),
+        )
     }
 
     async fn store_on(server: &RedisServer, prefix: &str) -> RedisStore {

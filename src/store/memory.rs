@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::{
     Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreFuture,
-    TicketStore,
+    TicketStore, refund_across_refill,
 };
 use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey};
 use crate::kind::TicketKind;
@@ -156,15 +156,15 @@ impl TicketStore for MemoryStore {
                 let ttl = TimeDelta::from_std(IDEMPOTENCY_TTL).unwrap_or(TimeDelta::MAX);
                 user.charged_keys.insert(key.clone(), now + ttl);
             }
-            let last_refills = balances.iter().map(|b| b.last_refill).collect();
             ChargeOutcome::Allowed {
-                balances,
                 receipt: Receipt {
                     uid: uid.clone(),
                     cost: cost.clone(),
-                    last_refills,
+                    last_refills: balances.iter().map(|b| b.last_refill).collect(),
+                    remaining_after: balances.iter().map(|b| b.remaining).collect(),
                     idempotency_key,
                 },
+                balances,
             }
         });
         ready(outcome)
@@ -177,14 +177,18 @@ impl TicketStore for MemoryStore {
             }
             let mut refunded = Vec::with_capacity(receipt.last_refills.len());
             let mut balances = Vec::with_capacity(receipt.last_refills.len());
-            for (item, charged_at_refill) in receipt.cost.items().iter().zip(&receipt.last_refills)
+            let charged = receipt.last_refills.iter().zip(&receipt.remaining_after);
+            for (item, (charged_at_refill, remaining_after)) in
+                receipt.cost.items().iter().zip(charged)
             {
                 let balance = user.refreshed(&item.kind, now);
-                let same_period = balance.last_refill == *charged_at_refill;
-                if same_period {
-                    balance.remaining = balance.remaining.saturating_add(item.amount);
-                }
-                refunded.push(same_period);
+                let amount = if balance.last_refill == *charged_at_refill {
+                    item.amount
+                } else {
+                    refund_across_refill(*remaining_after, item.amount, item.kind.capacity())
+                };
+                balance.remaining = balance.remaining.saturating_add(amount);
+                refunded.push(amount);
                 balances.push(*balance);
             }
             RefundOutcome { refunded, balances }

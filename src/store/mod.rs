@@ -57,8 +57,9 @@ pub struct KindBalance {
     pub last_refill: DateTime<Utc>,
 }
 
-/// A charge to decide.
+/// A charge to decide; made by [`ChargeRequest::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ChargeRequest {
     /// Whose tickets.
     pub uid: Uid,
@@ -70,6 +71,26 @@ pub struct ChargeRequest {
     /// within [`IDEMPOTENCY_TTL`](crate::idempotency::IDEMPOTENCY_TTL)) is
     /// [`Replayed`](ChargeOutcome::Replayed), not charged.
     pub idempotency_key: Option<IdempotencyKey>,
+}
+
+impl ChargeRequest {
+    /// A charge of `cost` to `uid` at `now`, without an idempotency key.
+    pub fn new(uid: Uid, cost: CheckedCost, now: DateTime<Utc>) -> Self {
+        Self {
+            uid,
+            cost,
+            now,
+            idempotency_key: None,
+        }
+    }
+
+    /// Makes the charge retry-safe under `key` (see
+    /// [`idempotency_key`](Self::idempotency_key)).
+    #[must_use]
+    pub fn with_idempotency_key(mut self, key: Option<IdempotencyKey>) -> Self {
+        self.idempotency_key = key;
+        self
+    }
 }
 
 /// The store's decision on a [`ChargeRequest`]. Balances are given for the
@@ -96,8 +117,9 @@ pub enum ChargeOutcome {
     },
 }
 
-/// Proof of an allowed charge, needed to refund it.
+/// Proof of an allowed charge, needed to refund it. Only stores make one.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Receipt {
     /// Whose tickets.
     pub uid: Uid,
@@ -106,6 +128,10 @@ pub struct Receipt {
     /// Each kind's last refill as it stood after the charge, in the cost's
     /// order; a refund is void for a kind whose refill moved since.
     pub last_refills: Vec<DateTime<Utc>>,
+    /// Each kind's balance right after the charge, in the cost's order: a
+    /// refund across a refill gives back only what the refill did not
+    /// restore (see [`refund_across_refill`]).
+    pub remaining_after: Vec<u32>,
     /// The charge's idempotency key, forgotten on refund so that a retry of
     /// the failed request is charged again.
     pub idempotency_key: Option<IdempotencyKey>,
@@ -113,12 +139,33 @@ pub struct Receipt {
 
 /// What a refund did, per kind of the receipt's cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RefundOutcome {
-    /// `true` where the tickets were given back, `false` where a refill
-    /// happened (or was due) since the charge and the refund was void.
-    pub refunded: Vec<bool>,
+    /// Tickets given back per kind: the amount charged when no refill
+    /// happened since the charge, otherwise what the refill did not restore
+    /// (see [`refund_across_refill`]).
+    pub refunded: Vec<u32>,
     /// Balances after the refund.
     pub balances: Vec<KindBalance>,
+}
+
+impl RefundOutcome {
+    /// What a refund did: `refunded` tickets per kind, leaving `balances`.
+    pub fn new(refunded: Vec<u32>, balances: Vec<KindBalance>) -> Self {
+        Self { refunded, balances }
+    }
+}
+
+/// What a refund gives back of `amount` charged from a balance left at
+/// `remaining_after`, when the kind was refilled (to `capacity`) since the
+/// charge (DESIGN.md §2): only what the refill did not already restore.
+/// Nothing for a balance the refill topped up to capacity anyway (refunding
+/// would mint); the full amount for a granted balance that stayed above
+/// capacity; the part above capacity for one in between. Computed as if the
+/// refill had come right after the charge.
+pub fn refund_across_refill(remaining_after: u32, amount: u32, capacity: u32) -> u32 {
+    let without_charge = remaining_after.saturating_add(amount).max(capacity);
+    without_charge - remaining_after.max(capacity)
 }
 
 /// An administrative change to one kind's balance.

@@ -40,6 +40,7 @@ macro_rules! tower_tickets_contract {
             calendar_refill_at_midnight_paris_across_daylight_saving,
             refund_gives_tickets_back,
             refund_is_void_across_a_refill,
+            refund_across_a_refill_gives_back_what_it_did_not_restore,
             idempotency_key_is_charged_once_per_user,
             refund_forgets_the_idempotency_key,
             idempotency_key_expires_after_a_day,
@@ -113,12 +114,12 @@ impl Fixture {
     }
 
     pub async fn charge_as(&self, uid: &Uid, cost: Cost, key: Option<&str>) -> ChargeOutcome {
-        let request = ChargeRequest {
-            uid: uid.clone(),
-            cost: self.tickets.check_cost(&cost).expect("valid cost"),
-            now: self.now(),
-            idempotency_key: key.map(|k| IdempotencyKey::parse(k).expect("valid key")),
-        };
+        let request = ChargeRequest::new(
+            uid.clone(),
+            self.tickets.check_cost(&cost).expect("valid cost"),
+            self.now(),
+        )
+        .with_idempotency_key(key.map(|k| IdempotencyKey::parse(k).expect("valid key")));
         self.store.charge(request).await.expect("store answers")
     }
 
@@ -319,7 +320,7 @@ pub async fn refund_gives_tickets_back(store: Arc<dyn TicketStore>) {
     assert_eq!(f.remaining("upload").await, 3);
     f.advance(Duration::from_secs(60));
     let refund = f.store.refund(receipt, f.now()).await.unwrap();
-    assert_eq!(refund.refunded, [true, true]);
+    assert_eq!(refund.refunded, [2, 1]);
     let remaining: Vec<u32> = refund.balances.iter().map(|b| b.remaining).collect();
     assert_eq!(remaining, [5, 3]);
     assert_eq!(f.remaining("upload").await, 5);
@@ -335,13 +336,33 @@ pub async fn refund_is_void_across_a_refill(store: Arc<dyn TicketStore>) {
     f.advance(DAY);
     // A refill is due: refunding would mint a ticket on top of a full balance.
     let refund = f.store.refund(receipt.clone(), f.now()).await.unwrap();
-    assert_eq!(refund.refunded, [false]);
+    assert_eq!(refund.refunded, [0]);
     assert_eq!(f.remaining("upload").await, 5);
     // Once applied, the refill is still in the way of the old receipt.
     assert!(allowed(&f.charge_one("upload").await));
     let refund = f.store.refund(receipt, f.now()).await.unwrap();
-    assert_eq!(refund.refunded, [false]);
+    assert_eq!(refund.refunded, [0]);
     assert_eq!(f.remaining("upload").await, 4);
+}
+
+pub async fn refund_across_a_refill_gives_back_what_it_did_not_restore(
+    store: Arc<dyn TicketStore>,
+) {
+    let f = Fixture::new(store, "granted-refund");
+    f.adjust("upload", Adjustment::Set(10)).await;
+    // 10 - 2 = 8: a refill keeps 8 (above capacity 5), restoring nothing.
+    let granted = receipt(f.charge(Cost::of("upload", 2)).await);
+    f.advance(DAY);
+    let refund = f.store.refund(granted, f.now()).await.unwrap();
+    assert_eq!(refund.refunded, [2], "the refill restored none of it");
+    assert_eq!(f.remaining("upload").await, 10);
+    // 6 - 3 = 3: a refill brings 5, restoring 2 of the 3.
+    f.adjust("upload", Adjustment::Set(6)).await;
+    let partly = receipt(f.charge(Cost::of("upload", 3)).await);
+    f.advance(DAY);
+    let refund = f.store.refund(partly, f.now()).await.unwrap();
+    assert_eq!(refund.refunded, [1], "the refill restored 2 of 3");
+    assert_eq!(f.remaining("upload").await, 6);
 }
 
 pub async fn idempotency_key_is_charged_once_per_user(store: Arc<dyn TicketStore>) {

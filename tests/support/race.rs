@@ -30,12 +30,11 @@ pub async fn allowed_among_concurrent_charges(
             .await
             .expect("connect");
         for _ in 0..per_instance {
-            tasks.push(tokio::spawn(store.charge(ChargeRequest {
-                uid: uid.clone(),
-                cost: cost.clone(),
-                now: tickets.now(),
-                idempotency_key: None,
-            })));
+            tasks.push(tokio::spawn(store.charge(ChargeRequest::new(
+                uid.clone(),
+                cost.clone(),
+                tickets.now(),
+            ))));
         }
     }
     let mut allowed = 0;

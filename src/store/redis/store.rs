@@ -255,6 +255,7 @@ impl TicketStore for RedisStore {
                         uid,
                         cost,
                         last_refills: balances.iter().map(|b| b.last_refill).collect(),
+                        remaining_after: balances.iter().map(|b| b.remaining).collect(),
                         idempotency_key,
                     },
                     balances,
@@ -268,7 +269,10 @@ impl TicketStore for RedisStore {
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = receipt.cost.items();
-        let count = items.len().min(receipt.last_refills.len());
+        let count = items
+            .len()
+            .min(receipt.last_refills.len())
+            .min(receipt.remaining_after.len());
         let balances_key = keys.balances(&receipt.uid);
         let mut call = match &receipt.idempotency_key {
             None => ScriptCall::new(&context.scripts().refund, &[balances_key]),
@@ -280,8 +284,11 @@ impl TicketStore for RedisStore {
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(count);
-        for (item, charged_at) in items.iter().zip(&receipt.last_refills) {
-            call.arg(item.amount).arg(charged_at.timestamp_millis());
+        let charged = receipt.last_refills.iter().zip(&receipt.remaining_after);
+        for (item, (charged_at, remaining_after)) in items.iter().zip(charged) {
+            call.arg(item.amount)
+                .arg(charged_at.timestamp_millis())
+                .arg(*remaining_after);
             push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
         let reply = self.call("refund", call);
@@ -297,7 +304,9 @@ impl TicketStore for RedisStore {
             for triple in reply.chunks_exact(3) {
                 let balance = reply::balance(triple[1], triple[2])
                     .ok_or_else(|| unexpected_reply("refund", &reply))?;
-                outcome.refunded.push(triple[0] == 1);
+                let refunded =
+                    u32::try_from(triple[0]).map_err(|_| unexpected_reply("refund", &reply))?;
+                outcome.refunded.push(refunded);
                 outcome.balances.push(balance);
             }
             Ok(outcome)

@@ -270,19 +270,14 @@ impl Shared {
             cost,
             ..receipt.clone()
         };
-        for _ in 0..ATTEMPTS {
-            let outcome = self.redis.refund(unseeded.clone(), now).await?;
-            // A void refund may have met an unseeded balance.
-            if outcome.refunded.iter().any(|r| !r)
-                && !self.state.check(&receipt.uid, &kinds).await?.seeded
-            {
-                self.fill(&receipt.uid, now).await?;
-                continue;
-            }
-            self.persist_admin(&receipt.uid, now).await?;
-            return Ok(outcome);
+        // Fill first: a refund must never land on an unseeded balance, nor
+        // be applied twice.
+        if !self.state.check(&receipt.uid, &kinds).await?.seeded {
+            self.fill(&receipt.uid, now).await?;
         }
-        Err(unsettled(&receipt.uid))
+        let outcome = self.redis.refund(unseeded, now).await?;
+        self.persist_admin(&receipt.uid, now).await?;
+        Ok(outcome)
     }
 
     async fn balances(

@@ -41,19 +41,20 @@ local function decision_time(arg)
 end
 
 -- Reads `count` kind specs from ARGV, starting at `at`; each begins with
--- `own` (0 to 2) values of the calling script, kept as kind[1] and kind[2].
+-- `own` (0 to 3) values of the calling script, kept as kind[1] to kind[3].
 -- A charge runs this on every request, so the table is built in one
 -- constructor (no rehashing) and values a decision may not need (the
 -- initial balance, the capacity) stay strings until load() needs them.
 local function read_kinds(at, count, own)
   local kinds = {}
   for k = 1, count do
-    local first, second = nil, nil
+    local first, second, third = nil, nil, nil
     if own > 0 then first = ARGV[at] end
     if own > 1 then second = ARGV[at + 1] end
+    if own > 2 then third = ARGV[at + 2] end
     at = at + own
     local name = ARGV[at]
-    local kind = {first, second, name = name, n_field = 'n:' .. name, r_field = 'r:' .. name,
+    local kind = {first, second, third, name = name, n_field = 'n:' .. name, r_field = 'r:' .. name,
       initial = ARGV[at + 1], capacity = ARGV[at + 2], period = false, cutoffs = false,
       n = 0, r = 0, stored_n = 0, born = false, new_n = false, new_r = false}
     if ARGV[at + 3] == 'R' then
