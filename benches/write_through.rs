@@ -165,11 +165,13 @@ async fn start_targets(
     ] {
         let project = format!("bench-{mode:?}").to_lowercase();
         let source = FirestoreSource::new(emulator.client(&project).await, [kind()]);
-        let store = WriteThrough::builder(redis.url(), source)
-            .mode(mode)
-            .key_prefix(format!("{project}:"))
-            .connect()
-            .await?;
+        let store = WriteThrough::builder(
+            RedisStore::standalone(redis.url()).key_prefix(format!("{project}:")),
+            source,
+        )
+        .mode(mode)
+        .connect()
+        .await?;
         targets.push(serve(name, store.clone(), Some(store), schedule).await?);
     }
     Ok(targets)

@@ -68,6 +68,14 @@ pub enum ConfigError {
         /// The kind's capacity.
         capacity: u32,
     },
+    /// The store's source of truth was given other kinds than the registry
+    /// (different names, fields, capacities, initial balances or refills).
+    SourceKindsDiffer {
+        /// The registry's kinds.
+        registry: Vec<String>,
+        /// The source's kinds.
+        source: Vec<String>,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -119,6 +127,12 @@ impl fmt::Display for ConfigError {
             } => write!(
                 f,
                 "the cost of {cost} {kind:?} tickets is above the kind's capacity of {capacity}, so no refill could ever pay it: lower the cost or raise the capacity"
+            ),
+            Self::SourceKindsDiffer { registry, source } => write!(
+                f,
+                "the store's source of truth holds the kinds {source:?} and the registry {registry:?}, \
+                 or they differ in fields, capacity, initial balance or refill: give the source \
+                 the very kinds given to Tickets::builder"
             ),
         }
     }

@@ -123,10 +123,13 @@ impl TicketsBuilder {
                 });
             }
         }
+        let kinds: Vec<_> = self.kinds.into_iter().map(Arc::new).collect();
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        store.check_kinds(&kinds)?;
         Ok(Tickets {
             shared: Arc::new(Shared {
-                kinds: self.kinds.into_iter().map(Arc::new).collect(),
-                store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+                kinds,
+                store,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 identity: self.identity.unwrap_or_else(|| Arc::new(ExtensionIdentity)),
                 refusal_bodies: self.messages.is_none().then(RefusalBodies::default),

@@ -12,7 +12,7 @@ mod support {
 use std::time::Duration;
 
 use chrono::NaiveTime;
-use tower_tickets::store::{FirestoreSource, TimeSource, WriteMode, WriteThrough};
+use tower_tickets::store::{FirestoreSource, RedisStore, TimeSource, WriteMode, WriteThrough};
 use tower_tickets::{Refill, TicketKind};
 
 use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator};
@@ -33,19 +33,20 @@ fn kinds() -> [TicketKind; 3] {
 /// so tests share one Firestore project and one Redis key prefix per mode.
 async fn store(mode: WriteMode, prefix: &str) -> WriteThrough {
     let db = FirestoreEmulator::shared().client("contract").await;
+    let redis = RedisStore::standalone(shared_server().url())
+        .key_prefix(prefix)
+        // The contract drives a FakeClock; decisions take the caller's time.
+        .time_source(TimeSource::Caller)
+        // The emulator's JVM shares the CPU: a burst of 1,000 charges on a
+        // loaded 2-core machine may see replies later than the 100 ms default.
+        .timeout(Duration::from_secs(2));
     WriteThrough::builder(
-        shared_server().url(),
+        redis,
         FirestoreSource::new(db, kinds()).timeout(FIRESTORE_TIMEOUT),
     )
     .mode(mode)
-    .key_prefix(prefix)
-    // The contract drives a FakeClock; decisions take the caller's time.
-    .time_source(TimeSource::Caller)
     // The contract tests behaviour, not pacing: write often.
     .write_interval(Duration::from_millis(5))
-    // The emulator's JVM shares the CPU: a burst of 1,000 charges on a
-    // loaded 2-core machine may see replies later than the 100 ms default.
-    .redis_timeout(Duration::from_secs(2))
     .connect()
     .await
     .expect("connect to the test servers")

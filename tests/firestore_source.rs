@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use firestore::FirestoreDb;
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{Document, Value};
+use tower_tickets::store::source::{Origins, Point};
 use tower_tickets::store::{
-    FirestoreSource, KindBalance, StoreErrorKind, UserSnapshot, WriteOutcome,
+    FirestoreSource, KindBalance, StoreErrorKind, UserSnapshot, WriteCondition, WriteOutcome,
 };
 use tower_tickets::{TicketKind, Uid};
 
@@ -38,9 +39,12 @@ fn uid(s: &str) -> Uid {
     Uid::parse(s).unwrap()
 }
 
+/// A state of lineage 1, seeded from a new user's document.
 fn snapshot(version: u64, upload: u32, ai: u32, at: &str) -> UserSnapshot {
     UserSnapshot {
         version,
+        lineage: 1,
+        origins: Origins::from_points([NEW_USER]),
         balances: vec![
             KindBalance {
                 remaining: upload,
@@ -51,6 +55,21 @@ fn snapshot(version: u64, upload: u32, ai: u32, at: &str) -> UserSnapshot {
                 last_refill: t(at),
             },
         ],
+    }
+}
+
+/// The point of a document the source created.
+const NEW_USER: Point = Point {
+    lineage: 0,
+    version: 0,
+};
+
+/// Lands on the state `state`'s lineage was seeded from, or an earlier one
+/// of its own.
+fn after(state: &UserSnapshot) -> WriteCondition {
+    WriteCondition {
+        point: state.point(),
+        seeded_from: state.origins.points()[0],
     }
 }
 
@@ -123,8 +142,9 @@ async fn a_new_user_document_holds_the_initial_balances_as_integers_and_timestam
     }
 
     // A second sign-up neither resets nor rewrites the balances.
+    let charged = snapshot(1, 4, 3, "2026-03-01T08:00:00.250Z");
     source
-        .write(&alice, &snapshot(1, 4, 3, "2026-03-01T08:00:00.250Z"))
+        .write(&alice, &charged, after(&charged))
         .await
         .unwrap();
     let later = t("2026-03-01T09:00:00Z");
@@ -172,37 +192,59 @@ async fn an_app_document_gains_the_ticket_fields_and_keeps_its_own() {
 }
 
 #[tokio::test]
-async fn a_write_never_replaces_a_newer_version() {
+async fn a_write_lands_only_on_a_state_it_descends_from() {
     let (source, db) = connect("versions").await;
     let carol = uid("carol");
+    let now = t("2026-03-01T08:00:00Z");
     let newer = snapshot(7, 15, 3, "2026-03-01T08:00:00Z");
     assert_eq!(
-        source.write(&carol, &newer).await.unwrap(),
+        source.write(&carol, &newer, after(&newer)).await.unwrap(),
+        WriteOutcome::Refused { stored: None },
+        "no document: the user was deleted, nothing descends from that"
+    );
+    source.load_or_create(&carol, now).await.unwrap();
+    assert_eq!(
+        source.write(&carol, &newer, after(&newer)).await.unwrap(),
         WriteOutcome::Written
     );
 
     let late = snapshot(6, 2, 3, "2026-03-01T08:00:00Z");
     assert_eq!(
-        source.write(&carol, &late).await.unwrap(),
-        WriteOutcome::Superseded { stored_version: 7 }
+        source.write(&carol, &late, after(&late)).await.unwrap(),
+        WriteOutcome::Refused {
+            stored: Some(newer.clone())
+        }
     );
-    assert_eq!(
-        source.write(&carol, &newer).await.unwrap(),
-        WriteOutcome::Superseded { stored_version: 7 },
+    assert!(
+        matches!(
+            source.write(&carol, &newer, after(&newer)).await.unwrap(),
+            WriteOutcome::Refused { .. }
+        ),
         "the same version is not written twice"
+    );
+    // Another lineage seeded from the new user's document: Redis lost the
+    // state of lineage 1 and started over from an older document.
+    let mut forked = snapshot(9, 5, 3, "2026-03-01T08:00:00Z");
+    forked.lineage = 2;
+    assert!(matches!(
+        source.write(&carol, &forked, after(&forked)).await.unwrap(),
+        WriteOutcome::Refused { .. }
+    ));
+    // Seeded from what the source holds: it descends.
+    forked.origins = Origins::seeded_from(&newer);
+    assert_eq!(
+        source.write(&carol, &forked, after(&forked)).await.unwrap(),
+        WriteOutcome::Written
     );
     assert_eq!(
         source
             .load(&carol, t("2026-03-02T00:00:00Z"))
             .await
             .unwrap(),
-        Some(newer)
+        Some(forked)
     );
     let document = raw_document(&db, "carol").await.unwrap();
-    assert_eq!(
-        field(&document, "ticketCount"),
-        &ValueType::IntegerValue(15)
-    );
+    assert_eq!(field(&document, "ticketCount"), &ValueType::IntegerValue(5));
 }
 
 /// Twelve writers of one document at once. None gives up: a writer loses a
@@ -211,13 +253,16 @@ async fn a_write_never_replaces_a_newer_version() {
 async fn racing_writers_leave_the_highest_version() {
     let (source, _db) = connect("race").await;
     let dave = uid("dave");
+    source
+        .load_or_create(&dave, t("2026-03-01T08:00:00Z"))
+        .await
+        .unwrap();
     let writes = (1..=12u32).map(|v| {
         let source = source.clone();
         let dave = dave.clone();
         tokio::spawn(async move {
-            source
-                .write(&dave, &snapshot(v.into(), v, 0, "2026-03-01T08:00:00Z"))
-                .await
+            let state = snapshot(v.into(), v, 0, "2026-03-01T08:00:00Z");
+            source.write(&dave, &state, after(&state)).await
         })
     });
     for write in writes.collect::<Vec<_>>() {
@@ -277,7 +322,11 @@ async fn custom_collection_and_field_names() {
     let frank = uid("frank");
     let mut state = snapshot(3, 4, 0, "2026-03-01T08:00:00Z");
     state.balances.truncate(1);
-    source.write(&frank, &state).await.unwrap();
+    source
+        .load_or_create(&frank, t("2026-03-01T08:00:00Z"))
+        .await
+        .unwrap();
+    source.write(&frank, &state, after(&state)).await.unwrap();
     let document = db
         .fluent()
         .select()

@@ -23,8 +23,8 @@ use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use support::eventually::eventually;
 use tower_tickets::identity::HeaderIdentity;
 use tower_tickets::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, FirestoreSource, KindBalance, TicketStore,
-    TimeSource, WriteMode, WriteThrough,
+    Adjustment, ChargeOutcome, ChargeRequest, FirestoreSource, KindBalance, RedisStore,
+    TicketStore, TimeSource, WriteMode, WriteThrough,
 };
 use tower_tickets::{Clock, Cost, FakeClock, TicketKind, Tickets, Uid};
 
@@ -83,15 +83,16 @@ impl App {
         write_interval: Duration,
         clock: &FakeClock,
     ) -> Self {
+        let redis = RedisStore::standalone(redis_url)
+            .key_prefix(format!("{test}:"))
+            .time_source(TimeSource::Caller)
+            .timeout(Duration::from_secs(2));
         let store = WriteThrough::builder(
-            redis_url,
+            redis,
             FirestoreSource::new(db.clone(), kinds()).timeout(FIRESTORE_TIMEOUT),
         )
         .mode(mode)
-        .key_prefix(format!("{test}:"))
-        .time_source(TimeSource::Caller)
         .write_interval(write_interval)
-        .redis_timeout(Duration::from_secs(2))
         .connect()
         .await
         .expect("connect to the test servers");
@@ -438,9 +439,10 @@ async fn a_kind_added_later_is_read_from_firestore_before_the_next_write() {
     let store_of = |kinds: Vec<TicketKind>| async {
         let db = FirestoreEmulator::shared().client("new-kind").await;
         let source = FirestoreSource::new(db, kinds).timeout(FIRESTORE_TIMEOUT);
-        WriteThrough::builder(shared_server().url(), source)
+        let redis = RedisStore::standalone(shared_server().url())
             .key_prefix("new-kind:")
-            .time_source(TimeSource::Caller)
+            .time_source(TimeSource::Caller);
+        WriteThrough::builder(redis, source)
             .write_interval(Duration::from_millis(5))
             .connect()
             .await

@@ -48,12 +48,12 @@ async fn firestore(
     redis_url: &str,
     kinds: &[TicketKind],
 ) -> Result<Arc<dyn TicketStore>, String> {
-    use tower_tickets::store::{FirestoreSource, RefusalCache, WriteThrough};
+    use tower_tickets::store::{FirestoreSource, RedisStore, RefusalCache, WriteThrough};
 
     let source = FirestoreSource::connect(project, kinds.iter().cloned())
         .await
         .map_err(|e| format!("--firestore-project {project}: {e}"))?;
-    let store = WriteThrough::builder(redis_url, source)
+    let store = WriteThrough::builder(RedisStore::standalone(redis_url), source)
         .connect()
         .await
         .map_err(|e| format!("--firestore-project {project} --redis-url {redis_url}: {e}"))?;

@@ -163,6 +163,7 @@ impl TicketStore for MemoryStore {
                     last_refills: balances.iter().map(|b| b.last_refill).collect(),
                     remaining_after: balances.iter().map(|b| b.remaining).collect(),
                     idempotency_key,
+                    made_at: None,
                 },
                 balances,
             }

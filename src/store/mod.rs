@@ -17,9 +17,8 @@ mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 mod refusal_cache;
-#[cfg(feature = "firestore")]
-mod snapshot;
-#[cfg(feature = "firestore")]
+pub mod source;
+#[cfg(feature = "redis")]
 mod write_through;
 
 use std::future::Future;
@@ -30,15 +29,17 @@ use chrono::{DateTime, Utc};
 
 pub use self::error::{StoreError, StoreErrorKind};
 #[cfg(feature = "firestore")]
-pub use self::firestore::{DEFAULT_FIRESTORE_TIMEOUT, FirestoreSource, WriteOutcome};
+pub use self::firestore::{DEFAULT_FIRESTORE_TIMEOUT, FirestoreSource};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource};
 pub use self::refusal_cache::RefusalCache;
-#[cfg(feature = "firestore")]
-pub use self::snapshot::UserSnapshot;
-#[cfg(feature = "firestore")]
+#[cfg(feature = "redis")]
+pub use self::source::MemorySource;
+pub use self::source::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
+#[cfg(feature = "redis")]
 pub use self::write_through::{WriteMode, WriteThrough, WriteThroughBuilder};
+use crate::config_error::ConfigError;
 use crate::cost::CheckedCost;
 use crate::idempotency::IdempotencyKey;
 use crate::kind::TicketKind;
@@ -135,6 +136,12 @@ pub struct Receipt {
     /// The charge's idempotency key, forgotten on refund so that a retry of
     /// the failed request is charged again.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Where in the user's history the charge was made, when a cache in
+    /// front of a source of truth made it: a refund gives nothing back for
+    /// a charge that the state it meets does not include. (Only such a
+    /// cache, under feature `redis`, reads it.)
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) made_at: Option<source::Point>,
 }
 
 /// What a refund did, per kind of the receipt's cost.
@@ -215,6 +222,14 @@ pub trait TicketStore: Send + Sync + 'static {
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> StoreFuture<Vec<KindBalance>>;
+
+    /// Checks, when the registry is built, that the store can keep the
+    /// registry's `kinds` (a store in front of a source of truth needs the
+    /// same kinds as the source). Stores that keep any kind accept them all.
+    fn check_kinds(&self, kinds: &[Arc<TicketKind>]) -> Result<(), ConfigError> {
+        let _ = kinds;
+        Ok(())
+    }
 }
 
 impl<S: TicketStore + ?Sized> TicketStore for Arc<S> {
@@ -252,5 +267,9 @@ impl<S: TicketStore + ?Sized> TicketStore for Arc<S> {
         now: DateTime<Utc>,
     ) -> StoreFuture<Vec<KindBalance>> {
         (**self).ensure_user(uid, kinds, now)
+    }
+
+    fn check_kinds(&self, kinds: &[Arc<TicketKind>]) -> Result<(), ConfigError> {
+        (**self).check_kinds(kinds)
     }
 }

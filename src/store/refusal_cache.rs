@@ -247,4 +247,8 @@ impl<S: TicketStore> TicketStore for RefusalCache<S> {
     ) -> StoreFuture<Vec<KindBalance>> {
         self.inner.ensure_user(uid, kinds, now)
     }
+
+    fn check_kinds(&self, kinds: &[Arc<TicketKind>]) -> Result<(), crate::ConfigError> {
+        self.inner.check_kinds(kinds)
+    }
 }

@@ -1,8 +1,11 @@
 //! The user document: which fields hold what, and their Firestore types.
 //!
 //! Per kind, a count (a Firestore integer) and a last-refill instant (a
-//! Firestore timestamp), under the field names the kind configures; plus one
-//! version field for the whole user. Other fields of the document (the app's
+//! Firestore timestamp), under the field names the kind configures; plus,
+//! for the whole user, the state's version (`ticketsVersion`), lineage
+//! (`ticketsLineage`, an integer) and the lineage's origins
+//! (`ticketsOrigins`, a string of `lineage@version` points; see
+//! [`crate::store::source`]). Other fields of the document (the app's
 //! profile data) are never read or written.
 
 use std::collections::HashMap;
@@ -14,7 +17,7 @@ use firestore::gcloud_sdk::google::firestore::v1::{Document, Value};
 use firestore::gcloud_sdk::prost_types::Timestamp;
 
 use crate::kind::TicketKind;
-use crate::store::snapshot::UserSnapshot;
+use crate::store::source::{Origins, UserSnapshot};
 use crate::store::{KindBalance, StoreError, StoreErrorKind};
 use crate::uid::Uid;
 
@@ -25,6 +28,11 @@ pub(super) struct DocumentLayout {
     pub(super) version_field: String,
     pub(super) kinds: Vec<Arc<TicketKind>>,
 }
+
+/// The field holding the lineage of the stored state.
+const LINEAGE_FIELD: &str = "ticketsLineage";
+/// The field holding where that lineage came from.
+const ORIGINS_FIELD: &str = "ticketsOrigins";
 
 /// A stored document, read through a [`DocumentLayout`].
 #[derive(Debug)]
@@ -46,17 +54,7 @@ impl DocumentLayout {
 
     /// A new user's balances: each kind's initial balance, refilled `now`.
     pub(super) fn initial(&self, now: DateTime<Utc>) -> UserSnapshot {
-        UserSnapshot {
-            version: 0,
-            balances: self
-                .kinds
-                .iter()
-                .map(|kind| KindBalance {
-                    remaining: kind.initial_balance(),
-                    last_refill: now,
-                })
-                .collect(),
-        }
+        UserSnapshot::initial(&self.kinds, now)
     }
 
     /// Reads `document`; kinds it lacks get their initial balance at `now`.
@@ -85,16 +83,23 @@ impl DocumentLayout {
                 ),
             )
         };
-        let version = match field(&self.version_field) {
-            None => 0,
-            Some(ValueType::IntegerValue(v)) if *v >= 0 => *v as u64,
-            Some(other) => {
-                return Err(corrupt(
-                    &self.version_field,
-                    other,
-                    "a non-negative integer",
-                ));
-            }
+        let counter = |name: &str| match field(name) {
+            None => Ok(0),
+            Some(ValueType::IntegerValue(v)) if *v >= 0 => Ok(*v as u64),
+            Some(other) => Err(corrupt(name, other, "a non-negative integer")),
+        };
+        let version = counter(&self.version_field)?;
+        let lineage = counter(LINEAGE_FIELD)?;
+        let origins = match field(ORIGINS_FIELD) {
+            None => Origins::none(),
+            Some(ValueType::StringValue(text)) => text.parse().map_err(|_| {
+                corrupt(
+                    ORIGINS_FIELD,
+                    field(ORIGINS_FIELD).expect("present"),
+                    "lineage@version points",
+                )
+            })?,
+            Some(other) => return Err(corrupt(ORIGINS_FIELD, other, "a string")),
         };
         let mut complete = true;
         let mut balances = Vec::with_capacity(self.kinds.len());
@@ -136,7 +141,12 @@ impl DocumentLayout {
             balances.push(balance);
         }
         Ok(StoredDocument {
-            snapshot: UserSnapshot { version, balances },
+            snapshot: UserSnapshot {
+                version,
+                lineage,
+                origins,
+                balances,
+            },
             complete,
             update_time: document.update_time,
         })
@@ -147,12 +157,17 @@ impl DocumentLayout {
         let value = |value_type| Value {
             value_type: Some(value_type),
         };
-        let mut fields = HashMap::with_capacity(1 + 2 * self.kinds.len());
-        fields.insert(
-            self.version_field.clone(),
+        let integer = |n: u64| {
             value(ValueType::IntegerValue(
-                i64::try_from(snapshot.version).unwrap_or(i64::MAX),
-            )),
+                i64::try_from(n).unwrap_or(i64::MAX),
+            ))
+        };
+        let mut fields = HashMap::with_capacity(3 + 2 * self.kinds.len());
+        fields.insert(self.version_field.clone(), integer(snapshot.version));
+        fields.insert(LINEAGE_FIELD.into(), integer(snapshot.lineage));
+        fields.insert(
+            ORIGINS_FIELD.into(),
+            value(ValueType::StringValue(snapshot.origins.to_string())),
         );
         for (kind, balance) in self.kinds.iter().zip(&snapshot.balances) {
             fields.insert(
@@ -169,7 +184,8 @@ impl DocumentLayout {
 
     /// The field paths a write replaces: this crate's fields, nothing else.
     pub(super) fn field_mask(&self) -> Vec<String> {
-        std::iter::once(self.version_field.as_str())
+        [self.version_field.as_str(), LINEAGE_FIELD, ORIGINS_FIELD]
+            .into_iter()
             .chain(
                 self.kinds
                     .iter()
@@ -266,6 +282,8 @@ mod tests {
         let layout = layout();
         let snapshot = UserSnapshot {
             version: 42,
+            lineage: 7,
+            origins: "3@40 1@12".parse().unwrap(),
             balances: vec![
                 KindBalance {
                     remaining: 4,

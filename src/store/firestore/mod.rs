@@ -2,11 +2,12 @@
 //!
 //! Each user is one document, `users/{uid}` by default, holding per kind a
 //! count and a last-refill timestamp (the field names each [`TicketKind`]
-//! configures) and one version field. Writes are versioned: a write never
-//! replaces a stored state of the same or a higher version, so a late
-//! write-back cannot undo a newer state. Each write is a read followed by a
-//! write conditioned on the document's update time, retried when another
-//! writer got in between (see `attempts` for how often and how soon).
+//! configures) and the state's version, lineage and origins. A write lands
+//! only where its [`WriteCondition`] allows (the new state descends from the
+//! stored one), so a late or stale write-back cannot undo a newer state.
+//! Each write is a read followed by a write conditioned on the document's
+//! update time, retried when another writer got in between (see `attempts`
+//! for how often and how soon).
 
 mod attempts;
 mod document;
@@ -23,8 +24,8 @@ use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreWritePrecondition};
 use self::attempts::{Attempts, WRITE_ATTEMPTS};
 use self::document::{DocumentLayout, StoredDocument};
 use super::breaker::Breaker;
-use super::snapshot::UserSnapshot;
-use super::{StoreError, StoreErrorKind};
+use super::source::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
+use super::{StoreError, StoreErrorKind, StoreFuture};
 use crate::kind::TicketKind;
 use crate::telemetry;
 use crate::uid::Uid;
@@ -62,20 +63,6 @@ pub struct FirestoreSource {
     timeout: Duration,
     /// Shared by clones: they call the same Firestore.
     breaker: Arc<Breaker>,
-}
-
-/// What [`FirestoreSource::write`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WriteOutcome {
-    /// The snapshot is stored.
-    Written,
-    /// The document already held this version or a newer one; nothing was
-    /// written.
-    Superseded {
-        /// The version the document holds.
-        stored_version: u64,
-    },
 }
 
 impl std::fmt::Debug for FirestoreSource {
@@ -165,12 +152,6 @@ impl FirestoreSource {
         self
     }
 
-    /// The kinds each document holds, in the order of every
-    /// [`UserSnapshot`]'s balances.
-    pub fn kinds(&self) -> &[Arc<TicketKind>] {
-        &self.layout.kinds
-    }
-
     fn with_layout(mut self, change: impl FnOnce(&mut DocumentLayout)) -> Self {
         let mut layout = DocumentLayout {
             collection: self.layout.collection.clone(),
@@ -231,31 +212,27 @@ impl FirestoreSource {
         created.await?.ok_or_else(|| contended(uid))
     }
 
-    /// Stores `snapshot` unless the document holds its version or a newer
-    /// one. Creates the document when it is absent.
+    /// Stores `snapshot` if `condition` allows the stored document (an
+    /// absent document allows nothing: the user was deleted).
     pub async fn write(
         &self,
         uid: &Uid,
         snapshot: &UserSnapshot,
+        condition: WriteCondition,
     ) -> Result<WriteOutcome, StoreError> {
         // `None` as in `load_or_create`.
         let written = self.bounded("write", uid, async {
             let mut attempts = Attempts::default();
             while attempts.next().await {
-                // Balances of kinds the document lacks do not matter here: the
-                // write replaces every kind.
+                // Kinds the document lacks read as refilled at the epoch:
+                // the write replaces every kind anyway.
                 let stored = match self.read(uid, DateTime::UNIX_EPOCH).await? {
-                    Some(stored) if stored.snapshot.version >= snapshot.version => {
-                        return Ok(Some(WriteOutcome::Superseded {
-                            stored_version: stored.snapshot.version,
+                    Some(stored) if condition.allows(Some(stored.snapshot.point())) => stored,
+                    stored => {
+                        return Ok(Some(WriteOutcome::Refused {
+                            stored: stored.map(|s| s.snapshot),
                         }));
                     }
-                    Some(stored) => stored,
-                    None => StoredDocument {
-                        snapshot: self.layout.initial(DateTime::UNIX_EPOCH),
-                        complete: false,
-                        update_time: None,
-                    },
                 };
                 if self.conditional_write(uid, snapshot, &stored).await? {
                     return Ok(Some(WriteOutcome::Written));
@@ -358,6 +335,32 @@ impl FirestoreSource {
             _ => permit.succeeded(),
         }
         outcome
+    }
+}
+
+impl SourceOfTruth for FirestoreSource {
+    fn kinds(&self) -> &[Arc<TicketKind>] {
+        &self.layout.kinds
+    }
+
+    fn load(&self, uid: &Uid, now: DateTime<Utc>) -> StoreFuture<Option<UserSnapshot>> {
+        let (source, uid) = (self.clone(), uid.clone());
+        Box::pin(async move { FirestoreSource::load(&source, &uid, now).await })
+    }
+
+    fn load_or_create(&self, uid: &Uid, now: DateTime<Utc>) -> StoreFuture<UserSnapshot> {
+        let (source, uid) = (self.clone(), uid.clone());
+        Box::pin(async move { FirestoreSource::load_or_create(&source, &uid, now).await })
+    }
+
+    fn write(
+        &self,
+        uid: &Uid,
+        state: &UserSnapshot,
+        condition: WriteCondition,
+    ) -> StoreFuture<WriteOutcome> {
+        let (source, uid, state) = (self.clone(), uid.clone(), state.clone());
+        Box::pin(async move { FirestoreSource::write(&source, &uid, &state, condition).await })
     }
 }
 

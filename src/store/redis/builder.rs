@@ -123,7 +123,6 @@ impl RedisStoreBuilder {
 
     /// Redis only caches a source of truth that reloads a forgotten user, so
     /// any idle user may expire.
-    #[cfg(feature = "firestore")]
     pub(crate) fn caching_a_source(mut self) -> Self {
         self.truth = Truth::InSource;
         self

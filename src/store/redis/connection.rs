@@ -70,19 +70,6 @@ impl Connection {
         }
     }
 
-    /// Runs a script of the write-through's, prepared with its keys and
-    /// arguments (loaded again after a `NOSCRIPT` by the `redis` crate).
-    #[cfg(feature = "firestore")]
-    pub(crate) async fn invoke_prepared<T: FromRedisValue>(
-        &mut self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> RedisResult<T> {
-        match self {
-            Self::Standalone(connection) => invocation.invoke_async(connection).await,
-            Self::Cluster(connection) => invocation.invoke_async(connection).await,
-        }
-    }
-
     /// Loads a script (on every master of a cluster).
     pub(crate) async fn load(&mut self, script: &Script) -> RedisResult<()> {
         match self {

@@ -49,19 +49,16 @@ impl KeyLayout {
 
     /// The write-through's count of `uid`'s changes that Firestore may not
     /// hold yet.
-    #[cfg(feature = "firestore")]
     pub(crate) fn pending(&self, uid: &Uid) -> String {
         format!("{}{{{uid}}}:w", self.prefix)
     }
 
     /// A `SCAN MATCH` pattern for every user's [`Self::pending`] key.
-    #[cfg(feature = "firestore")]
     pub(crate) fn pending_pattern(&self) -> String {
         format!("{}{{*}}:w", glob_escape(&self.prefix))
     }
 
     /// The user whose [`Self::pending`] key `key` is.
-    #[cfg(feature = "firestore")]
     pub(crate) fn pending_uid(&self, key: &str) -> Option<Uid> {
         let uid = key
             .strip_prefix(&*self.prefix)?
@@ -72,7 +69,6 @@ impl KeyLayout {
 }
 
 /// `text` with Redis glob metacharacters escaped.
-#[cfg(feature = "firestore")]
 fn glob_escape(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
@@ -103,7 +99,6 @@ mod tests {
         assert!(KeyLayout::new("").is_ok());
     }
 
-    #[cfg(feature = "firestore")]
     #[test]
     fn pending_keys_are_found_by_a_pattern_that_escapes_the_prefix() {
         assert_eq!(glob_escape("tickets:"), "tickets:");

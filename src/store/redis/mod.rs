@@ -10,9 +10,9 @@ mod scripts;
 mod store;
 
 pub use self::builder::{RedisStoreBuilder, TimeSource};
-#[cfg(feature = "firestore")]
-pub(crate) use self::connection::Connection;
+
 pub use self::error::RedisSetupError;
-#[cfg(feature = "firestore")]
 pub(crate) use self::keys::KeyLayout;
+pub(crate) use self::scripts::ScriptCall;
+pub(crate) use self::store::Cached;
 pub use self::store::RedisStore;

@@ -9,10 +9,11 @@ use super::connection::Connection;
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
-use super::scripts::{CallContext, ScriptCall, millis, push_kind};
+use super::scripts::{CallContext, ScriptCall, Truth, millis, push_kind};
 use crate::idempotency::IDEMPOTENCY_TTL;
 use crate::kind::TicketKind;
 use crate::store::breaker::Breaker;
+use crate::store::source::Point;
 use crate::store::{
     Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreError,
     StoreErrorKind, StoreFuture, TicketStore,
@@ -58,7 +59,7 @@ use crate::uid::Uid;
 ///   balances, which mints and loses nothing: a refill was due anyway. A
 ///   user whom forgetting would change (a grant above capacity, a kind whose
 ///   initial balance is not its capacity) is marked `p:<kind>` and kept
-///   until that no longer holds. Under `WriteThrough` (feature `firestore`)
+///   until that no longer holds. Under `WriteThrough`
 ///   any idle user expires: Firestore reloads them.
 /// - `<prefix>{<uid>}:i:<Idempotency-Key>`: a charged idempotency key, kept
 ///   24 h.
@@ -121,15 +122,17 @@ impl RedisStore {
 
     /// Where this store keeps each user's values: the write-through keeps
     /// its own next to them.
-    #[cfg(feature = "firestore")]
     pub(crate) fn keys(&self) -> &KeyLayout {
         &self.shared.keys
     }
 
-    /// The store's connection, for the write-through's own keys and scripts.
-    #[cfg(feature = "firestore")]
-    pub(crate) fn connection(&self) -> Connection {
-        self.shared.connection.clone()
+    /// How long `kinds`' balances last in Redis without a refill.
+    pub(crate) fn idle_ttl(&self, kinds: &[Arc<TicketKind>]) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.shared
+                .context
+                .idle_ttl(kinds.iter().map(|kind| &**kind)),
+        )
     }
 
     /// Records balances for the kinds Redis does not hold for `uid` yet,
@@ -177,16 +180,52 @@ impl RedisStore {
     }
 
     /// Runs one script call under the breaker and the timeout.
-    fn call(
+    pub(crate) fn call(
         &self,
         operation: &'static str,
         call: ScriptCall,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
+        self.guarded(operation, move |mut connection| async move {
+            connection.invoke(&call).await
+        })
+    }
+
+    /// One page of a `SCAN` for keys matching `pattern`, under the breaker
+    /// and the timeout: the next cursor (0 at the end) and the keys.
+    pub(crate) fn scan(
+        &self,
+        cursor: u64,
+        pattern: String,
+        count: usize,
+    ) -> impl Future<Output = Result<(u64, Vec<String>), StoreError>> + Send + 'static {
+        self.guarded("scan", move |mut connection| async move {
+            let mut command = redis::cmd("SCAN");
+            command
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count);
+            connection.query(&command).await
+        })
+    }
+
+    /// Runs `operation` on the store's connection under the breaker and the
+    /// timeout, mapping its errors: the one path of every Redis call.
+    fn guarded<T, F>(
+        &self,
+        operation: &'static str,
+        run: impl FnOnce(Connection) -> F + Send + 'static,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        F: Future<Output = redis::RedisResult<T>> + Send,
+        T: Send,
+    {
         let shared = self.shared.clone();
         async move {
             let permit = shared.breaker.admit()?;
-            let mut connection = shared.connection.clone();
-            match tokio::time::timeout(shared.timeout, connection.invoke(&call)).await {
+            let connection = shared.connection.clone();
+            match tokio::time::timeout(shared.timeout, run(connection)).await {
                 Ok(Ok(reply)) => {
                     permit.succeeded();
                     Ok(reply)
@@ -216,8 +255,68 @@ impl RedisStore {
     }
 }
 
-impl TicketStore for RedisStore {
-    fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
+/// What a store caching a source of truth answers: the decision, made at
+/// a point of the user's history, or that Redis does not hold the user as
+/// seeded from the source (nothing was decided).
+pub(crate) enum Cached<T> {
+    /// Decided on the state at `point` (lineage and version; `None` when
+    /// Redis holds the truth).
+    Seeded { value: T, point: Option<Point> },
+    /// The user must be loaded from the source first.
+    Unseeded,
+}
+
+/// A script's reply: the point it was decided at (when caching a source),
+/// and the rest of the reply.
+type PointedReply = (Option<Point>, Vec<i64>);
+
+impl<T> Cached<T> {
+    /// Splits a reply into the point (when caching a source) and the rest;
+    /// `None` for an unseeded user.
+    fn split(
+        truth: Truth,
+        operation: &str,
+        reply: &[i64],
+        point_at: usize,
+    ) -> Result<Option<PointedReply>, StoreError> {
+        if truth == Truth::InRedis {
+            return Ok(Some((None, reply.to_vec())));
+        }
+        if reply == [-1] {
+            return Ok(None);
+        }
+        let (lineage, version) = match (reply.get(point_at), reply.get(point_at + 1)) {
+            (Some(&l), Some(&v)) => (l, v),
+            _ => return Err(unexpected_reply(operation, reply)),
+        };
+        let point = Point {
+            lineage: u64::try_from(lineage).map_err(|_| unexpected_reply(operation, reply))?,
+            version: u64::try_from(version).map_err(|_| unexpected_reply(operation, reply))?,
+        };
+        let mut rest = reply[..point_at].to_vec();
+        rest.extend_from_slice(&reply[point_at + 2..]);
+        Ok(Some((Some(point), rest)))
+    }
+
+    /// The decision of a store that holds the truth itself.
+    fn decided(self, operation: &str) -> Result<T, StoreError> {
+        match self {
+            Cached::Seeded { value, .. } => Ok(value),
+            Cached::Unseeded => Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("Redis {operation}: the user is not seeded from a source of truth"),
+            )),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Decides a charge; caching a source, says where it was made (the
+    /// receipt carries it) or that the user is unseeded.
+    pub(crate) fn charge_cached(
+        &self,
+        request: ChargeRequest,
+    ) -> StoreFuture<Cached<ChargeOutcome>> {
         let ChargeRequest {
             uid,
             cost,
@@ -241,14 +340,18 @@ impl TicketStore for RedisStore {
             call.arg(item.amount);
             push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
+        let truth = context.truth;
         let reply = self.call("charge", call);
         Box::pin(async move {
             let reply = reply.await?;
+            let Some((point, reply)) = Cached::<()>::split(truth, "charge", &reply, 1)? else {
+                return Ok(Cached::Unseeded);
+            };
             let Some((&outcome, rest)) = reply.split_first() else {
                 return Err(unexpected_reply("charge", &reply));
             };
             let balances = reply::balances("charge", rest, cost.items().len())?;
-            Ok(match outcome {
+            let value = match outcome {
                 0 => ChargeOutcome::Refused { balances },
                 1 => ChargeOutcome::Allowed {
                     receipt: Receipt {
@@ -257,16 +360,24 @@ impl TicketStore for RedisStore {
                         last_refills: balances.iter().map(|b| b.last_refill).collect(),
                         remaining_after: balances.iter().map(|b| b.remaining).collect(),
                         idempotency_key,
+                        made_at: point,
                     },
                     balances,
                 },
                 2 => ChargeOutcome::Replayed { balances },
                 _ => return Err(unexpected_reply("charge", &reply)),
-            })
+            };
+            Ok(Cached::Seeded { value, point })
         })
     }
 
-    fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
+    /// Gives a charge back; caching a source, nothing for a charge the held
+    /// state does not include, and says at which point it was decided.
+    pub(crate) fn refund_cached(
+        &self,
+        receipt: Receipt,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Cached<RefundOutcome>> {
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = receipt.cost.items();
         let count = items
@@ -291,9 +402,21 @@ impl TicketStore for RedisStore {
                 .arg(*remaining_after);
             push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
+        let truth = context.truth;
+        if truth == Truth::InSource {
+            // A receipt made without a point matches no lineage.
+            let made_at = receipt.made_at.unwrap_or(Point {
+                lineage: 0,
+                version: u64::MAX >> 11,
+            });
+            call.arg(made_at.lineage).arg(made_at.version);
+        }
         let reply = self.call("refund", call);
         Box::pin(async move {
             let reply = reply.await?;
+            let Some((point, reply)) = Cached::<()>::split(truth, "refund", &reply, 0)? else {
+                return Ok(Cached::Unseeded);
+            };
             if reply.len() != 3 * count {
                 return Err(unexpected_reply("refund", &reply));
             }
@@ -309,36 +432,52 @@ impl TicketStore for RedisStore {
                 outcome.refunded.push(refunded);
                 outcome.balances.push(balance);
             }
-            Ok(outcome)
+            Ok(Cached::Seeded {
+                value: outcome,
+                point,
+            })
         })
     }
 
-    fn balances(
+    /// Reads balances; caching a source, or says the user is unseeded.
+    pub(crate) fn balances_cached(
         &self,
         uid: &Uid,
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
-    ) -> StoreFuture<Vec<KindBalance>> {
+    ) -> StoreFuture<Cached<Vec<KindBalance>>> {
+        let context = &self.shared.context;
         let mut call = ScriptCall::new(
-            &self.shared.context.scripts().balances,
+            &context.scripts().balances,
             &[self.shared.keys.balances(uid)],
         );
-        call.arg(self.shared.context.time_arg(now)).arg(kinds.len());
+        call.arg(context.time_arg(now)).arg(kinds.len());
         for kind in kinds {
             push_kind(&mut call, kind, kind.initial_balance(), now);
         }
-        let count = kinds.len();
+        let (count, truth) = (kinds.len(), context.truth);
         let reply = self.call("balances", call);
-        Box::pin(async move { reply::balances("balances", &reply.await?, count) })
+        Box::pin(async move {
+            let reply = reply.await?;
+            if truth == Truth::InSource && reply == [-1] {
+                return Ok(Cached::Unseeded);
+            }
+            Ok(Cached::Seeded {
+                value: reply::balances("balances", &reply, count)?,
+                point: None,
+            })
+        })
     }
 
-    fn adjust(
+    /// Grants or sets a balance; caching a source, says at which point, or
+    /// that the user is unseeded.
+    pub(crate) fn adjust_cached(
         &self,
         uid: &Uid,
         kind: &Arc<TicketKind>,
         adjustment: Adjustment,
         now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
+    ) -> StoreFuture<Cached<KindBalance>> {
         let context = &self.shared.context;
         let (operation, amount) = match adjustment {
             Adjustment::Grant(amount) => ("grant", amount),
@@ -352,11 +491,52 @@ impl TicketStore for RedisStore {
             .arg(operation)
             .arg(amount);
         push_kind(&mut call, kind, kind.initial_balance(), now);
+        let truth = context.truth;
         let reply = self.call(operation, call);
         Box::pin(async move {
-            let balances = reply::balances(operation, &reply.await?, 1)?;
-            Ok(balances[0])
+            let reply = reply.await?;
+            let Some((point, reply)) = Cached::<()>::split(truth, operation, &reply, 0)? else {
+                return Ok(Cached::Unseeded);
+            };
+            let balances = reply::balances(operation, &reply, 1)?;
+            Ok(Cached::Seeded {
+                value: balances[0],
+                point,
+            })
         })
+    }
+}
+
+impl TicketStore for RedisStore {
+    fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
+        let decided = self.charge_cached(request);
+        Box::pin(async move { decided.await?.decided("charge") })
+    }
+
+    fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
+        let decided = self.refund_cached(receipt, now);
+        Box::pin(async move { decided.await?.decided("refund") })
+    }
+
+    fn balances(
+        &self,
+        uid: &Uid,
+        kinds: &[Arc<TicketKind>],
+        now: DateTime<Utc>,
+    ) -> StoreFuture<Vec<KindBalance>> {
+        let decided = self.balances_cached(uid, kinds, now);
+        Box::pin(async move { decided.await?.decided("balances") })
+    }
+
+    fn adjust(
+        &self,
+        uid: &Uid,
+        kind: &Arc<TicketKind>,
+        adjustment: Adjustment,
+        now: DateTime<Utc>,
+    ) -> StoreFuture<KindBalance> {
+        let decided = self.adjust_cached(uid, kind, adjustment, now);
+        Box::pin(async move { decided.await?.decided("adjust") })
     }
 
     fn ensure_user(

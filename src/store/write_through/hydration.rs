@@ -1,4 +1,4 @@
-//! Filling a cache miss from Firestore, once per user at a time.
+//! Filling a cache miss from the source of truth, once per user at a time.
 //!
 //! After Redis is flushed, a burst of one user's requests all miss at once;
 //! they must not all read (and try to create) the same document. The first
@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::redis_state::RedisState;
-use crate::store::firestore::FirestoreSource;
+use crate::store::source::SourceOfTruth;
 use crate::store::{StoreError, StoreErrorKind};
 use crate::uid::Uid;
 
@@ -29,12 +29,12 @@ pub(crate) struct Hydration {
 
 struct Shared {
     state: Arc<RedisState>,
-    source: FirestoreSource,
+    source: Arc<dyn SourceOfTruth>,
     in_progress: Mutex<HashMap<Uid, watch::Receiver<Outcome>>>,
 }
 
 impl Hydration {
-    pub(crate) fn new(state: Arc<RedisState>, source: FirestoreSource) -> Self {
+    pub(crate) fn new(state: Arc<RedisState>, source: Arc<dyn SourceOfTruth>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state,
@@ -44,9 +44,9 @@ impl Hydration {
         }
     }
 
-    /// Makes Redis hold `uid`'s balances of every kind from Firestore,
-    /// creating the document with the initial balances (refilled `now`) if
-    /// there is none. Must be called within a Tokio runtime.
+    /// Makes Redis hold `uid`'s balances of every kind from the source,
+    /// creating the user with the initial balances (refilled `now`) if the
+    /// source has none. Must be called within a Tokio runtime.
     pub(crate) async fn fill(&self, uid: &Uid, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut outcome = {
             let mut in_progress = self.shared.in_progress.lock();
@@ -65,12 +65,12 @@ impl Hydration {
             Ok(Some(Ok(()))) => Ok(()),
             Ok(Some(Err(error))) => Err(StoreError::new(
                 error.kind(),
-                format!("could not read user {uid} from Firestore into Redis"),
+                format!("could not read user {uid} from the source of truth into Redis"),
             )
             .with_source(error.clone())),
             _ => Err(StoreError::new(
                 StoreErrorKind::Unavailable,
-                format!("the fill of user {uid} from Firestore stopped"),
+                format!("the fill of user {uid} from the source of truth stopped"),
             )),
         }
     }
@@ -80,7 +80,7 @@ impl Shared {
     async fn run(self: Arc<Self>, uid: Uid, now: DateTime<Utc>, done: watch::Sender<Outcome>) {
         let result = async {
             let stored = self.source.load_or_create(&uid, now).await?;
-            self.state.seed_state(&uid, &stored).await
+            self.state.seed(&uid, &stored).await.map(drop)
         }
         .await;
         self.in_progress.lock().remove(&uid);

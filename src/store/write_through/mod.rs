@@ -1,34 +1,42 @@
-//! Redis in front of Firestore: decisions in the cache, the truth in the
-//! source (DESIGN.md §4).
+//! Redis in front of a source of truth: decisions in the cache, the truth
+//! in the source (DESIGN.md §4).
 //!
-//! [`WriteThrough`] decides every charge in Redis (the [`RedisStore`]'s
-//! scripts, one round trip) and makes each change reach Firestore, the
-//! source of truth the app's UI reads:
+//! [`WriteThrough`] is a composition, like tower-sessions'
+//! `CachingSessionStore`: a [`RedisStore`] (configured by its own builder)
+//! decides every charge in one script call, and a [`SourceOfTruth`]
+//! ([`FirestoreSource`](crate::store::FirestoreSource), or
+//! [`MemorySource`](crate::store::MemorySource) in tests) holds every
+//! change for good:
 //! - **Sync** ([`WriteMode::Sync`], the default): an allowed charge is
-//!   answered once Firestore holds a state that includes it. Concurrent
-//!   changes of one user share one Firestore write, and each user's document
-//!   is written at most once per [write interval](WriteThroughBuilder::write_interval),
-//!   so a burst costs about one write per user per second. When Firestore
-//!   cannot be written, the charge is refunded in Redis and the store
-//!   answers an error, which the layer turns into 503.
+//!   answered once the source holds a state that includes it. Concurrent
+//!   changes of one user share one write (see `group_commit`), and each
+//!   user is written at most once per
+//!   [write interval](WriteThroughBuilder::write_interval) across every
+//!   instance. When the source cannot be written, the charge is refunded in
+//!   Redis and the store answers an error, which the layer turns into 503.
 //! - **Async** ([`WriteMode::Async`]): an allowed charge is answered once
-//!   Redis holds it and counts it as pending; each pending user is written at
-//!   most once per interval. Pending counts live in Redis under the user's
-//!   hash tag, so an instance that dies leaves them to the others' recovery
-//!   scan; when Firestore is down, Redis keeps serving and Firestore catches
-//!   up when it is back.
+//!   Redis holds it and counts it as pending; rounds write it soon after.
+//!   Pending marks live in Redis under the user's hash tag, so an instance
+//!   that dies leaves them to the others' recovery scan.
 //!
-//! Writes are versioned (see [`FirestoreSource::write`]): a late write never
-//! undoes a newer one.
+//! # Lineages: Redis may lose or roll back state
+//! Each seeding of a user from the source starts a *lineage* (see
+//! [`crate::store::source`]). The Redis scripts report the lineage and
+//! version of every change they make; a write round answers a change only
+//! when the state the source then holds includes it, and the source takes a
+//! state only when it descends from what it holds. So a flush, an eviction,
+//! a restart from an old dump or a failover to a lagging replica never
+//! mints or loses an answered ticket (sync mode): the changes of the lost
+//! state are answered with errors, and a Redis state that the source does
+//! not descend from is dropped and reloaded. A refund gives nothing back
+//! for a charge that the state it meets does not include.
 //!
-//! **Cache misses.** A user Redis does not hold (never seen, flushed,
-//! expired) is read from Firestore, seeded into Redis unless another request
-//! did it first, and then charged; a user with no document gets one with the
-//! initial balances. [`ensure_user`](TicketStore::ensure_user) (the sign-up
-//! path) creates the document the same way. To tell a miss from a real
-//! refusal in one round trip, the Redis store is handed each kind with an
-//! initial balance of zero: a balance it creates on its own can pay for
-//! nothing, and a refusal is checked against what was seeded.
+//! **Cache misses.** A user Redis does not hold as seeded (never seen,
+//! flushed, expired, dropped) is read from the source, seeded into Redis
+//! unless another request did it first, and then charged; a user with no
+//! state in the source gets the initial balances.
+//! [`ensure_user`](TicketStore::ensure_user) (the sign-up path) creates them
+//! the same way.
 //!
 //! Only a standalone Redis is supported for now.
 
@@ -47,32 +55,38 @@ pub use self::builder::{WriteMode, WriteThroughBuilder};
 use self::group_commit::GroupCommit;
 use self::hydration::Hydration;
 use self::recovery::Recovery;
-use self::redis_state::RedisState;
+use self::redis_state::{RedisState, RoundEnd};
 use crate::clock::Clock;
-use crate::cost::{CheckedCost, Cost};
+use crate::config_error::ConfigError;
 use crate::kind::TicketKind;
-use crate::store::firestore::FirestoreSource;
+use crate::store::redis::Cached;
+use crate::store::source::{Point, SourceOfTruth};
 use crate::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore, RefundOutcome,
-    StoreError, StoreErrorKind, StoreFuture, TicketStore,
+    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore, RedisStoreBuilder,
+    RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
 };
 use crate::uid::Uid;
 
 /// How many times an operation is decided again after filling a cache miss
-/// (or after a refusal that a concurrent fill made stale).
+/// (a flush between the fill and the decision sends it back).
 const ATTEMPTS: usize = 3;
 
-/// Balances decided in Redis and kept in Firestore. Cheap to clone.
+/// How often, and for how long, a failed charge's refund is retried while
+/// Redis does not answer.
+const REFUND_ATTEMPTS: u32 = 8;
+const REFUND_RETRY: Duration = Duration::from_millis(250);
+
+/// Balances decided in Redis and kept in a source of truth. Cheap to clone.
 ///
 /// ```no_run
-/// use tower_tickets::store::{FirestoreSource, WriteMode, WriteThrough};
+/// use tower_tickets::store::{FirestoreSource, RedisStore, WriteMode, WriteThrough};
 /// use tower_tickets::{TicketKind, Tickets};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let (upload, ai) = (TicketKind::new("upload", 5), TicketKind::new("ai", 3));
 /// // The same kinds as the registry's: they name the document's fields.
 /// let source = FirestoreSource::connect("my-project", [upload.clone(), ai.clone()]).await?;
-/// let store = WriteThrough::builder("redis://127.0.0.1:6379", source)
+/// let store = WriteThrough::builder(RedisStore::standalone("redis://127.0.0.1:6379"), source)
 ///     .mode(WriteMode::Sync)
 ///     .connect()
 ///     .await?;
@@ -88,51 +102,64 @@ pub struct WriteThrough {
 struct Shared {
     redis: RedisStore,
     state: Arc<RedisState>,
-    source: FirestoreSource,
+    source: Arc<dyn SourceOfTruth>,
     writer: GroupCommit,
     hydration: Hydration,
     mode: WriteMode,
-    /// The source's kinds with an initial balance of zero, as handed to the
-    /// Redis store (see the module docs).
-    unseeded_kinds: Vec<Arc<TicketKind>>,
     _recovery: Recovery,
+}
+
+/// The write-through's intervals.
+pub(crate) struct Timing {
+    pub(crate) write_interval: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) recovery_interval: Duration,
 }
 
 impl std::fmt::Debug for WriteThrough {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteThrough")
             .field("redis", &self.shared.redis)
-            .field("source", &self.shared.source)
             .field("mode", &self.shared.mode)
             .finish_non_exhaustive()
     }
 }
 
 impl WriteThrough {
-    /// Configures a store on the standalone Redis at `redis_url` (e.g.
-    /// `redis://127.0.0.1:6379`) in front of `source`.
-    pub fn builder(redis_url: impl Into<String>, source: FirestoreSource) -> WriteThroughBuilder {
-        WriteThroughBuilder::new(redis_url.into(), source)
+    /// Configures a store deciding in the Redis that `redis` configures
+    /// (`RedisStore::standalone(url)` and its options) and keeping every
+    /// change in `source`.
+    pub fn builder(redis: RedisStoreBuilder, source: impl SourceOfTruth) -> WriteThroughBuilder {
+        WriteThroughBuilder::new(redis, Arc::new(source))
     }
 
     fn start(
         redis: RedisStore,
-        state: RedisState,
-        source: FirestoreSource,
+        source: Arc<dyn SourceOfTruth>,
         mode: WriteMode,
-        write_interval: Duration,
-        recovery_interval: Duration,
+        timing: Timing,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let state = Arc::new(state);
-        let writer = GroupCommit::new(state.clone(), source.clone(), write_interval);
-        let recovery = Recovery::start(state.clone(), writer.clone(), recovery_interval, clock);
+        let state = Arc::new(RedisState::new(
+            redis.clone(),
+            source.kinds().to_vec(),
+            redis.idle_ttl(source.kinds()),
+            timing.lease,
+            timing.write_interval,
+        ));
         let hydration = Hydration::new(state.clone(), source.clone());
-        let unseeded_kinds = source
-            .kinds()
-            .iter()
-            .map(|kind| Arc::new((**kind).clone().initial(0)))
-            .collect();
+        let writer = GroupCommit::new(
+            state.clone(),
+            source.clone(),
+            hydration.clone(),
+            timing.lease,
+        );
+        let recovery = Recovery::start(
+            state.clone(),
+            writer.clone(),
+            timing.recovery_interval,
+            clock,
+        );
         Self {
             shared: Arc::new(Shared {
                 redis,
@@ -141,20 +168,19 @@ impl WriteThrough {
                 writer,
                 hydration,
                 mode,
-                unseeded_kinds,
                 _recovery: recovery,
             }),
         }
     }
 
-    /// How many users have changes that this instance is about to write (a
-    /// gauge for metrics: in async mode, how far Firestore is behind).
+    /// How many users this instance is writing or about to write (a gauge
+    /// for metrics: in async mode, how far the source is behind).
     pub fn pending_writes(&self) -> usize {
         self.shared.writer.pending_users()
     }
 
-    /// How many writes this instance made to Firestore (a write that found
-    /// a newer state stored, and so wrote nothing, does not count).
+    /// How many writes this instance made to the source (a write the source
+    /// refused does not count).
     pub fn firestore_writes(&self) -> u64 {
         self.shared.writer.writes()
     }
@@ -162,101 +188,107 @@ impl WriteThrough {
 
 impl Shared {
     async fn charge(&self, request: ChargeRequest) -> Result<ChargeOutcome, StoreError> {
-        let (cost, kinds) = self.unseeded_cost(&request.cost)?;
-        let unseeded = ChargeRequest {
-            cost,
-            ..request.clone()
-        };
+        let (uid, now) = (request.uid.clone(), request.now);
         for _ in 0..ATTEMPTS {
-            let (balances, refused) = match self.redis.charge(unseeded.clone()).await? {
-                ChargeOutcome::Allowed { balances, receipt } => {
-                    self.settle_charge(&receipt, request.now).await?;
-                    return Ok(ChargeOutcome::Allowed {
-                        balances,
-                        receipt: Receipt {
-                            cost: request.cost,
-                            ..receipt
-                        },
-                    });
-                }
-                ChargeOutcome::Refused { balances } => (balances, true),
-                ChargeOutcome::Replayed { balances } => (balances, false),
-            };
-            let checked = self.state.check(&request.uid, &kinds).await?;
-            if !checked.seeded {
-                self.fill(&request.uid, request.now).await?;
-                continue;
-            }
-            if refused
-                && !checked
-                    .stored
-                    .iter()
-                    .zip(&balances)
-                    .all(|(s, b)| *s == Some(*b))
+            let (balances, receipt, point) = match self.redis.charge_cached(request.clone()).await?
             {
-                // Refused against balances that a concurrent fill replaced.
-                continue;
-            }
-            return Ok(if refused {
-                ChargeOutcome::Refused { balances }
-            } else {
-                ChargeOutcome::Replayed { balances }
-            });
+                Cached::Unseeded => {
+                    self.fill(&uid, now).await?;
+                    continue;
+                }
+                Cached::Seeded {
+                    value: ChargeOutcome::Allowed { balances, receipt },
+                    point: Some(point),
+                } => (balances, receipt, point),
+                Cached::Seeded { value, .. } => return Ok(value),
+            };
+            self.persist_charge(&receipt, point, now).await?;
+            return Ok(ChargeOutcome::Allowed { balances, receipt });
         }
-        Err(unsettled(&request.uid))
+        Err(unsettled(&uid))
     }
 
-    /// Makes an allowed charge reach Firestore as the mode says; in sync
-    /// mode, refunds it when Firestore cannot be written.
-    async fn settle_charge(&self, receipt: &Receipt, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let Err(error) = self.persist(&receipt.uid, now).await else {
-            return Ok(());
-        };
-        if self.mode == WriteMode::Sync {
-            if let Err(refund_error) = self.redis.refund(receipt.clone(), now).await {
-                tracing::error!(uid = %receipt.uid, %refund_error, "could not refund a charge Firestore did not take");
-            }
-            self.keep_pending(&receipt.uid).await;
-        }
-        Err(error)
-    }
-
-    /// Makes the user's latest change reach Firestore as the mode says.
-    async fn persist(&self, uid: &Uid, now: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Makes an allowed charge reach the source as the mode says. In sync
+    /// mode, when the source does not hold it after its round, the charge
+    /// is refunded in Redis (retried in the background while Redis does not
+    /// answer) and the error returned.
+    async fn persist_charge(
+        &self,
+        receipt: &Receipt,
+        point: Point,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         match self.mode {
-            WriteMode::Sync => self.writer.demand(uid, now).wait().await,
-            WriteMode::Async => {
-                if !self.state.mark_pending(uid).await? {
-                    return Err(lost(uid));
+            WriteMode::Sync => {
+                let held = self.writer.demand(&receipt.uid, point, now).wait().await;
+                if held.is_err()
+                    && let Err(error) = self.give_back(receipt, now).await
+                    && error.kind() != StoreErrorKind::Timeout
+                {
+                    tokio::spawn(give_back_later(
+                        self.redis.clone(),
+                        self.state.clone(),
+                        receipt.clone(),
+                        now,
+                    ));
                 }
-                drop(self.writer.demand(uid, now));
-                Ok(())
+                held
             }
+            WriteMode::Async => self.mark_pending(&receipt.uid, point, now).await,
         }
     }
 
-    /// Leaves the user's state counted as pending in Redis, for the recovery
-    /// scan to write once Firestore answers again.
-    async fn keep_pending(&self, uid: &Uid) {
-        if let Err(error) = self.state.mark_pending(uid).await {
-            tracing::error!(%uid, %error, "could not record a change Firestore lacks");
-        }
+    /// Refunds, in Redis, a charge that its write round did not carry to the
+    /// source. A refund that gives something back is counted pending, so that
+    /// a later round writes it; it gives nothing back when Redis no longer
+    /// holds the charge (lost with a flushed or dropped state).
+    async fn give_back(&self, receipt: &Receipt, now: DateTime<Utc>) -> Result<(), StoreError> {
+        give_back(&self.redis, &self.state, receipt, now).await
     }
 
-    /// Persists an administrative change (a refund, a grant): in sync mode,
-    /// when Firestore cannot be written, it stays pending in Redis rather
-    /// than being undone.
-    async fn persist_admin(&self, uid: &Uid, now: DateTime<Utc>) -> Result<(), StoreError> {
-        match self.persist(uid, now).await {
-            Err(error) if self.mode == WriteMode::Sync => {
-                if self.state.mark_pending(uid).await? {
-                    tracing::warn!(%uid, %error, "Firestore write failed; the change is pending in Redis");
-                    Ok(())
-                } else {
-                    Err(error)
+    /// Async mode: counts the change as pending and asks for a round.
+    async fn mark_pending(
+        &self,
+        uid: &Uid,
+        point: Point,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if !self.state.mark_pending(uid, point.lineage).await? {
+            return Err(lost(uid));
+        }
+        self.writer.nudge(uid, now);
+        Ok(())
+    }
+
+    /// Makes an administrative change (a grant, a set, a refund) made at
+    /// `point` reach the source as the mode says. In sync mode, a change
+    /// the source does not take is not left in Redis alone: Redis's state
+    /// of the user is dropped (the next request reloads the source's) and
+    /// the error returned.
+    async fn persist_change(
+        &self,
+        uid: &Uid,
+        point: Point,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        match self.mode {
+            WriteMode::Sync => {
+                let Err(error) = self.writer.demand(uid, point, now).wait().await else {
+                    return Ok(());
+                };
+                if let Err(discard) = self.state.settle(uid, point, 0, RoundEnd::Discard).await {
+                    tracing::error!(%uid, %discard, "could not drop a change the source did not take");
                 }
+                Err(StoreError::new(
+                    error.kind(),
+                    format!(
+                        "the change to user {uid} was not applied: the source of truth did not \
+                         take it (after a timeout, it may still have landed there)"
+                    ),
+                )
+                .with_source(error))
             }
-            result => result,
+            WriteMode::Async => self.mark_pending(uid, point, now).await,
         }
     }
 
@@ -265,19 +297,20 @@ impl Shared {
         receipt: Receipt,
         now: DateTime<Utc>,
     ) -> Result<RefundOutcome, StoreError> {
-        let (cost, kinds) = self.unseeded_cost(&receipt.cost)?;
-        let unseeded = Receipt {
-            cost,
-            ..receipt.clone()
-        };
-        // Fill first: a refund must never land on an unseeded balance, nor
-        // be applied twice.
-        if !self.state.check(&receipt.uid, &kinds).await?.seeded {
-            self.fill(&receipt.uid, now).await?;
+        for _ in 0..ATTEMPTS {
+            let (outcome, point) = match self.redis.refund_cached(receipt.clone(), now).await? {
+                Cached::Unseeded => {
+                    self.fill(&receipt.uid, now).await?;
+                    continue;
+                }
+                Cached::Seeded { value, point } => (value, point),
+            };
+            if let Some(point) = point.filter(|_| outcome.refunded.iter().any(|n| *n > 0)) {
+                self.persist_change(&receipt.uid, point, now).await?;
+            }
+            return Ok(outcome);
         }
-        let outcome = self.redis.refund(unseeded, now).await?;
-        self.persist_admin(&receipt.uid, now).await?;
-        Ok(outcome)
+        Err(unsettled(&receipt.uid))
     }
 
     async fn balances(
@@ -286,27 +319,30 @@ impl Shared {
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> Result<Vec<KindBalance>, StoreError> {
-        let unseeded = self.unseeded(kinds)?;
-        let read = self.redis.balances(uid, &unseeded, now).await?;
-        // An unseeded kind reads as zero; a real zero is checked too.
-        if read.iter().all(|b| b.remaining > 0) || self.state.check(uid, &unseeded).await?.seeded {
-            return Ok(read);
-        }
-        match self.source.load(uid, now).await? {
-            Some(stored) => {
-                self.state.seed_state(uid, &stored).await?;
-                self.redis.balances(uid, &unseeded, now).await
+        for _ in 0..ATTEMPTS {
+            if let Cached::Seeded { value, .. } =
+                self.redis.balances_cached(uid, kinds, now).await?
+            {
+                return Ok(value);
             }
-            // No document: the balances a new user would start with; reading
-            // creates nothing.
-            None => Ok(kinds
-                .iter()
-                .map(|kind| KindBalance {
-                    remaining: kind.initial_balance(),
-                    last_refill: now,
-                })
-                .collect()),
+            match self.source.load(uid, now).await? {
+                Some(stored) => {
+                    self.state.seed(uid, &stored).await?;
+                }
+                // No state in the source: the balances a new user would
+                // start with; reading creates nothing.
+                None => {
+                    return Ok(kinds
+                        .iter()
+                        .map(|kind| KindBalance {
+                            remaining: kind.initial_balance(),
+                            last_refill: now,
+                        })
+                        .collect());
+                }
+            }
         }
+        Err(unsettled(uid))
     }
 
     async fn adjust(
@@ -316,17 +352,17 @@ impl Shared {
         adjustment: Adjustment,
         now: DateTime<Utc>,
     ) -> Result<KindBalance, StoreError> {
-        let unseeded = self.unseeded(std::slice::from_ref(kind))?;
-        // Fill first: a grant must never land on an unseeded balance.
-        if !self.state.check(uid, &unseeded).await?.seeded {
-            self.fill(uid, now).await?;
+        for _ in 0..ATTEMPTS {
+            match self.redis.adjust_cached(uid, kind, adjustment, now).await? {
+                Cached::Unseeded => self.fill(uid, now).await?,
+                Cached::Seeded { value, point } => {
+                    let point = point.ok_or_else(|| lost(uid))?;
+                    self.persist_change(uid, point, now).await?;
+                    return Ok(value);
+                }
+            }
         }
-        let balance = self
-            .redis
-            .adjust(uid, &unseeded[0], adjustment, now)
-            .await?;
-        self.persist_admin(uid, now).await?;
-        Ok(balance)
+        Err(unsettled(uid))
     }
 
     async fn ensure_user(
@@ -335,62 +371,58 @@ impl Shared {
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> Result<Vec<KindBalance>, StoreError> {
-        let unseeded = self.unseeded(kinds)?;
         let stored = self.source.load_or_create(uid, now).await?;
-        self.state.seed_state(uid, &stored).await?;
-        self.redis.balances(uid, &unseeded, now).await
+        self.state.seed(uid, &stored).await?;
+        self.balances(uid, kinds, now).await
     }
 
     async fn fill(&self, uid: &Uid, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.hydration.fill(uid, now).await
     }
-
-    /// The unseeded twins of `kinds`.
-    fn unseeded(&self, kinds: &[Arc<TicketKind>]) -> Result<Vec<Arc<TicketKind>>, StoreError> {
-        kinds
-            .iter()
-            .map(|kind| {
-                self.unseeded_kinds
-                    .iter()
-                    .find(|k| k.name() == kind.name())
-                    .cloned()
-                    .ok_or_else(|| unknown_kind(kind.name(), &self.unseeded_kinds))
-            })
-            .collect()
-    }
-
-    /// `cost` over the unseeded twins of its kinds, and those kinds.
-    fn unseeded_cost(
-        &self,
-        cost: &CheckedCost,
-    ) -> Result<(CheckedCost, Vec<Arc<TicketKind>>), StoreError> {
-        let kinds: Vec<_> = cost.items().iter().map(|i| i.kind.clone()).collect();
-        let kinds = self.unseeded(&kinds)?;
-        let mut amounts = cost.items().iter().map(|i| i.amount);
-        let mut named = kinds.iter().zip(&mut amounts).map(|(k, a)| (k.name(), a));
-        let (first, amount) = named
-            .next()
-            .ok_or_else(|| StoreError::new(StoreErrorKind::Unavailable, "a cost with no kind"))?;
-        let cost = named.fold(Cost::of(first, amount), |cost, (k, a)| cost.and(k, a));
-        let cost = CheckedCost::check(&cost, &kinds).map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Unavailable,
-                format!("the write-through store cannot charge this cost: {e}"),
-            )
-        })?;
-        Ok((cost, kinds))
-    }
 }
 
-fn unknown_kind(name: &str, known: &[Arc<TicketKind>]) -> StoreError {
-    let known: Vec<_> = known.iter().map(|k| k.name()).collect();
-    StoreError::new(
-        StoreErrorKind::Unavailable,
-        format!(
-            "the kind {name:?} is not stored in Firestore (the source knows {known:?}): \
-             give FirestoreSource the same kinds as the Tickets registry"
-        ),
-    )
+/// See [`Shared::give_back`].
+async fn give_back(
+    redis: &RedisStore,
+    state: &RedisState,
+    receipt: &Receipt,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if let Cached::Seeded {
+        value,
+        point: Some(point),
+    } = redis.refund_cached(receipt.clone(), now).await?
+        && value.refunded.iter().any(|n| *n > 0)
+        && let Err(error) = state.mark_pending(&receipt.uid, point.lineage).await
+    {
+        // The refund stands; the user's next round writes it.
+        tracing::warn!(uid = %receipt.uid, %error, "could not count a refund as pending");
+    }
+    Ok(())
+}
+
+/// [`give_back`], retried while Redis could not be reached. Not after a
+/// timeout: the refund may have run, and a second one would mint.
+async fn give_back_later(
+    redis: RedisStore,
+    state: Arc<RedisState>,
+    receipt: Receipt,
+    now: DateTime<Utc>,
+) {
+    for _ in 0..REFUND_ATTEMPTS {
+        tokio::time::sleep(REFUND_RETRY).await;
+        match give_back(&redis, &state, &receipt, now).await {
+            Ok(()) => return,
+            Err(error) if error.kind() == StoreErrorKind::Timeout => {
+                tracing::error!(uid = %receipt.uid, %error, "a refund timed out; not retried");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(uid = %receipt.uid, %error, "could not refund a charge the source did not take");
+            }
+        }
+    }
+    tracing::error!(uid = %receipt.uid, "gave up refunding a charge the source did not take");
 }
 
 fn lost(uid: &Uid) -> StoreError {
@@ -404,8 +436,8 @@ fn unsettled(uid: &Uid) -> StoreError {
     StoreError::new(
         StoreErrorKind::Unavailable,
         format!(
-            "the balances of user {uid} kept changing while they were read from Firestore; \
-             gave up after {ATTEMPTS} attempts"
+            "the balances of user {uid} kept disappearing from Redis while they were read \
+             from the source of truth; gave up after {ATTEMPTS} attempts"
         ),
     )
 }
@@ -450,5 +482,28 @@ impl TicketStore for WriteThrough {
     ) -> StoreFuture<Vec<KindBalance>> {
         let (shared, uid, kinds) = (self.shared.clone(), uid.clone(), kinds.to_vec());
         Box::pin(async move { shared.ensure_user(&uid, &kinds, now).await })
+    }
+
+    fn check_kinds(&self, kinds: &[Arc<TicketKind>]) -> Result<(), ConfigError> {
+        let stored = self.shared.source.kinds();
+        let same = kinds.len() == stored.len()
+            && kinds.iter().all(|kind| {
+                stored.iter().any(|s| {
+                    s.name() == kind.name()
+                        && s.count_field() == kind.count_field()
+                        && s.refill_field() == kind.refill_field()
+                        && s.capacity() == kind.capacity()
+                        && s.initial_balance() == kind.initial_balance()
+                        && s.refill_schedule() == kind.refill_schedule()
+                })
+            });
+        if same {
+            Ok(())
+        } else {
+            Err(ConfigError::SourceKindsDiffer {
+                registry: kinds.iter().map(|k| k.name().to_string()).collect(),
+                source: stored.iter().map(|k| k.name().to_string()).collect(),
+            })
+        }
     }
 }

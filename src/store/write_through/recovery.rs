@@ -1,6 +1,6 @@
 //! The recovery scan: every instance looks in Redis, now and then, for
-//! users with changes that Firestore may not hold (left by an instance that
-//! died, or by a write that failed) and writes them.
+//! users with changes that the source of truth may not hold (left by an
+//! instance that died, or by a write that failed) and writes them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +17,8 @@ pub(crate) struct Recovery {
 }
 
 impl Recovery {
-    /// Scans at once, then every `interval`, demanding a write of each
-    /// pending user (the writer paces each user's writes).
+    /// Scans at once, then every `interval`, asking for a round of each
+    /// pending user (the rounds pace each user's writes).
     pub(crate) fn start(
         state: Arc<RedisState>,
         writer: GroupCommit,
@@ -32,11 +32,11 @@ impl Recovery {
                         if !users.is_empty() {
                             tracing::info!(
                                 users = users.len(),
-                                "writing pending changes to Firestore"
+                                "writing pending changes to the source of truth"
                             );
                         }
                         for uid in users {
-                            drop(writer.demand(&uid, clock.now()));
+                            writer.nudge(&uid, clock.now());
                         }
                     }
                     Err(error) => tracing::warn!(%error, "could not scan Redis for pending writes"),

@@ -1,175 +1,287 @@
 //! The write-through's own state in Redis, next to the Redis store's
-//! balances and under the same hash tag.
+//! balances and under the same hash tag, and the scripts that keep it.
 //!
-//! In the user's balances hash `<prefix>{uid}:t` (the Redis store's, see its
-//! module docs), two fields of ours:
-//! - `v`: the version of the user's state, increased by every snapshot
-//!   taken for a write, so that a later snapshot always carries a higher
-//!   version. Seeding a user afresh sets it well past Firestore's version
-//!   (see `lua/seed.lua`), so that no write of a lost Redis state still on
-//!   its way can outrank the new state's;
-//! - `s`: the kinds seeded from Firestore, as `,upload,ai,`.
+//! In the user's balances hash `<prefix>{uid}:t` (the Redis store's; see
+//! `lua/common.lua` there for every field), the lineage fields (`l`, `v`,
+//! `a`, `s`) that say where the state came from, and ours: the round lease
+//! (`k`, `kv`, `q`; see `lua/snapshot.lua`) and the pending marks (`m`,
+//! `c`; see `lua/mark.lua`). One key of ours, `<prefix>{uid}:w`, indexes a
+//! user with marks that no write covered yet, for the recovery scan.
 //!
-//! A balance outside `s` was made by the Redis store on its own: its charges
-//! see an unknown user as new, so after a flush or an expiry they would start
-//! from the initial balance instead of Firestore's. The write-through hands
-//! the Redis store its kinds with an initial balance of zero, so such a
-//! balance can pay for nothing; a refusal is checked here, and an unseeded
-//! balance is replaced by Firestore's.
-//!
-//! One key of ours: `<prefix>{uid}:w`, a counter of changes that Firestore
-//! may not hold yet (kept until a write covers it, so that any instance can
-//! finish the writes of one that died).
+//! Every call goes through the Redis store's one path: its connection, its
+//! timeout, its breaker, its error mapping.
 
-use std::sync::{Arc, LazyLock};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use redis::{RedisError, Script, ScriptInvocation};
+use redis::Script;
 
-use super::group_commit::{CacheSnapshot, SnapshotCache};
 use crate::kind::TicketKind;
-use crate::store::RedisStore;
-use crate::store::redis::{Connection, KeyLayout};
-use crate::store::snapshot::UserSnapshot;
-use crate::store::{KindBalance, StoreError, StoreErrorKind, StoreFuture};
+use crate::store::redis::{KeyLayout, ScriptCall};
+use crate::store::source::{Origins, Point, UserSnapshot, WriteCondition};
+use crate::store::{KindBalance, RedisStore, StoreError, StoreErrorKind};
 use crate::uid::Uid;
+use std::sync::Arc;
 
 struct Scripts {
-    check: Script,
     seed: Script,
     snapshot: Script,
     mark: Script,
-    written: Script,
+    settle: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    check: Script::new(include_str!("lua/check.lua")),
     seed: Script::new(include_str!("lua/seed.lua")),
     snapshot: Script::new(include_str!("lua/snapshot.lua")),
     mark: Script::new(include_str!("lua/mark.lua")),
-    written: Script::new(include_str!("lua/written.lua")),
+    settle: Script::new(include_str!("lua/settle.lua")),
 });
 
 /// Users scanned per `SCAN` call when looking for pending writes.
 const SCAN_COUNT: usize = 1000;
 
-/// What Redis holds for some kinds of a user.
+/// Lineage ids stay below 2^53: Lua numbers (doubles) hold them exactly.
+const LINEAGE_BITS: u32 = 52;
+
+/// Each state's version is the last one plus 1 plus a random step below
+/// 2^20 (see `lua/snapshot.lua`): 2^33 states before versions leave the
+/// range Lua holds exactly.
+const VERSION_STEP_BITS: u32 = 20;
+
+/// A user's state taken for a write round.
 #[derive(Debug)]
-pub(crate) struct Checked {
-    /// Every kind asked for is seeded from Firestore.
-    pub(crate) seeded: bool,
-    /// Per kind asked for, the stored balance, if any (no refill applied).
-    pub(crate) stored: Vec<Option<KindBalance>>,
+pub(crate) struct Taken {
+    /// The state, under its new version.
+    pub(crate) state: UserSnapshot,
+    /// The point its lineage was seeded from.
+    pub(crate) seeded_from: Point,
+    /// The pending marks the state covers.
+    pub(crate) marks: u64,
+}
+
+impl Taken {
+    /// When the source may store this state.
+    pub(crate) fn condition(&self) -> WriteCondition {
+        WriteCondition {
+            point: self.state.point(),
+            seeded_from: self.seeded_from,
+        }
+    }
+}
+
+/// What [`RedisState::snapshot`] found.
+#[derive(Debug)]
+pub(crate) enum Snapshot {
+    /// The state, and the round's lease on the user.
+    Taken(Taken),
+    /// Another round holds the user's lease, or the write interval has not
+    /// passed since the last round: try again after this long.
+    Busy(Duration),
+    /// A kind was never seeded: read it from the source, seed, try again.
+    Unseeded,
+    /// Redis holds nothing seeded for the user (flushed, expired, dropped).
+    Lost,
+}
+
+/// How a write round ended, for [`RedisState::settle`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RoundEnd {
+    /// The source took the state.
+    Written,
+    /// The source holds another state (none: no document).
+    Refused(Option<Point>),
+    /// The source did not answer.
+    Failed,
+    /// Drop Redis's state: it holds a change the source did not take.
+    Discard,
 }
 
 /// Our keys and scripts, on the Redis store's connection.
-#[derive(Clone)]
 pub(crate) struct RedisState {
-    connection: Connection,
+    redis: RedisStore,
     keys: KeyLayout,
-    timeout: Duration,
     kinds: Vec<Arc<TicketKind>>,
     idle_ttl_millis: u64,
+    /// How long a round may hold a user's lease.
+    lease: Duration,
+    /// Rounds of one user start at most once per interval.
+    interval: Duration,
+    randomness: RandomState,
+    draws: AtomicU64,
 }
 
 impl RedisState {
-    /// Our state next to `store`'s, on its connection and under its keys,
-    /// each call bounded by `timeout`. Seeded balances expire after
-    /// `idle_ttl` without writes, like the store's own.
+    /// Our state next to `redis`'s; seeded balances expire after `idle_ttl`
+    /// without a refill, like the store's own.
     pub(crate) fn new(
-        store: &RedisStore,
-        timeout: Duration,
+        redis: RedisStore,
         kinds: Vec<Arc<TicketKind>>,
         idle_ttl: Duration,
+        lease: Duration,
+        interval: Duration,
     ) -> Self {
         Self {
-            connection: store.connection(),
-            keys: store.keys().clone(),
-            timeout,
+            keys: redis.keys().clone(),
+            redis,
             kinds,
-            idle_ttl_millis: u64::try_from(idle_ttl.as_millis()).unwrap_or(u64::MAX),
+            idle_ttl_millis: millis(idle_ttl),
+            lease,
+            interval,
+            randomness: RandomState::new(),
+            draws: AtomicU64::new(0),
         }
     }
 
-    /// Whether `kinds` are seeded for `uid`, and their stored balances.
-    pub(crate) async fn check(
-        &self,
-        uid: &Uid,
-        kinds: &[Arc<TicketKind>],
-    ) -> Result<Checked, StoreError> {
-        let mut invocation = SCRIPTS.check.prepare_invoke();
-        invocation.key(self.keys.balances(uid));
-        for kind in kinds {
-            invocation.arg(kind.name());
-        }
-        let reply: Vec<i64> = self.run("check", &invocation).await?;
-        let Some((&seeded, values)) = reply.split_first() else {
-            return Err(unexpected("check", &reply));
-        };
-        if values.len() != 2 * kinds.len() {
-            return Err(unexpected("check", &reply));
-        }
-        Ok(Checked {
-            seeded: seeded == 1,
-            stored: values
-                .chunks_exact(2)
-                .map(|pair| balance(pair[0], pair[1]))
-                .collect(),
-        })
+    /// `bits` random bits.
+    fn random(&self, bits: u32) -> u64 {
+        let n = self.draws.fetch_add(1, Ordering::Relaxed);
+        let drawn =
+            self.randomness
+                .hash_one((n, std::process::id(), Utc::now().timestamp_nanos_opt()));
+        drawn >> (64 - bits)
     }
 
-    /// Records `state` (read from Firestore) for the kinds not seeded yet.
-    pub(crate) async fn seed_state(
-        &self,
-        uid: &Uid,
-        state: &UserSnapshot,
-    ) -> Result<(), StoreError> {
-        let mut invocation = SCRIPTS.seed.prepare_invoke();
-        invocation
-            .key(self.keys.balances(uid))
-            .arg(state.version)
+    /// A lineage id no other seeding is likely to draw: random, non-zero,
+    /// below 2^53.
+    fn new_lineage(&self) -> u64 {
+        self.random(LINEAGE_BITS).max(1)
+    }
+
+    /// Makes Redis hold `stored` (read from the source) as a new lineage,
+    /// unless it holds the user seeded already (then only kinds it lacks are
+    /// added). Returns the point Redis holds.
+    pub(crate) async fn seed(&self, uid: &Uid, stored: &UserSnapshot) -> Result<Point, StoreError> {
+        let mut call = ScriptCall::new(&SCRIPTS.seed, &[self.keys.balances(uid)]);
+        call.arg(self.new_lineage())
+            .arg(stored.version)
+            .arg(Origins::seeded_from(stored).to_string())
             .arg(self.idle_ttl_millis);
-        for (kind, balance) in self.kinds.iter().zip(&state.balances) {
-            invocation
-                .arg(kind.name())
+        for (kind, balance) in self.kinds.iter().zip(&stored.balances) {
+            call.arg(kind.name())
                 .arg(balance.remaining)
                 .arg(balance.last_refill.timestamp_millis());
         }
-        let _version: Vec<i64> = self.run("seed", &invocation).await?;
-        Ok(())
+        match self.redis.call("seed", call).await?.as_slice() {
+            &[lineage, version] => Ok(Point {
+                lineage: unsigned("seed", lineage)?,
+                version: unsigned("seed", version)?,
+            }),
+            reply => Err(unexpected("seed", reply)),
+        }
     }
 
-    /// Counts one more change that Firestore may not hold yet; `false` when
-    /// the user's balances were not seeded (nothing was counted).
-    pub(crate) async fn mark_pending(&self, uid: &Uid) -> Result<bool, StoreError> {
-        let mut invocation = SCRIPTS.mark.prepare_invoke();
-        invocation
-            .key(self.keys.balances(uid))
-            .key(self.keys.pending(uid));
-        let counter: i64 = self.run("mark", &invocation).await?;
-        Ok(counter > 0)
+    /// Takes the user's state for a write round, with the round's lease.
+    pub(crate) async fn snapshot(&self, uid: &Uid) -> Result<Snapshot, StoreError> {
+        let mut call = ScriptCall::new(&SCRIPTS.snapshot, &[self.keys.balances(uid)]);
+        call.arg(millis(self.lease))
+            .arg(millis(self.interval))
+            .arg(self.random(VERSION_STEP_BITS));
+        for kind in &self.kinds {
+            call.arg(kind.name());
+        }
+        let reply = self.redis.call("snapshot", call).await?;
+        match reply.as_slice() {
+            [0] => Ok(Snapshot::Lost),
+            [1] => Ok(Snapshot::Unseeded),
+            &[3, wait] => Ok(Snapshot::Busy(Duration::from_millis(
+                u64::try_from(wait).unwrap_or(0),
+            ))),
+            &[2, lineage, version, marks, origins, ref rest @ ..] => {
+                let origins =
+                    usize::try_from(origins).map_err(|_| unexpected("snapshot", &reply))?;
+                let (origins, values) = rest
+                    .split_at_checked(2 * origins)
+                    .ok_or_else(|| unexpected("snapshot", &reply))?;
+                if values.len() != 2 * self.kinds.len() {
+                    return Err(unexpected("snapshot", &reply));
+                }
+                let origins = origins
+                    .chunks_exact(2)
+                    .map(|pair| {
+                        Ok(Point {
+                            lineage: unsigned("snapshot", pair[0])?,
+                            version: unsigned("snapshot", pair[1])?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let balances = values
+                    .chunks_exact(2)
+                    .map(|pair| balance(pair[0], pair[1]))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| unexpected("snapshot", &reply))?;
+                let origins = Origins::from_points(origins);
+                let seeded_from = origins.points().first().copied().unwrap_or(Point {
+                    lineage: 0,
+                    version: 0,
+                });
+                Ok(Snapshot::Taken(Taken {
+                    state: UserSnapshot {
+                        version: unsigned("snapshot", version)?,
+                        lineage: unsigned("snapshot", lineage)?,
+                        origins,
+                        balances,
+                    },
+                    seeded_from,
+                    marks: unsigned("snapshot", marks)?,
+                }))
+            }
+            _ => Err(unexpected("snapshot", &reply)),
+        }
     }
 
-    /// Every user with changes that Firestore may not hold yet.
+    /// Tells Redis how the round that took the state at `point` ended;
+    /// `false` when Redis does not hold that state's history (any more):
+    /// dropped now, or reloaded meanwhile.
+    pub(crate) async fn settle(
+        &self,
+        uid: &Uid,
+        point: Point,
+        marks: u64,
+        end: RoundEnd,
+    ) -> Result<bool, StoreError> {
+        let mut call = ScriptCall::new(
+            &SCRIPTS.settle,
+            &[self.keys.balances(uid), self.keys.pending(uid)],
+        );
+        call.arg(point.lineage).arg(point.version).arg(marks);
+        match end {
+            RoundEnd::Written => call.arg("written"),
+            RoundEnd::Failed => call.arg("failed"),
+            RoundEnd::Discard => call.arg("discard"),
+            RoundEnd::Refused(None) => call.arg("refused").arg("").arg(""),
+            RoundEnd::Refused(Some(stored)) => {
+                call.arg("refused").arg(stored.lineage).arg(stored.version)
+            }
+        };
+        Ok(self.redis.call("settle", call).await? == [1])
+    }
+
+    /// Counts one more change made in `lineage` that the source may not
+    /// hold yet; `false` when Redis no longer holds that lineage.
+    pub(crate) async fn mark_pending(&self, uid: &Uid, lineage: u64) -> Result<bool, StoreError> {
+        let mut call = ScriptCall::new(
+            &SCRIPTS.mark,
+            &[self.keys.balances(uid), self.keys.pending(uid)],
+        );
+        call.arg(lineage);
+        Ok(self
+            .redis
+            .call("mark", call)
+            .await?
+            .first()
+            .is_some_and(|m| *m > 0))
+    }
+
+    /// Every user with changes that the source may not hold yet.
     pub(crate) async fn pending_users(&self) -> Result<Vec<Uid>, StoreError> {
         let pattern = self.keys.pending_pattern();
         let mut users = Vec::new();
         let mut cursor = 0_u64;
         loop {
-            let mut connection = self.connection.clone();
-            let mut command = redis::cmd("SCAN");
-            command
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let scan = connection.query::<(u64, Vec<String>)>(&command);
-            let (next, keys) = tokio::time::timeout(self.timeout, scan)
-                .await
-                .map_err(|_| timed_out("scan", self.timeout))?
-                .map_err(|e| failed("scan", e))?;
+            let (next, keys) = self.redis.scan(cursor, pattern.clone(), SCAN_COUNT).await?;
             users.extend(keys.iter().filter_map(|key| self.keys.pending_uid(key)));
             if next == 0 {
                 return Ok(users);
@@ -177,68 +289,13 @@ impl RedisState {
             cursor = next;
         }
     }
-
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        operation: &str,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        tokio::time::timeout(self.timeout, connection.invoke_prepared(invocation))
-            .await
-            .map_err(|_| timed_out(operation, self.timeout))?
-            .map_err(|e| failed(operation, e))
-    }
 }
 
-impl SnapshotCache for RedisState {
-    fn snapshot(self: Arc<Self>, uid: Uid) -> StoreFuture<CacheSnapshot> {
-        Box::pin(async move {
-            let mut invocation = SCRIPTS.snapshot.prepare_invoke();
-            invocation
-                .key(self.keys.balances(&uid))
-                .key(self.keys.pending(&uid));
-            for kind in &self.kinds {
-                invocation.arg(kind.name());
-            }
-            let reply: Vec<i64> = self.run("snapshot", &invocation).await?;
-            match reply.as_slice() {
-                [0] => Ok(CacheSnapshot::Lost),
-                [1] => Ok(CacheSnapshot::Unseeded),
-                [2, version, pending, values @ ..] if values.len() == 2 * self.kinds.len() => {
-                    let balances = values
-                        .chunks_exact(2)
-                        .map(|pair| balance(pair[0], pair[1]))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| unexpected("snapshot", &reply))?;
-                    Ok(CacheSnapshot::Ready {
-                        state: UserSnapshot {
-                            version: u64::try_from(*version).unwrap_or(0),
-                            balances,
-                        },
-                        pending: u64::try_from(*pending).unwrap_or(0),
-                    })
-                }
-                _ => Err(unexpected("snapshot", &reply)),
-            }
-        })
-    }
-
-    fn seed(self: Arc<Self>, uid: Uid, state: UserSnapshot) -> StoreFuture<()> {
-        Box::pin(async move { self.seed_state(&uid, &state).await })
-    }
-
-    fn written(self: Arc<Self>, uid: Uid, pending: u64) -> StoreFuture<()> {
-        Box::pin(async move {
-            let mut invocation = SCRIPTS.written.prepare_invoke();
-            invocation.key(self.keys.pending(&uid)).arg(pending);
-            let _forgotten: i64 = self.run("written", &invocation).await?;
-            Ok(())
-        })
-    }
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A stored count and last refill (Unix ms), `None` when absent (-1).
+/// A stored count and last refill (Unix ms), `None` when out of range.
 fn balance(count: i64, refill_millis: i64) -> Option<KindBalance> {
     Some(KindBalance {
         remaining: u32::try_from(count).ok()?,
@@ -247,30 +304,8 @@ fn balance(count: i64, refill_millis: i64) -> Option<KindBalance> {
     })
 }
 
-fn failed(operation: &str, error: RedisError) -> StoreError {
-    if matches!(error.code(), Some("TICKETS_CORRUPT" | "WRONGTYPE")) {
-        return StoreError::new(
-            StoreErrorKind::Corrupt,
-            format!(
-                "Redis write-through {operation}: a key holds a value tower-tickets did not \
-                 write; delete it or use another key prefix"
-            ),
-        )
-        .with_source(error);
-    }
-    let kind = if error.is_timeout() {
-        StoreErrorKind::Timeout
-    } else {
-        StoreErrorKind::Unavailable
-    };
-    StoreError::new(kind, format!("Redis write-through {operation} failed")).with_source(error)
-}
-
-fn timed_out(operation: &str, timeout: Duration) -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Timeout,
-        format!("Redis write-through {operation} got no answer within {timeout:?}"),
-    )
+fn unsigned(operation: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| unexpected(operation, &[value]))
 }
 
 fn unexpected(operation: &str, reply: &[i64]) -> StoreError {
@@ -278,158 +313,4 @@ fn unexpected(operation: &str, reply: &[i64]) -> StoreError {
         StoreErrorKind::Corrupt,
         format!("Redis write-through {operation} answered {reply:?}, which its script never does"),
     )
-}
-
-#[cfg(test)]
-#[allow(dead_code)] // The tests use the standalone server only.
-#[path = "../../../tests/support/redis_server.rs"]
-mod redis_server;
-
-#[cfg(test)]
-mod tests {
-    use super::redis_server::shared_server;
-    use super::*;
-
-    const DAY: Duration = Duration::from_secs(24 * 3600);
-
-    fn kinds() -> Vec<Arc<TicketKind>> {
-        vec![
-            Arc::new(TicketKind::new("upload", 5)),
-            Arc::new(TicketKind::new("ai", 3)),
-        ]
-    }
-
-    async fn state(prefix: &str) -> Arc<RedisState> {
-        let timeout = Duration::from_secs(2);
-        let store = RedisStore::standalone(shared_server().url())
-            .key_prefix(prefix)
-            .timeout(timeout)
-            .caching_a_source()
-            .connect()
-            .await
-            .expect("the test server answers");
-        Arc::new(RedisState::new(&store, timeout, kinds(), DAY))
-    }
-
-    fn at(s: &str) -> DateTime<Utc> {
-        s.parse().unwrap()
-    }
-
-    fn from_firestore(version: u64) -> UserSnapshot {
-        UserSnapshot {
-            version,
-            balances: vec![
-                KindBalance {
-                    remaining: 4,
-                    last_refill: at("2026-03-27T08:00:00Z"),
-                },
-                KindBalance {
-                    remaining: 1,
-                    last_refill: at("2026-03-27T09:00:00Z"),
-                },
-            ],
-        }
-    }
-
-    fn redis() -> redis::Connection {
-        shared_server().connection()
-    }
-
-    #[tokio::test]
-    async fn a_fresh_seed_starts_a_lineage_far_past_firestore() {
-        let state = state("seed:").await;
-        let uid = Uid::parse("u1").unwrap();
-        state.seed_state(&uid, &from_firestore(7)).await.unwrap();
-        let CacheSnapshot::Ready { state: read, .. } =
-            state.clone().snapshot(uid.clone()).await.unwrap()
-        else {
-            panic!("seeded")
-        };
-        assert_eq!(read.version, 7 + 1_048_576 + 1);
-        assert_eq!(read.balances, from_firestore(7).balances);
-        // Seeding again touches nothing seeded, and never lowers the version.
-        let mut newer = from_firestore(9);
-        newer.balances[0].remaining = 0;
-        state.seed_state(&uid, &newer).await.unwrap();
-        let checked = state.check(&uid, &kinds()).await.unwrap();
-        assert!(checked.seeded);
-        assert_eq!(checked.stored[0].unwrap().remaining, 4);
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg("seed:{u1}:t")
-            .query(&mut redis())
-            .unwrap();
-        assert!(ttl > 0, "seeded balances expire when idle");
-    }
-
-    #[tokio::test]
-    async fn balances_the_redis_store_made_on_its_own_are_replaced_or_discarded() {
-        let state = state("bogus:").await;
-        let uid = Uid::parse("u2").unwrap();
-        // A whole hash without a version: replaced by the seed.
-        let _: () = redis::cmd("HSET")
-            .arg("bogus:{u2}:t")
-            .arg(&["n:upload", "0", "r:upload", "1"])
-            .query(&mut redis())
-            .unwrap();
-        assert!(!state.check(&uid, &kinds()).await.unwrap().seeded);
-        assert!(matches!(
-            state.clone().snapshot(uid.clone()).await.unwrap(),
-            CacheSnapshot::Lost
-        ));
-        state.seed_state(&uid, &from_firestore(0)).await.unwrap();
-        assert_eq!(
-            state.check(&uid, &kinds()).await.unwrap().stored[0]
-                .unwrap()
-                .remaining,
-            4
-        );
-        // A kind outside the seeded list: discarded by a snapshot.
-        let _: () = redis::cmd("HSET")
-            .arg("bogus:{u2}:t")
-            .arg(&["n:extra", "0", "r:extra", "1"])
-            .query(&mut redis())
-            .unwrap();
-        let mut with_extra = kinds();
-        with_extra.push(Arc::new(TicketKind::new("extra", 2)));
-        let extended = Arc::new(RedisState {
-            kinds: with_extra,
-            ..(*state).clone()
-        });
-        assert!(matches!(
-            extended.clone().snapshot(uid.clone()).await.unwrap(),
-            CacheSnapshot::Lost
-        ));
-        // Now merely missing: read it from Firestore first.
-        assert!(matches!(
-            extended.clone().snapshot(uid.clone()).await.unwrap(),
-            CacheSnapshot::Unseeded
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_write_forgets_only_the_pending_changes_its_snapshot_covered() {
-        let state = state("pending:").await;
-        let uid = Uid::parse("u3").unwrap();
-        assert!(
-            !state.mark_pending(&uid).await.unwrap(),
-            "nothing seeded, nothing counted"
-        );
-        state.seed_state(&uid, &from_firestore(0)).await.unwrap();
-        assert!(state.mark_pending(&uid).await.unwrap());
-        let CacheSnapshot::Ready { pending, .. } =
-            state.clone().snapshot(uid.clone()).await.unwrap()
-        else {
-            panic!("seeded")
-        };
-        assert_eq!(pending, 1);
-        // A change after the snapshot: the write does not cover it.
-        assert!(state.mark_pending(&uid).await.unwrap());
-        state.clone().written(uid.clone(), pending).await.unwrap();
-        assert_eq!(
-            state.pending_users().await.unwrap(),
-            std::slice::from_ref(&uid)
-        );
-        state.clone().written(uid.clone(), 2).await.unwrap();
-        assert!(state.pending_users().await.unwrap().is_empty());
-    }
 }

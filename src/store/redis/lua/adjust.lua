@@ -3,10 +3,19 @@
 -- KEYS[1] the user's balances.
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, kind count, then per
 --       kind: 'grant' or 'set', amount, spec.
--- Reply: {remaining, last refill, ...}.
+-- Reply: {remaining, last refill, ...}. Caching a source: UNSEEDED, or
+--        {lineage, version, then as above}.
 
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(4, tonumber(ARGV[3]), 2)
+local reply = {}
+if not REDIS_HOLDS_THE_TRUTH then
+  local lineage, version = seeded_point(KEYS[1], kinds)
+  if not lineage then
+    return UNSEEDED
+  end
+  reply = {lineage, version}
+end
 load(KEYS[1], kinds, t)
 for _, kind in ipairs(kinds) do
   local amount = tonumber(kind[2])
@@ -18,4 +27,4 @@ for _, kind in ipairs(kinds) do
   kind.new_n = true
 end
 save(KEYS[1], kinds, ARGV[2])
-return balances_reply({}, kinds)
+return balances_reply(reply, kinds)

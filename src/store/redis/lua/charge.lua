@@ -5,10 +5,19 @@
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, idempotency TTL ms,
 --       kind count, then per kind: amount, spec.
 -- Reply: {outcome, remaining, last refill, ...} with outcome 0 refused,
---        1 allowed, 2 replayed (the key was already charged).
+--        1 allowed, 2 replayed (the key was already charged). Caching a
+--        source: UNSEEDED, or {outcome, lineage, version, remaining, ...}.
 
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(5, tonumber(ARGV[4]), 1)
+local reply = {}
+if not REDIS_HOLDS_THE_TRUTH then
+  local lineage, version = seeded_point(KEYS[1], kinds)
+  if not lineage then
+    return UNSEEDED
+  end
+  reply = {0, lineage, version}
+end
 load(KEYS[1], kinds, t)
 
 local outcome = 1
@@ -36,4 +45,5 @@ if outcome == 1 then
   end
 end
 save(KEYS[1], kinds, ARGV[2])
-return balances_reply({outcome}, kinds)
+reply[1] = outcome
+return balances_reply(reply, kinds)

@@ -11,6 +11,15 @@
 --   r:<kind>  the last refill, in Unix milliseconds
 --   p:<kind>  present while forgetting the user would change this kind's
 --            balance (only when Redis holds the truth; see save())
+-- When Redis caches a source of truth, the write-through's fields too:
+--   l  the lineage: a random id given when the hash was seeded from the
+--      source (see store/source/mod.rs)
+--   v  the version, raised by every state the write-through takes
+--   a  the lineage's origins, 'lineage@version' points
+--   s  the kinds seeded from the source, as ',upload,ai,'
+-- A script never acts on a hash that lacks them or a kind's fields: such a
+-- state is not (or no longer entirely) the truth, and it answers UNSEEDED
+-- so that the write-through reloads the user from the source.
 -- Every key a script touches carries the same hash tag {<uid>}, so a script
 -- runs on a single cluster slot.
 --
@@ -23,6 +32,9 @@
 -- Rust computes them).
 
 local MAX_BALANCE = 4294967295
+
+-- The one-element reply of a script that found the user not seeded.
+local UNSEEDED = {-1}
 
 -- Aborts the script with an error that names what is wrong; Rust turns
 -- it into a StoreError of kind Corrupt.
@@ -92,6 +104,48 @@ local function stored_integer(key, field, value)
   return tonumber(value)
 end
 
+-- The user's point (lineage, version) when Redis caches a source of truth
+-- and holds every kind of `kinds` as seeded from it, with both fields; nil
+-- otherwise.
+local function seeded_point(key, kinds)
+  local fields = {'l', 'v', 's'}
+  for _, kind in ipairs(kinds) do
+    fields[#fields + 1] = kind.n_field
+    fields[#fields + 1] = kind.r_field
+  end
+  local ok, values = pcall(redis.call, 'HMGET', key, unpack(fields))
+  if not ok then
+    corrupt(key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not the hash of ticket balances')
+  end
+  if not values[1] or not values[2] then
+    return nil
+  end
+  local seeded = values[3] or ','
+  for k, kind in ipairs(kinds) do
+    if not string.find(seeded, ',' .. kind.name .. ',', 1, true)
+        or not values[2 + 2 * k] or not values[3 + 2 * k] then
+      return nil
+    end
+  end
+  return stored_integer(key, 'l', values[1]), stored_integer(key, 'v', values[2])
+end
+
+-- Whether a change made in lineage `made_l` while its version was `made_v`
+-- is part of the state Redis holds at (l, v): made in this lineage and not
+-- rolled back since, or part of a state this lineage descends from.
+local function includes(key, l, v, made_l, made_v)
+  if l == made_l then
+    return v >= made_v
+  end
+  local origins = redis.call('HGET', key, 'a') or ''
+  for origin_l, origin_v in string.gmatch(origins, '(%d+)@(%d+)') do
+    if tonumber(origin_l) == made_l and tonumber(origin_v) > made_v then
+      return true
+    end
+  end
+  return false
+end
+
 -- Loads each kind's balance into kind.n and kind.r, with a due refill
 -- applied: topped up to capacity (never lowered) and refilled at `t`. A kind
 -- never seen starts at kind.initial, refilled at kind.born or else at `t`.
@@ -115,6 +169,9 @@ local function load(key, kinds, t)
     else
       kind.n = stored_integer(key, fields[2 * k - 1], n)
       kind.r = stored_integer(key, fields[2 * k], r)
+      if kind.n > MAX_BALANCE then
+        corrupt(key .. ' field ' .. fields[2 * k - 1] .. ' holds ' .. n .. ', above 2^32 - 1')
+      end
       kind.stored_n = kind.n
     end
     local due = cutoff(kind, t)

@@ -1,53 +1,55 @@
--- seed: record balances read from Firestore for the kinds Redis does not
--- hold from Firestore yet, never touching a seeded kind (its balance may be
--- newer than Firestore's). A hash without a version holds nothing seeded:
--- the Redis store made it on its own after a flush or an expiry, from a
--- balance that is not the truth, so it is replaced. A kind outside the
--- seeded list is replaced for the same reason.
---
--- A hash seeded afresh starts a new lineage of snapshots: its version jumps
--- LINEAGE_GAP past Firestore's, so that a write still in flight from the
--- lost lineage (numbered just past Firestore's version) can never pass for a
--- newer state than the new lineage's.
+-- seed: make Redis hold the user as the source of truth has them, unless it
+-- already holds them seeded from it (Redis may then be ahead of the source:
+-- it is left alone). A hash without a lineage, or whose seeded kinds lost a
+-- field, is not the truth (the Redis store never creates balances on its
+-- own when it caches a source; such a hash is left by an eviction or an
+-- outside change): it is replaced whole, starting a new lineage. Kinds the
+-- hash was never seeded with (a kind added to the configuration) are added
+-- to the lineage it has.
 --
 -- KEYS[1] the user's balances hash.
--- ARGV: the stored version, the idle TTL ms, then per kind: name, count,
---       last refill ms.
--- Reply: {version} as stored.
-
-local LINEAGE_GAP = 1048576
+-- ARGV: the new lineage's id, the source's version, the new lineage's
+--       origins ('lineage@version' points), the idle TTL ms, then per kind:
+--       name, count, last refill ms.
+-- Reply: {lineage, version} as held after the call.
 
 local key = KEYS[1]
-local stored = redis.call('HMGET', key, 'v', 's')
-local seeded_list = stored[2] or ','
-local version = ARGV[1]
-if stored[1] then
-  if tonumber(stored[1]) >= tonumber(version) then
-    version = stored[1]
+local stored = redis.call('HMGET', key, 'l', 'v', 's')
+local intact = stored[1] and stored[2]
+local seeded = stored[3] or ','
+if intact then
+  for i = 5, #ARGV, 3 do
+    local name = ARGV[i]
+    if string.find(seeded, ',' .. name .. ',', 1, true) then
+      local values = redis.call('HMGET', key, 'n:' .. name, 'r:' .. name)
+      if not values[1] or not values[2] then
+        intact = false
+      end
+    end
   end
-else
-  redis.call('DEL', key)
-  seeded_list = ','
-  version = string.format('%d', tonumber(version) + LINEAGE_GAP)
 end
 local fields = {}
-for i = 3, #ARGV, 3 do
+if not intact then
+  redis.call('DEL', key)
+  seeded = ','
+  fields = {'l', ARGV[1], 'v', ARGV[2], 'a', ARGV[3]}
+end
+for i = 5, #ARGV, 3 do
   local name = ARGV[i]
-  if not string.find(seeded_list, ',' .. name .. ',', 1, true) then
+  if not string.find(seeded, ',' .. name .. ',', 1, true) then
     fields[#fields + 1] = 'n:' .. name
     fields[#fields + 1] = ARGV[i + 1]
     fields[#fields + 1] = 'r:' .. name
     fields[#fields + 1] = ARGV[i + 2]
-    seeded_list = seeded_list .. name .. ','
+    seeded = seeded .. name .. ','
   end
 end
-fields[#fields + 1] = 'v'
-fields[#fields + 1] = version
 fields[#fields + 1] = 's'
-fields[#fields + 1] = seeded_list
+fields[#fields + 1] = seeded
 redis.call('HSET', key, unpack(fields))
-local idle_ttl = tonumber(ARGV[2])
+local idle_ttl = tonumber(ARGV[4])
 if redis.call('PTTL', key) < idle_ttl then
   redis.call('PEXPIRE', key, idle_ttl)
 end
-return {tonumber(version)}
+local held = redis.call('HMGET', key, 'l', 'v')
+return {tonumber(held[1]), tonumber(held[2])}

@@ -1,51 +1,76 @@
--- snapshot: the user's balances, to be written to Firestore, under a new
--- version; and the pending-changes counter that the write will cover.
--- Balances the Redis store made on its own (a kind outside the seeded list,
--- or a whole hash without a version) are not the truth: they are discarded
--- and nothing is written.
+-- snapshot: the user's state for a write round, under the next version of
+-- its lineage, and the round's lease on the user.
 --
--- KEYS[1] the user's balances hash; KEYS[2] the user's pending counter.
--- ARGV: kind names.
--- Reply: {0} lost (no hash, or something discarded); {1} a kind was never
---        seeded (read it from Firestore first); else {2, version, pending,
---        then per kind: count, last refill ms}.
+-- One round per user runs at a time across every app instance (the lease,
+-- `k` = until when, held by the round of version `kv`), and rounds start at
+-- most once per write interval (`q` = not before), so one user's document
+-- is written at the pace Firestore sustains however many instances serve
+-- them. A round that finds either answers BUSY with the wait.
+--
+-- Versions are drawn, not counted: each state's version is the last one
+-- plus 1 plus a random step (from Rust), so that a Redis state rolled back
+-- to an old dump (whose later versions the source may hold) cannot take
+-- the very versions its lost future took. The hash remembers the last few
+-- versions it took (`h`): a state the source holds of this lineage came
+-- from this Redis history only if its version is among them.
+--
+-- KEYS[1] the user's balances hash.
+-- ARGV: the lease ms, the write interval ms, the random step, then the
+--       source's kind names.
+-- Reply: {0} lost (nothing seeded: nothing to write); {1} a kind was never
+--        seeded (read it from the source first); {3, wait ms} busy; else
+--        {2, lineage, version, pending marks, origin count, then per origin:
+--        lineage, version, then per kind: count, last refill ms}.
+
+local REMEMBERED_VERSIONS = 8
 
 local key = KEYS[1]
-local stored = redis.call('HMGET', key, 'v', 's')
-if not stored[1] then
-  redis.call('DEL', key)
+local stored = redis.call('HMGET', key, 'l', 'v', 's', 'a', 'k', 'q', 'm', 'h')
+if not stored[1] or not stored[2] then
   return {0}
 end
-local seeded_list = stored[2] or ','
-local reply = {2, 0, 0}
-local bogus = {}
-local unseeded = false
-for _, name in ipairs(ARGV) do
-  local n, r = 'n:' .. name, 'r:' .. name
-  local values = redis.call('HMGET', key, n, r)
-  if string.find(seeded_list, ',' .. name .. ',', 1, true) then
-    local count, refill = tonumber(values[1]), tonumber(values[2])
-    if not count or not refill then
-      error({err = 'TICKETS_CORRUPT ' .. key .. ' lacks ' .. n .. ' or ' .. r ..
-        ', though ' .. name .. ' was seeded'})
-    end
-    reply[#reply + 1] = count
-    reply[#reply + 1] = refill
-  else
-    unseeded = true
-    if values[1] or values[2] then
-      bogus[#bogus + 1] = n
-      bogus[#bogus + 1] = r
-    end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+for _, until_ms in ipairs({stored[5], stored[6]}) do
+  if until_ms and tonumber(until_ms) > now then
+    return {3, tonumber(until_ms) - now}
   end
 end
-if #bogus > 0 then
-  redis.call('HDEL', key, unpack(bogus))
-  return {0}
+local seeded = stored[3] or ','
+local balances = {}
+for i = 4, #ARGV do
+  local name = ARGV[i]
+  if not string.find(seeded, ',' .. name .. ',', 1, true) then
+    return {1}
+  end
+  local values = redis.call('HMGET', key, 'n:' .. name, 'r:' .. name)
+  local count, refill = tonumber(values[1]), tonumber(values[2])
+  if not count or not refill then
+    -- Partly lost: not the truth any more.
+    redis.call('DEL', key)
+    return {0}
+  end
+  balances[#balances + 1] = count
+  balances[#balances + 1] = refill
 end
-if unseeded then
-  return {1}
+local version = redis.call('HINCRBY', key, 'v', 1 + tonumber(ARGV[3]))
+local taken = version .. ' '
+local kept = 1
+for previous in string.gmatch(stored[8] or '', '%d+') do
+  if kept < REMEMBERED_VERSIONS then
+    taken = taken .. previous .. ' '
+    kept = kept + 1
+  end
 end
-reply[2] = redis.call('HINCRBY', key, 'v', 1)
-reply[3] = tonumber(redis.call('GET', KEYS[2])) or 0
+redis.call('HSET', key, 'k', now + tonumber(ARGV[1]), 'kv', version,
+  'q', now + tonumber(ARGV[2]), 'h', taken)
+local reply = {2, tonumber(stored[1]), version, tonumber(stored[7]) or 0, 0}
+for origin_l, origin_v in string.gmatch(stored[4] or '', '(%d+)@(%d+)') do
+  reply[#reply + 1] = tonumber(origin_l)
+  reply[#reply + 1] = tonumber(origin_v)
+  reply[5] = reply[5] + 1
+end
+for _, value in ipairs(balances) do
+  reply[#reply + 1] = value
+end
 return reply

@@ -1,0 +1,197 @@
+//! [`MemorySource`]: a source of truth in this process's memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome, finished};
+use crate::kind::TicketKind;
+use crate::store::{StoreError, StoreErrorKind, StoreFuture};
+use crate::uid::Uid;
+
+/// How long an operation may wait for a held write by default.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`SourceOfTruth`] in memory: what Firestore is to production, for tests
+/// of the write-through and single-process experiments. Clones share the
+/// same users.
+///
+/// It can play Firestore's faults: [`set_reachable`](Self::set_reachable)
+/// makes every operation fail as an unreachable backend does, and
+/// [`hold_writes`](Self::hold_writes) keeps writes in flight until released,
+/// each landing then even if its caller gave up meanwhile (as a request
+/// already on the wire does).
+#[derive(Clone)]
+pub struct MemorySource {
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+struct Shared {
+    kinds: Vec<Arc<TicketKind>>,
+    users: Mutex<HashMap<Uid, UserSnapshot>>,
+    reachable: AtomicBool,
+    /// `true` while writes are held.
+    held: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for MemorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySource")
+            .field("kinds", &self.shared.kinds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemorySource {
+    /// An empty source holding `kinds` (pass the registry's kinds).
+    pub fn new(kinds: impl IntoIterator<Item = TicketKind>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                kinds: kinds.into_iter().map(Arc::new).collect(),
+                users: Mutex::default(),
+                reachable: AtomicBool::new(true),
+                held: watch::channel(false).0,
+            }),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// How long a caller waits for a held write before it fails with
+    /// [`StoreErrorKind::Timeout`] (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What is stored for `uid`, as stored (no kinds added).
+    pub fn stored(&self, uid: &Uid) -> Option<UserSnapshot> {
+        self.shared.users.lock().get(uid).cloned()
+    }
+
+    /// Makes every operation fail (`false`) as an unreachable Firestore
+    /// does, or work again (`true`).
+    pub fn set_reachable(&self, reachable: bool) {
+        self.shared.reachable.store(reachable, Ordering::SeqCst);
+    }
+
+    /// Holds every write (`true`) until released (`false`). A held write
+    /// fails with [`StoreErrorKind::Timeout`] after the
+    /// [timeout](Self::timeout), and still lands once released.
+    pub fn hold_writes(&self, hold: bool) {
+        self.shared.held.send_replace(hold);
+    }
+
+    fn reachable(&self) -> Result<(), StoreError> {
+        if self.shared.reachable.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the in-memory source is set unreachable",
+            ))
+        }
+    }
+}
+
+impl Shared {
+    /// The stored state with the kinds it lacks at their initial balance;
+    /// whether any was lacking.
+    fn completed(&self, stored: &UserSnapshot, now: DateTime<Utc>) -> (UserSnapshot, bool) {
+        let mut state = stored.clone();
+        let missing = state.balances.len() < self.kinds.len();
+        let initial = UserSnapshot::initial(&self.kinds, now);
+        state
+            .balances
+            .extend(initial.balances.into_iter().skip(stored.balances.len()));
+        (state, missing)
+    }
+
+    fn apply(&self, uid: &Uid, state: &UserSnapshot, condition: WriteCondition) -> WriteOutcome {
+        let mut users = self.users.lock();
+        let stored = users.get(uid);
+        if condition.allows(stored.map(UserSnapshot::point)) {
+            users.insert(uid.clone(), state.clone());
+            WriteOutcome::Written
+        } else {
+            WriteOutcome::Refused {
+                stored: stored.cloned(),
+            }
+        }
+    }
+}
+
+impl SourceOfTruth for MemorySource {
+    fn kinds(&self) -> &[Arc<TicketKind>] {
+        &self.shared.kinds
+    }
+
+    fn load(&self, uid: &Uid, now: DateTime<Utc>) -> StoreFuture<Option<UserSnapshot>> {
+        let loaded = self.reachable().map(|()| {
+            let users = self.shared.users.lock();
+            users
+                .get(uid)
+                .map(|stored| self.shared.completed(stored, now).0)
+        });
+        finished(loaded)
+    }
+
+    fn load_or_create(&self, uid: &Uid, now: DateTime<Utc>) -> StoreFuture<UserSnapshot> {
+        let loaded = self.reachable().map(|()| {
+            let mut users = self.shared.users.lock();
+            let state = match users.get(uid) {
+                Some(stored) => {
+                    let (state, missing) = self.shared.completed(stored, now);
+                    if !missing {
+                        return state;
+                    }
+                    state
+                }
+                None => UserSnapshot::initial(&self.shared.kinds, now),
+            };
+            users.insert(uid.clone(), state.clone());
+            state
+        });
+        finished(loaded)
+    }
+
+    fn write(
+        &self,
+        uid: &Uid,
+        state: &UserSnapshot,
+        condition: WriteCondition,
+    ) -> StoreFuture<WriteOutcome> {
+        if let Err(error) = self.reachable() {
+            return finished(Err(error));
+        }
+        let mut held = self.shared.held.subscribe();
+        if !*held.borrow() {
+            return finished(Ok(self.shared.apply(uid, state, condition)));
+        }
+        // Held: the write lands on release, whoever still waits for it.
+        let (shared, uid, state) = (self.shared.clone(), uid.clone(), state.clone());
+        let landing = tokio::spawn(async move {
+            let _released = held.wait_for(|held| !held).await;
+            shared.apply(&uid, &state, condition)
+        });
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, landing).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Err(_)) => Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "the in-memory source's held write stopped",
+                )),
+                Err(_) => Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("the in-memory source held a write for more than {timeout:?}"),
+                )),
+            }
+        })
+    }
+}

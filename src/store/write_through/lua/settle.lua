@@ -1,0 +1,52 @@
+-- settle: what a write round did, told to Redis. Releases the round's
+-- lease, and:
+-- - 'written': the marks the round's snapshot saw are covered; the pending
+--   key goes once every mark is;
+-- - 'refused': the source holds a state this lineage does not descend
+--   from. Unless that state was taken from this very Redis history (a
+--   round whose lease ran out wrote it: its version is among those the
+--   hash took), Redis's state is dropped: the next request reloads the user
+--   from the source;
+-- - 'failed': the source did not answer; the marks stay pending;
+-- - 'discard': drop Redis's state (a change the source did not take must
+--   not stay in Redis alone).
+-- Nothing happens to a hash of another lineage (reloaded meanwhile); a
+-- pending key whose hash is gone indexes nothing and goes.
+--
+-- KEYS[1] the user's balances hash; KEYS[2] the user's pending key.
+-- ARGV: the round's lineage, its version, the marks its snapshot saw, the
+--       outcome, then for 'refused' the stored lineage and version ('' for
+--       no document).
+-- Reply: {1} Redis keeps the state, {0} it does not hold it (any more).
+
+local key = KEYS[1]
+local stored = redis.call('HMGET', key, 'l', 'v', 'kv', 'm', 'c', 'h')
+if stored[1] ~= ARGV[1] then
+  if not stored[1] then
+    redis.call('DEL', KEYS[2])
+  end
+  return {0}
+end
+if stored[3] == ARGV[2] then
+  redis.call('HDEL', key, 'k', 'kv')
+end
+local outcome = ARGV[4]
+if outcome == 'refused' then
+  if ARGV[5] == stored[1] and string.find(' ' .. (stored[6] or ''), ' ' .. ARGV[6] .. ' ', 1, true) then
+    outcome = 'written'
+  else
+    outcome = 'discard'
+  end
+end
+if outcome == 'discard' then
+  redis.call('DEL', key, KEYS[2])
+  return {0}
+end
+if outcome == 'written' then
+  local covered = math.max(tonumber(stored[5]) or 0, tonumber(ARGV[3]))
+  redis.call('HSET', key, 'c', covered)
+  if covered >= (tonumber(stored[4]) or 0) then
+    redis.call('DEL', KEYS[2])
+  end
+end
+return {1}

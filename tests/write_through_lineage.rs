@@ -1,0 +1,256 @@
+//! The write-through when Redis loses or rolls back state between a charge
+//! and its write (DESIGN.md §4): a flush while a charge waits for its round,
+//! a refund of a charge Redis lost, a hash rolled back to an old dump, a
+//! grant the source did not take. Each test forces its interleaving with
+//! the in-memory source's held writes and outages, on a real `redis-server`
+//! of its own (the tests flush it).
+
+#![cfg(feature = "redis")]
+
+#[allow(dead_code)] // This binary uses part of the support code.
+mod support {
+    pub mod eventually;
+    pub mod redis_server;
+}
+
+use std::time::Duration;
+
+use tower_tickets::store::{
+    Adjustment, ChargeOutcome, ChargeRequest, MemorySource, RedisStore, SourceOfTruth, StoreError,
+    TicketStore, WriteMode, WriteThrough,
+};
+use tower_tickets::{ConfigError, Cost, TicketKind, Tickets, Uid};
+
+use support::eventually::eventually;
+use support::redis_server::RedisServer;
+
+fn upload() -> TicketKind {
+    TicketKind::new("upload", 5)
+}
+
+struct Fixture {
+    server: RedisServer,
+    source: MemorySource,
+    store: WriteThrough,
+    tickets: Tickets,
+    uid: Uid,
+}
+
+impl Fixture {
+    async fn new(mode: WriteMode) -> Self {
+        let server = RedisServer::start();
+        let source = MemorySource::new([upload()]).timeout(Duration::from_secs(30));
+        let store = WriteThrough::builder(
+            RedisStore::standalone(server.url()).timeout(Duration::from_secs(2)),
+            source.clone(),
+        )
+        .mode(mode)
+        .write_interval(Duration::from_millis(5))
+        .recovery_interval(Duration::from_millis(50))
+        .connect()
+        .await
+        .expect("connect to the test server");
+        let tickets = Tickets::builder()
+            .kind(upload())
+            .store(store.clone())
+            .build()
+            .expect("the source has the registry's kinds");
+        let uid = Uid::parse("lineage-user").unwrap();
+        tickets.ensure_user(&uid).await.expect("created");
+        Self {
+            server,
+            source,
+            store,
+            tickets,
+            uid,
+        }
+    }
+
+    fn store(&self) -> &WriteThrough {
+        &self.store
+    }
+
+    fn charge(&self) -> impl Future<Output = Result<ChargeOutcome, StoreError>> + 'static {
+        let cost = self.tickets.check_cost(&Cost::of("upload", 1)).unwrap();
+        let request = ChargeRequest::new(self.uid.clone(), cost, self.tickets.now());
+        self.store.charge(request)
+    }
+
+    /// The balance the source holds.
+    fn in_source(&self) -> u32 {
+        self.source.stored(&self.uid).expect("a document").balances[0].remaining
+    }
+
+    /// The balance the store answers (reloading from the source if Redis
+    /// dropped the user).
+    async fn answered(&self) -> u32 {
+        self.tickets
+            .balances(&self.uid)
+            .await
+            .unwrap()
+            .get("upload")
+            .unwrap()
+            .remaining
+    }
+
+    fn redis(&self, command: &str, args: &[&str]) -> redis::Value {
+        let mut command = redis::cmd(command);
+        for arg in args {
+            command.arg(*arg);
+        }
+        command.query(&mut self.server.connection()).unwrap()
+    }
+
+    fn hash(&self) -> String {
+        format!("tickets:{{{}}}:t", self.uid)
+    }
+
+    /// Waits until a write round holds the user's lease in Redis.
+    async fn round_in_flight(&self) {
+        eventually("a write round takes the user", || async {
+            self.redis("HEXISTS", &[&self.hash(), "k"]) == redis::Value::Int(1)
+        })
+        .await;
+    }
+}
+
+fn allowed(outcome: &Result<ChargeOutcome, StoreError>) -> bool {
+    matches!(outcome, Ok(ChargeOutcome::Allowed { .. }))
+}
+
+/// A charge waits for its write; Redis is flushed; another charge reloads
+/// the user from the source (which lacks the first) and waits for its own
+/// write. Both writes land. Before lineages, both charges were answered as
+/// allowed while the source held one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_while_a_charge_waits_for_its_write_never_answers_both() {
+    let f = Fixture::new(WriteMode::Sync).await;
+    f.source.hold_writes(true);
+    let first = tokio::spawn(f.charge());
+    f.round_in_flight().await;
+    f.redis("FLUSHALL", &[]);
+    let second = tokio::spawn(f.charge());
+    f.round_in_flight().await;
+    f.source.hold_writes(false);
+
+    let outcomes = [first.await.unwrap(), second.await.unwrap()];
+    let answered = outcomes.iter().filter(|o| allowed(o)).count();
+    assert_eq!(answered, 1, "{outcomes:?}");
+    assert_eq!(
+        f.in_source(),
+        4,
+        "the source holds exactly the answered charge"
+    );
+    assert_eq!(
+        f.answered().await,
+        4,
+        "Redis reloaded what the source holds"
+    );
+}
+
+/// Async mode: a charge is answered, Redis is flushed before it is written
+/// (async mode's documented loss), then the charge is refunded. Before
+/// lineages, the refund gave a ticket back on top of the reloaded balance:
+/// a ticket minted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_of_a_charge_redis_lost_gives_nothing_back() {
+    let f = Fixture::new(WriteMode::Async).await;
+    f.source.set_reachable(false);
+    let Ok(ChargeOutcome::Allowed { receipt, .. }) = f.charge().await else {
+        panic!("async mode answers from Redis");
+    };
+    f.redis("FLUSHALL", &[]);
+    f.source.set_reachable(true);
+
+    let refund = f.store().refund(receipt, f.tickets.now()).await.unwrap();
+    assert_eq!(
+        refund.refunded,
+        [0],
+        "the charge is not in the reloaded state"
+    );
+    assert_eq!(f.answered().await, 5);
+    assert_eq!(f.in_source(), 5);
+}
+
+/// Sync mode: a charge the source holds, then a flush, then its refund
+/// (the handler failed): the reloaded state includes the charge, so the
+/// refund gives it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_after_a_flush_gives_back_a_charge_the_source_holds() {
+    let f = Fixture::new(WriteMode::Sync).await;
+    let Ok(ChargeOutcome::Allowed { receipt, .. }) = f.charge().await else {
+        panic!("allowed");
+    };
+    assert_eq!(f.in_source(), 4);
+    f.redis("FLUSHALL", &[]);
+
+    let refund = f.store().refund(receipt, f.tickets.now()).await.unwrap();
+    assert_eq!(refund.refunded, [1]);
+    assert_eq!(f.in_source(), 5);
+    assert_eq!(f.answered().await, 5);
+}
+
+/// Redis comes back with an old copy of the user (a restart from an old
+/// dump, a failover to a lagging replica): a charge decided on it is not
+/// answered, and the next one is decided on the source's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_rolled_back_to_an_old_dump_is_reloaded_not_written() {
+    let f = Fixture::new(WriteMode::Sync).await;
+    assert!(allowed(&f.charge().await));
+    let redis::Value::BulkString(dump) = f.redis("DUMP", &[&f.hash()]) else {
+        panic!("the hash exists");
+    };
+    assert!(allowed(&f.charge().await));
+    assert!(allowed(&f.charge().await));
+    assert_eq!(f.in_source(), 2);
+
+    let _: () = redis::cmd("RESTORE")
+        .arg(f.hash())
+        .arg(0)
+        .arg(dump)
+        .arg("REPLACE")
+        .query(&mut f.server.connection())
+        .unwrap();
+    let stale = f.charge().await;
+    assert!(stale.is_err(), "decided on a rolled-back state: {stale:?}");
+    assert_eq!(f.in_source(), 2, "the stale state was not written");
+    let Ok(ChargeOutcome::Allowed { balances, .. }) = f.charge().await else {
+        panic!("reloaded and charged");
+    };
+    assert_eq!(balances[0].remaining, 1);
+    assert_eq!(f.in_source(), 1);
+}
+
+/// Sync mode: a grant that the source does not take is answered with an
+/// error and not kept in Redis (before, it was acknowledged while only Redis
+/// held it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_the_source_does_not_take_is_an_error_and_not_kept() {
+    let f = Fixture::new(WriteMode::Sync).await;
+    f.source.set_reachable(false);
+    let upload = f.tickets.kind("upload").unwrap().clone();
+    let granted = f
+        .store()
+        .adjust(&f.uid, &upload, Adjustment::Grant(10), f.tickets.now())
+        .await;
+    assert!(granted.is_err(), "{granted:?}");
+    f.source.set_reachable(true);
+    assert_eq!(f.answered().await, 5);
+    assert_eq!(f.in_source(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_other_kinds_than_the_registry_is_a_config_error() {
+    let server = RedisServer::start();
+    let source = MemorySource::new([TicketKind::new("upload", 6)]);
+    let store = WriteThrough::builder(RedisStore::standalone(server.url()), source.clone())
+        .connect()
+        .await
+        .unwrap();
+    let built = Tickets::builder().kind(upload()).store(store).build();
+    assert!(
+        matches!(built, Err(ConfigError::SourceKindsDiffer { .. })),
+        "{built:?}"
+    );
+    assert_eq!(source.kinds().len(), 1);
+}
