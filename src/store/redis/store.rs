@@ -10,7 +10,8 @@ use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
 use super::scripts::{CallContext, ScriptCall, millis, push_kind};
-use crate::idempotency::IDEMPOTENCY_TTL;
+use crate::cost::CheckedCost;
+use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey};
 use crate::kind::TicketKind;
 use crate::store::breaker::Breaker;
 use crate::store::{
@@ -61,7 +62,11 @@ use crate::uid::Uid;
 ///   until that no longer holds. Under `WriteThrough` (feature `firestore`)
 ///   any idle user expires: Firestore reloads them.
 /// - `<prefix>{<uid>}:i:<Idempotency-Key>`: a charged idempotency key, kept
-///   24 h.
+///   24 h: the instant it stops counting, whether its request is still
+///   running (`R`) or finished (`D`), and the
+///   [`RequestFingerprint`](crate::RequestFingerprint) of that request.
+///   Keys live in Redis only: a Redis that loses them (a flush, a restart
+///   from an older dump) takes a retry for a new request, charged again.
 ///
 /// Keys are only built from a validated [`Uid`](crate::Uid), so a hostile
 /// id never reaches Redis; the prefix may not contain `{` or `}`.
@@ -223,6 +228,7 @@ impl TicketStore for RedisStore {
             cost,
             now,
             idempotency_key,
+            fingerprint,
         } = request;
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = cost.items();
@@ -236,6 +242,7 @@ impl TicketStore for RedisStore {
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(millis(IDEMPOTENCY_TTL))
+            .arg(fingerprint.as_str())
             .arg(items.len());
         for item in items {
             call.arg(item.amount);
@@ -244,25 +251,24 @@ impl TicketStore for RedisStore {
         let reply = self.call("charge", call);
         Box::pin(async move {
             let reply = reply.await?;
-            let Some((&outcome, rest)) = reply.split_first() else {
-                return Err(unexpected_reply("charge", &reply));
-            };
-            let balances = reply::balances("charge", rest, cost.items().len())?;
-            Ok(match outcome {
-                0 => ChargeOutcome::Refused { balances },
-                1 => ChargeOutcome::Allowed {
-                    receipt: Receipt {
-                        uid,
-                        cost,
-                        last_refills: balances.iter().map(|b| b.last_refill).collect(),
-                        remaining_after: balances.iter().map(|b| b.remaining).collect(),
-                        idempotency_key,
-                    },
-                    balances,
-                },
-                2 => ChargeOutcome::Replayed { balances },
-                _ => return Err(unexpected_reply("charge", &reply)),
-            })
+            charge_outcome(&reply, uid, cost, idempotency_key)
+        })
+    }
+
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
+        let Some(key) = &receipt.idempotency_key else {
+            return Box::pin(std::future::ready(Ok(())));
+        };
+        let call = ScriptCall::new(
+            &self.shared.context.scripts().finish,
+            &[self.shared.keys.idempotency(&receipt.uid, key)],
+        );
+        let reply = self.call("finish", call);
+        Box::pin(async move {
+            match reply.await?.as_slice() {
+                [0 | 1] => Ok(()),
+                other => Err(unexpected_reply("finish", other)),
+            }
         })
     }
 
@@ -373,4 +379,35 @@ impl TicketStore for RedisStore {
             now,
         )
     }
+}
+
+/// The charge script's reply as an outcome; an allowed charge's receipt
+/// holds `uid`, `cost` and `idempotency_key`.
+fn charge_outcome(
+    reply: &[i64],
+    uid: Uid,
+    cost: CheckedCost,
+    idempotency_key: Option<IdempotencyKey>,
+) -> Result<ChargeOutcome, StoreError> {
+    let Some((&outcome, rest)) = reply.split_first() else {
+        return Err(unexpected_reply("charge", reply));
+    };
+    let balances = reply::balances("charge", rest, cost.items().len())?;
+    Ok(match outcome {
+        0 => ChargeOutcome::Refused { balances },
+        1 => ChargeOutcome::Allowed {
+            receipt: Receipt {
+                uid,
+                cost,
+                last_refills: balances.iter().map(|b| b.last_refill).collect(),
+                remaining_after: balances.iter().map(|b| b.remaining).collect(),
+                idempotency_key,
+            },
+            balances,
+        },
+        2 => ChargeOutcome::Replayed { balances },
+        3 => ChargeOutcome::InProgress,
+        4 => ChargeOutcome::KeyReused,
+        _ => return Err(unexpected_reply("charge", reply)),
+    })
 }

@@ -181,6 +181,10 @@ impl Shared {
                 }
                 ChargeOutcome::Refused { balances } => (balances, true),
                 ChargeOutcome::Replayed { balances } => (balances, false),
+                // The key's request was seen, so its user was too.
+                outcome @ (ChargeOutcome::InProgress | ChargeOutcome::KeyReused) => {
+                    return Ok(outcome);
+                }
             };
             let checked = self.state.check(&request.uid, &kinds).await?;
             if !checked.seeded {
@@ -419,6 +423,11 @@ impl TicketStore for WriteThrough {
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         let shared = self.shared.clone();
         Box::pin(async move { shared.refund(receipt, now).await })
+    }
+
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
+        // Keys live in Redis only: Firestore has nothing to record.
+        self.shared.redis.finish(receipt)
     }
 
     fn balances(
