@@ -1,9 +1,12 @@
 //! [`RedisStore`]: the [`TicketStore`] operations as script calls.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use redis::RedisResult;
 
 use super::connection::Connection;
 use super::error::{store_error, unexpected_reply};
@@ -88,7 +91,10 @@ use crate::uid::Uid;
 /// refill sees no refill due.
 ///
 /// # Faults
-/// Every call is bounded by a timeout (100 ms by default). After repeated
+/// Every call is bounded by a timeout (100 ms by default). A charge that
+/// times out is answered as an error, but Redis may still run its script:
+/// its reply is awaited in the background (for at most 10 s) and a charge
+/// it allowed is given back. After repeated
 /// failures a breaker answers [`CircuitOpen`](crate::store::StoreErrorKind)
 /// at once, and lets one call through now and then to probe for recovery.
 /// The layer turns errors into 503 (or lets fail-open kinds through). A
@@ -189,33 +195,93 @@ impl RedisStore {
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
         let shared = self.shared.clone();
         async move {
-            let permit = shared.breaker.admit()?;
             let mut connection = shared.connection.clone();
-            match tokio::time::timeout(shared.timeout, connection.invoke(&call)).await {
-                Ok(Ok(reply)) => {
-                    permit.succeeded();
-                    Ok(reply)
-                }
-                Ok(Err(error)) => {
-                    let error = store_error(operation, error);
-                    if error.kind() == StoreErrorKind::Corrupt {
-                        // Redis answered: the data is wrong, not the link.
-                        permit.succeeded();
-                    } else {
-                        permit.failed();
-                    }
-                    Err(error)
-                }
+            let reply = std::pin::pin!(connection.invoke(&call));
+            shared.bounded(operation, reply, drop).await
+        }
+    }
+
+    /// Gives back a charge whose reply came after the timeout: the request
+    /// was answered 503, but Redis ran the script. Waits for that reply for
+    /// at most [`LATE_REPLY_DEADLINE`], in the background.
+    fn undo_late_charge(
+        &self,
+        reply: LateReply,
+        (uid, cost, idempotency_key): (Uid, CheckedCost, Option<IdempotencyKey>),
+        now: DateTime<Utc>,
+    ) {
+        let (store, started) = (self.clone(), Instant::now());
+        tokio::spawn(async move {
+            let reply = match tokio::time::timeout(LATE_REPLY_DEADLINE, reply).await {
+                Ok(Ok(reply)) => reply,
+                // Redis failed the script or never answered: nothing to undo
+                // that can be known.
+                Ok(Err(_)) => return,
                 Err(_elapsed) => {
-                    permit.failed();
-                    Err(StoreError::new(
-                        StoreErrorKind::Timeout,
-                        format!(
-                            "Redis {operation} got no answer within {:?}",
-                            shared.timeout
-                        ),
-                    ))
+                    tracing::error!(%uid, "Redis never answered a charge that timed out; if it ran, its tickets stay spent");
+                    return;
                 }
+            };
+            let Ok(ChargeOutcome::Allowed { receipt, .. }) =
+                charge_outcome(&reply, uid.clone(), cost, idempotency_key)
+            else {
+                return;
+            };
+            let now = now + TimeDelta::from_std(started.elapsed()).unwrap_or_default();
+            match store.refund(receipt, now).await {
+                Ok(outcome) => {
+                    tracing::info!(%uid, refunded = ?outcome.refunded, "gave back a charge answered after its timeout");
+                }
+                Err(error) => {
+                    tracing::error!(%uid, %error, "could not give back a charge answered after its timeout; it stays spent");
+                }
+            }
+        });
+    }
+}
+
+/// A script reply still awaited after its call timed out.
+type LateReply = Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>;
+
+/// How long a reply that came too late for its request is still awaited,
+/// to give back what the script charged.
+const LATE_REPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Shared {
+    /// Awaits `reply` under the breaker and the timeout; a reply still
+    /// pending at the timeout goes to `late`.
+    async fn bounded<F>(
+        &self,
+        operation: &'static str,
+        mut reply: F,
+        late: impl FnOnce(F),
+    ) -> Result<Vec<i64>, StoreError>
+    where
+        F: Future<Output = RedisResult<Vec<i64>>> + Unpin,
+    {
+        let permit = self.breaker.admit()?;
+        match tokio::time::timeout(self.timeout, &mut reply).await {
+            Ok(Ok(reply)) => {
+                permit.succeeded();
+                Ok(reply)
+            }
+            Ok(Err(error)) => {
+                let error = store_error(operation, error);
+                if error.kind() == StoreErrorKind::Corrupt {
+                    // Redis answered: the data is wrong, not the link.
+                    permit.succeeded();
+                } else {
+                    permit.failed();
+                }
+                Err(error)
+            }
+            Err(_elapsed) => {
+                permit.failed();
+                late(reply);
+                Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("Redis {operation} got no answer within {:?}", self.timeout),
+                ))
             }
         }
     }
@@ -248,9 +314,17 @@ impl TicketStore for RedisStore {
             call.arg(item.amount);
             push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
-        let reply = self.call("charge", call);
+        // The reply is boxed so that, past the timeout, it can be awaited in
+        // the background: Redis may still run the script and charge.
+        let mut connection = self.shared.connection.clone();
+        let reply: LateReply = Box::pin(async move { connection.invoke(&call).await });
+        let (store, charged) = (
+            self.clone(),
+            (uid.clone(), cost.clone(), idempotency_key.clone()),
+        );
         Box::pin(async move {
-            let reply = reply.await?;
+            let late = |reply| store.undo_late_charge(reply, charged, now);
+            let reply = store.shared.bounded("charge", reply, late).await?;
             charge_outcome(&reply, uid, cost, idempotency_key)
         })
     }
