@@ -137,7 +137,7 @@ pub enum ChargeOutcome {
     InProgress,
     /// The idempotency key already paid for another request (another
     /// method, route or cost: see
-    /// [`RequestFingerprint`](crate::RequestFingerprint)); nothing was
+    /// [`RequestFingerprint`]); nothing was
     /// charged.
     KeyReused,
 }
