@@ -2,6 +2,7 @@
 //! calls the inner service, then settles (refunds a failed request).
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -21,15 +22,18 @@ use crate::kind::FailMode;
 use crate::layer::{Plan, Pricing};
 use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME};
 use crate::rejection::{QuotaExceeded, QuotaItem, Rejection};
-use crate::store::{
-    ChargeOutcome, KindBalance, Receipt, RefundOutcome, StoreError, StoreErrorKind, StoreFuture,
-};
+use crate::store::{ChargeOutcome, KindBalance, Receipt, StoreError, StoreErrorKind, StoreFuture};
 use crate::telemetry::{self, StoreOperation};
 use crate::tickets::Tickets;
 use crate::uid::Uid;
+use crate::unanswered::{self, Settled, Settlement, Unanswered};
 
 pin_project! {
     /// Response future of [`TicketService`](crate::TicketService).
+    ///
+    /// Dropped before the handler answered (the client left, an outer
+    /// timeout), it gives an allowed charge back in the background: see
+    /// [`TicketLayer::refund_unanswered`](crate::TicketLayer::refund_unanswered).
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
@@ -37,6 +41,36 @@ pin_project! {
         #[pin]
         state: State<S, ReqBody>,
         settle: Option<Box<Settle>>,
+    }
+
+    impl<S, ReqBody> PinnedDrop for ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let Some(settle) = this.settle.as_ref() else {
+                return;
+            };
+            // A finished future is `Answered`: only an unfinished one
+            // leaves work behind.
+            let unanswered = match this.state.project() {
+                StateProj::Answered { .. } => return,
+                StateProj::Charging { charge, .. } => Unanswered::Charging(taken(charge)),
+                StateProj::Calling { receipt, .. } => match receipt.take() {
+                    Some(receipt) => Unanswered::Called(receipt),
+                    None => return,
+                },
+                StateProj::Settling { settlement, .. } => Unanswered::Settling(taken(settlement)),
+            };
+            unanswered::settle_in_background(
+                unanswered,
+                settle.tickets.clone(),
+                settle.cost.clone(),
+                settle.plan.refund_unanswered,
+                settle.span.clone(),
+            );
+        }
     }
 }
 
@@ -60,7 +94,7 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        /// Answered without calling the inner service.
+        /// Answered without calling the inner service, or done.
         Answered { response: Option<S::Response> },
         /// Waiting for the store's decision.
         Charging {
@@ -74,12 +108,21 @@ pin_project! {
             future: S::Future,
             receipt: Option<Receipt>,
         },
-        /// Giving back the charge of a failed request.
-        Refunding {
-            refund: StoreFuture<RefundOutcome>,
+        /// Giving back the charge of a failed request, or recording that a
+        /// request with an idempotency key finished.
+        Settling {
+            settlement: Settlement,
             result: Option<Result<S::Response, S::Error>>,
         },
     }
+}
+
+/// The future left in a dropped state, replaced by one that never completes
+/// (a zero-sized box: no allocation).
+fn taken<T: Send + 'static>(
+    future: &mut Pin<Box<dyn Future<Output = T> + Send>>,
+) -> Pin<Box<dyn Future<Output = T> + Send>> {
+    std::mem::replace(future, Box::pin(std::future::pending()))
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -136,12 +179,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let next = match this.state.as_mut().project() {
-                StateProj::Answered { response } => {
-                    return Poll::Ready(Ok(response
-                        .take()
-                        .expect("ResponseFuture polled after completion")));
-                }
+            // What this turn leads to: another state, or the answer.
+            let step = match this.state.as_mut().project() {
+                StateProj::Answered { response } => ControlFlow::Break(Ok(response
+                    .take()
+                    .expect("ResponseFuture polled after completion"))),
                 StateProj::Charging {
                     charge,
                     request,
@@ -151,7 +193,7 @@ where
                     let settle = this.settle.as_mut().expect("settle is set while charging");
                     let mut request = request.take().expect("polled after completion");
                     let mut inner = inner.take().expect("polled after completion");
-                    match settle.decide(outcome, &mut request) {
+                    ControlFlow::Continue(match settle.decide(outcome, &mut request) {
                         Decision::Call { receipt } => State::Calling {
                             future: inner.call(request),
                             receipt,
@@ -159,7 +201,7 @@ where
                         Decision::Answer(rejection) => State::Answered {
                             response: Some(settle.tickets.reject(&rejection, request.headers())),
                         },
-                    }
+                    })
                 }
                 StateProj::Calling { future, receipt } => {
                     let result = ready!(future.poll(cx));
@@ -168,27 +210,30 @@ where
                         Ok(response) => (settle.plan.refund_on)(response.status()),
                         Err(_) => true,
                     };
-                    match receipt.take() {
-                        Some(receipt) if failed => {
-                            let now = settle.tickets.now();
-                            settle.store_started = Instant::now();
-                            State::Refunding {
-                                refund: settle.tickets.shared.store.refund(receipt, now),
-                                result: Some(result),
-                            }
-                        }
-                        _ => return Poll::Ready(result.map(|r| settle.stamp(r))),
+                    match receipt.take().and_then(|r| settle.settlement(r, failed)) {
+                        Some(settlement) => ControlFlow::Continue(State::Settling {
+                            settlement,
+                            result: Some(result),
+                        }),
+                        None => ControlFlow::Break(result.map(|r| settle.stamp(r))),
                     }
                 }
-                StateProj::Refunding { refund, result } => {
-                    let outcome = ready!(refund.as_mut().poll(cx));
-                    let settle = this.settle.as_mut().expect("settle is set while refunding");
-                    settle.after_refund(outcome);
+                StateProj::Settling { settlement, result } => {
+                    let outcome = ready!(settlement.as_mut().poll(cx));
+                    let settle = this.settle.as_mut().expect("settle is set while settling");
+                    settle.after_settlement(outcome);
                     let result = result.take().expect("polled after completion");
-                    return Poll::Ready(result.map(|r| settle.stamp(r)));
+                    ControlFlow::Break(result.map(|r| settle.stamp(r)))
                 }
             };
-            this.state.set(next);
+            match step {
+                ControlFlow::Continue(state) => this.state.set(state),
+                ControlFlow::Break(output) => {
+                    // Nothing is left to settle if this future is dropped.
+                    this.state.set(State::Answered { response: None });
+                    return Poll::Ready(output);
+                }
+            }
         }
     }
 }
@@ -215,8 +260,16 @@ impl Settle {
         let (balances, receipt) = match outcome {
             Ok(ChargeOutcome::Allowed { balances, receipt }) => (balances, Some(receipt)),
             Ok(ChargeOutcome::Replayed { .. }) if self.plan.replays == Replays::Refuse => {
-                self.span.record("outcome", "replay_refused");
-                return Decision::Answer(Rejection::AlreadyCharged);
+                self.span.record("outcome", "already_processed");
+                return Decision::Answer(Rejection::AlreadyProcessed);
+            }
+            Ok(ChargeOutcome::InProgress) => {
+                self.span.record("outcome", "in_progress");
+                return Decision::Answer(Rejection::InProgress);
+            }
+            Ok(ChargeOutcome::KeyReused) => {
+                self.span.record("outcome", "key_reused");
+                return Decision::Answer(Rejection::KeyReused);
             }
             Ok(ChargeOutcome::Replayed { balances }) => (balances, None),
             Ok(ChargeOutcome::Refused { balances }) => {
@@ -295,6 +348,8 @@ impl Settle {
             ChargeOutcome::Allowed { balances, .. }
             | ChargeOutcome::Refused { balances }
             | ChargeOutcome::Replayed { balances } => balances.len(),
+            // Nothing to report: the layer answers without balances.
+            _ => return Ok(outcome),
         };
         if count == self.cost.items().len() {
             Ok(outcome)
@@ -326,22 +381,25 @@ impl Settle {
         )
     }
 
-    fn after_refund(&mut self, outcome: Result<RefundOutcome, StoreError>) {
-        telemetry::store_call(
-            StoreOperation::Refund,
-            self.store_started.elapsed(),
-            &outcome,
-        );
+    /// What settles an allowed charge once its handler answered: a refund
+    /// when the request `failed`, a finish when it carries an idempotency
+    /// key (so that its retries are told it was processed), else nothing.
+    fn settlement(&mut self, receipt: Receipt, failed: bool) -> Option<Settlement> {
+        let settlement = if failed {
+            Settled::refund(&self.tickets, receipt)
+        } else if receipt.idempotency_key.is_some() {
+            Settled::finish(&self.tickets, &receipt)
+        } else {
+            return None;
+        };
+        self.store_started = Instant::now();
+        Some(settlement)
+    }
+
+    fn after_settlement(&mut self, settled: Settled) {
         let _entered = self.span.enter();
-        match outcome {
-            Ok(outcome) => {
-                telemetry::refunded(&self.cost, &outcome.refunded);
-                tracing::debug!(refunded = ?outcome.refunded, "charge settled");
-                self.ratelimit = Some(self.ratelimit_value(&outcome.balances));
-            }
-            Err(error) => {
-                tracing::error!(%error, "refund failed; the charge stands");
-            }
+        if let Some(outcome) = settled.record(&self.cost, self.store_started) {
+            self.ratelimit = Some(self.ratelimit_value(&outcome.balances));
         }
     }
 

@@ -4,7 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderMap, HeaderName, Method};
+use sha2::{Digest, Sha256};
+
+use crate::cost::CheckedCost;
 
 /// The request header naming a retry-safe request.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -13,30 +18,78 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// the `&str` would parse it again on every request.
 const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
 
-/// How long a store remembers a user's idempotency key.
+/// How long a store remembers a user's idempotency key. Keys live with the
+/// balances in the store (in Redis for the Redis stores): a store that loses
+/// its state (a restarted Redis) forgets them, and a retry then counts as a
+/// new request.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The longest key accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-/// What a [`TicketLayer`](crate::TicketLayer) does with a request whose
-/// `Idempotency-Key` already paid for a request of the same user (see
-/// [`TicketLayer::replays`](crate::TicketLayer::replays)). Either way it is
-/// not charged again.
+/// What a [`TicketLayer`](crate::TicketLayer) does with a retry of a request
+/// that already finished: one whose `Idempotency-Key` paid for the same
+/// request (method, route and cost) of the same user, and whose handler
+/// answered (see [`TicketLayer::replays`](crate::TicketLayer::replays)).
+/// Either way it is not charged again, nor refunded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Replays {
-    /// Call the handler again, without charging (the default): the answer to
-    /// a retry whose first response was lost. The handler sees
-    /// [`Charged::charged`](crate::Charged::charged) `false` and must make
-    /// its own effect idempotent (answer with what the first request made,
-    /// say): otherwise a client that repeats one key gets the handler's work
-    /// free for 24 hours.
+    /// Answer 409 Conflict (problem type [`ALREADY_PROCESSED_TYPE`](crate::ALREADY_PROCESSED_TYPE),
+    /// no `Retry-After`) without calling the handler (the default): the
+    /// library cannot give the first answer again, and a handler that cannot
+    /// tell a retry from a first request would do its work again for free.
     #[default]
-    CallUncharged,
-    /// Answer 409 Conflict (problem+json) without calling the handler: for
-    /// handlers that cannot tell a retry from a first request.
     Refuse,
+    /// Call the handler again, without charging: for handlers that answer a
+    /// retry with what the first request made. The handler sees
+    /// [`Charged::charged`](crate::Charged::charged) `false` and must make
+    /// its own effect idempotent: otherwise a client that repeats one key
+    /// gets the handler's work free for 24 hours.
+    CallUncharged,
+}
+
+/// What an `Idempotency-Key` is bound to: the method, the matched route
+/// and the cost (kinds and amounts) of the request it first paid for. The
+/// same key sent with another request is refused (422) rather than taken
+/// for a retry.
+///
+/// Kept as a digest (SHA-256, base64url), so its size does not depend on
+/// the route, and equal on every instance. The default, empty, fingerprint
+/// is that of a charge made without saying which request it is for.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct RequestFingerprint(Arc<str>);
+
+impl RequestFingerprint {
+    /// The fingerprint of a `method` request to `route` (the route pattern
+    /// that matched, e.g. `/api/items/{id}`, or else the path) costing
+    /// `cost`.
+    pub fn new(method: &Method, route: &str, cost: &CheckedCost) -> Self {
+        let mut digest = Sha256::new();
+        // Each part ends with a NUL, which none of them contains, so that
+        // no two requests write the same bytes.
+        for part in [method.as_str(), route] {
+            digest.update(part.as_bytes());
+            digest.update([0]);
+        }
+        for item in cost.items() {
+            digest.update(item.kind.name().as_bytes());
+            digest.update([0]);
+            digest.update(item.amount.to_be_bytes());
+        }
+        Self(URL_SAFE_NO_PAD.encode(digest.finalize()).into())
+    }
+
+    /// The fingerprint as stored: 43 base64url characters, or empty.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RequestFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
 }
 
 /// A validated `Idempotency-Key` value: 1 to 255 visible ASCII characters.

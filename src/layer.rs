@@ -42,6 +42,8 @@ pub(crate) struct Plan {
     pub(crate) pricing: Pricing,
     pub(crate) refund_on: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
     pub(crate) replays: Replays,
+    /// Whether a charge whose request is dropped unanswered is given back.
+    pub(crate) refund_unanswered: bool,
 }
 
 #[derive(Clone)]
@@ -85,6 +87,7 @@ impl TicketLayer {
                 pricing,
                 refund_on: Arc::new(|status: StatusCode| status.is_server_error()),
                 replays: Replays::default(),
+                refund_unanswered: true,
             }),
         }
     }
@@ -98,11 +101,30 @@ impl TicketLayer {
         self.replanned(|plan| plan.refund_on = Arc::new(refund_on))
     }
 
-    /// What to do with a request whose `Idempotency-Key` this user already
-    /// paid with (default [`Replays::CallUncharged`]: call the handler, which
-    /// must then make its own effect idempotent).
+    /// What to do with a retry of a finished request: one whose
+    /// `Idempotency-Key` this user already paid with, for the same method,
+    /// route and cost (default [`Replays::Refuse`]: 409 without calling the
+    /// handler). Either way it is not charged again.
+    ///
+    /// Whatever this says, a retry while the first request still runs is
+    /// answered 409 with `Retry-After`, and the same key on another request
+    /// 422; neither is charged nor reaches the handler.
     pub fn replays(self, replays: Replays) -> Self {
         self.replanned(|plan| plan.replays = replays)
+    }
+
+    /// Whether a charge is given back when its request ends before the
+    /// handler answered (default `true`): the client disconnected, or an
+    /// outer timeout dropped the request's future. The refund runs in the
+    /// background on the current Tokio runtime, exactly once; a request
+    /// dropped while the store was still deciding is refunded too if the
+    /// store allows it.
+    ///
+    /// Pass `false` for a route whose handler starts work that outlives its
+    /// future (a task it spawns, a job it queues): that work was paid for,
+    /// so the charge stands once the handler has been called.
+    pub fn refund_unanswered(self, refund: bool) -> Self {
+        self.replanned(|plan| plan.refund_unanswered = refund)
     }
 
     fn replanned(self, change: impl FnOnce(&mut Plan)) -> Self {

@@ -23,6 +23,7 @@ pub mod store;
 pub mod telemetry;
 mod tickets;
 mod uid;
+mod unanswered;
 
 pub use self::balances::{BalanceView, Balances};
 pub use self::charged::Charged;
@@ -32,12 +33,16 @@ pub use self::cost::{CheckedCost, Cost, CostFn, CostItem, CostRejection};
 pub use self::future::ResponseFuture;
 pub use self::idempotency::{
     IDEMPOTENCY_KEY, IDEMPOTENCY_TTL, IdempotencyKey, InvalidIdempotencyKey, Replays,
+    RequestFingerprint,
 };
 pub use self::kind::{FailMode, TicketKind};
 pub use self::layer::TicketLayer;
 pub use self::ratelimit_headers::{RATELIMIT, RATELIMIT_POLICY};
 pub use self::refill::Refill;
-pub use self::rejection::{QUOTA_EXCEEDED_TYPE, QuotaExceeded, QuotaItem, Rejection};
+pub use self::rejection::{
+    ALREADY_PROCESSED_TYPE, IDEMPOTENCY_KEY_REUSED_TYPE, QUOTA_EXCEEDED_TYPE, QuotaExceeded,
+    QuotaItem, REQUEST_IN_PROGRESS_TYPE, Rejection,
+};
 pub use self::service::TicketService;
 pub use self::tickets::{AdminError, Tickets, TicketsBuilder};
 pub use self::uid::{MAX_UID_LEN, Uid, UidError};

@@ -43,9 +43,15 @@ pub enum Message<'a> {
         /// What is wrong, in English.
         reason: &'a str,
     },
-    /// The request's `Idempotency-Key` already paid and replays are
-    /// refused (409).
-    AlreadyCharged,
+    /// The request's `Idempotency-Key` already paid for this request, which
+    /// finished; it is not run again (409).
+    AlreadyProcessed,
+    /// The request's `Idempotency-Key` already paid for this request, which
+    /// is still running (409, with `Retry-After`).
+    InProgress,
+    /// The request's `Idempotency-Key` already paid for another request
+    /// (422).
+    KeyReused,
 }
 
 /// A message put into words: a short `title` and a `detail` sentence.
@@ -105,16 +111,40 @@ impl Messages for DefaultMessages {
                 detail: "Your tickets cannot be checked right now. Try again in a few seconds."
                     .into(),
             },
-            Message::AlreadyCharged if french => Rendered {
-                title: "Requête déjà faite".into(),
-                detail: "Une requête avec cette Idempotency-Key a déjà été payée ; \
+            Message::AlreadyProcessed if french => Rendered {
+                title: "Requête déjà traitée".into(),
+                detail: "Une requête avec cette Idempotency-Key a déjà été payée et traitée ; \
                          elle n'est pas exécutée de nouveau."
                     .into(),
             },
-            Message::AlreadyCharged => Rendered {
-                title: "Request already made".into(),
-                detail: "A request with this Idempotency-Key was already paid for; \
+            Message::AlreadyProcessed => Rendered {
+                title: "Request already processed".into(),
+                detail: "A request with this Idempotency-Key was already paid for and processed; \
                          it is not run again."
+                    .into(),
+            },
+            Message::InProgress if french => Rendered {
+                title: "Requête en cours".into(),
+                detail: "Une requête avec cette Idempotency-Key est encore en cours ; \
+                         réessayez dans un instant."
+                    .into(),
+            },
+            Message::InProgress => Rendered {
+                title: "Request in progress".into(),
+                detail: "A request with this Idempotency-Key is still in progress; \
+                         try again in a moment."
+                    .into(),
+            },
+            Message::KeyReused if french => Rendered {
+                title: "Idempotency-Key déjà utilisée".into(),
+                detail: "Cette Idempotency-Key a déjà servi à une autre requête ; \
+                         envoyez-en une nouvelle pour chaque requête."
+                    .into(),
+            },
+            Message::KeyReused => Rendered {
+                title: "Idempotency-Key already used".into(),
+                detail: "This Idempotency-Key was already used for another request; \
+                         send a new one with each request."
                     .into(),
             },
             Message::BadRequest { reason } if french => Rendered {

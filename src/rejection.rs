@@ -21,8 +21,22 @@ use crate::store::StoreError;
 pub const QUOTA_EXCEEDED_TYPE: &str =
     "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
-/// `Retry-After` of a 503: the store may be back in a moment.
-const STORE_RETRY_AFTER_SECS: u64 = 1;
+/// The problem type of a 409 that answers a retry (same `Idempotency-Key`)
+/// while the first request still runs: the retry may be sent again after
+/// `Retry-After`.
+pub const REQUEST_IN_PROGRESS_TYPE: &str = "tag:tower-tickets,2026:request-in-progress";
+
+/// The problem type of a 409 that answers a retry (same `Idempotency-Key`)
+/// of a request that already finished: sending it again changes nothing.
+pub const ALREADY_PROCESSED_TYPE: &str = "tag:tower-tickets,2026:already-processed";
+
+/// The problem type of a 422 that refuses an `Idempotency-Key` already used
+/// for another request (another method, route or cost).
+pub const IDEMPOTENCY_KEY_REUSED_TYPE: &str = "tag:tower-tickets,2026:idempotency-key-reused";
+
+/// `Retry-After` of a 503 (the store may be back in a moment) and of a 409
+/// for a request in progress.
+const RETRY_AFTER_SECS: u64 = 1;
 
 /// Why the layer answered instead of the handler.
 ///
@@ -40,10 +54,20 @@ pub enum Rejection {
     /// The request cannot be priced, or its `Idempotency-Key` is malformed
     /// (400). Nothing is charged.
     BadRequest(String),
-    /// The request's `Idempotency-Key` already paid, and the layer refuses
-    /// replays ([`Replays::Refuse`](crate::Replays::Refuse)): 409, nothing
-    /// charged, the handler not called.
-    AlreadyCharged,
+    /// The request's `Idempotency-Key` already paid for this request, which
+    /// finished, and the layer refuses replays
+    /// ([`Replays::Refuse`](crate::Replays::Refuse), the default): 409
+    /// ([`ALREADY_PROCESSED_TYPE`]), nothing charged, the handler not called.
+    AlreadyProcessed,
+    /// The request's `Idempotency-Key` already paid for this request, which
+    /// is still running: 409 ([`REQUEST_IN_PROGRESS_TYPE`]) with
+    /// `Retry-After`, nothing charged, the handler not called.
+    InProgress,
+    /// The request's `Idempotency-Key` already paid for another request
+    /// (another method, route or cost): 422
+    /// ([`IDEMPOTENCY_KEY_REUSED_TYPE`]), nothing charged, the handler not
+    /// called.
+    KeyReused,
 }
 
 /// The balances that refused a request (made by the layer only).
@@ -86,7 +110,19 @@ impl fmt::Display for Rejection {
             Self::Unauthenticated(e) => write!(f, "unauthenticated: {e}"),
             Self::StoreUnavailable(e) => write!(f, "ticket store unavailable: {e}"),
             Self::BadRequest(reason) => write!(f, "bad request: {reason}"),
-            Self::AlreadyCharged => write!(f, "replay of an Idempotency-Key already charged"),
+            Self::AlreadyProcessed => {
+                write!(
+                    f,
+                    "retry of a request already processed (same Idempotency-Key)"
+                )
+            }
+            Self::InProgress => {
+                write!(
+                    f,
+                    "retry of a request still in progress (same Idempotency-Key)"
+                )
+            }
+            Self::KeyReused => write!(f, "Idempotency-Key already used for another request"),
         }
     }
 }
@@ -116,21 +152,17 @@ struct QuotaMembers<'a> {
     violated_policies: Vec<&'a str>,
 }
 
-/// `message` in `language` as a problem+json body.
+/// `message` in `language` as a problem+json body of type `kind`.
 fn problem_body(
     messages: &dyn Messages,
     language: &str,
-    status: StatusCode,
+    (kind, status): (&str, StatusCode),
     message: &Message<'_>,
     quota: Option<QuotaMembers<'_>>,
 ) -> Bytes {
     let rendered = messages.render(message, language);
     let problem = Problem {
-        kind: if quota.is_some() {
-            QUOTA_EXCEEDED_TYPE
-        } else {
-            "about:blank"
-        },
+        kind,
         title: rendered.title,
         status: status.as_u16(),
         detail: rendered.detail,
@@ -192,7 +224,22 @@ impl Rejection {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::AlreadyCharged => StatusCode::CONFLICT,
+            Self::AlreadyProcessed | Self::InProgress => StatusCode::CONFLICT,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    /// The problem type (RFC 9457 `type` member) this rejection answers
+    /// with.
+    pub fn problem_type(&self) -> &'static str {
+        match self {
+            Self::QuotaExceeded(_) => QUOTA_EXCEEDED_TYPE,
+            Self::AlreadyProcessed => ALREADY_PROCESSED_TYPE,
+            Self::InProgress => REQUEST_IN_PROGRESS_TYPE,
+            Self::KeyReused => IDEMPOTENCY_KEY_REUSED_TYPE,
+            Self::Unauthenticated(_) | Self::StoreUnavailable(_) | Self::BadRequest(_) => {
+                "about:blank"
+            }
         }
     }
 
@@ -267,7 +314,8 @@ impl Rejection {
                         refill_at: first.refill_at,
                         violated_policies: q.violated().map(|i| i.kind.name()).collect(),
                     };
-                    problem_body(messages, language, status, &message, Some(members))
+                    let kind = (QUOTA_EXCEEDED_TYPE, status);
+                    problem_body(messages, language, kind, &message, Some(members))
                 };
                 let body = match (bodies, q.items.as_slice()) {
                     (Some(bodies), [only]) => {
@@ -303,11 +351,16 @@ impl Rejection {
                 );
             }
             Self::StoreUnavailable(_) => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(STORE_RETRY_AFTER_SECS));
+                headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
                 Message::StoreUnavailable
             }
             Self::BadRequest(reason) => Message::BadRequest { reason },
-            Self::AlreadyCharged => Message::AlreadyCharged,
+            Self::AlreadyProcessed => Message::AlreadyProcessed,
+            Self::InProgress => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                Message::InProgress
+            }
+            Self::KeyReused => Message::KeyReused,
         };
         self.problem(messages, language, status, headers, &message)
     }
@@ -321,7 +374,13 @@ impl Rejection {
         headers: HeaderMap,
         message: &Message<'_>,
     ) -> Response<B> {
-        let body = problem_body(messages, language, status, message, None);
+        let body = problem_body(
+            messages,
+            language,
+            (self.problem_type(), status),
+            message,
+            None,
+        );
         self.answer(status, headers, language, body)
     }
 

@@ -10,7 +10,7 @@ use tower_service::Service;
 use crate::config_error::ConfigError;
 use crate::cost::CheckedCost;
 use crate::future::ResponseFuture;
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{IdempotencyKey, RequestFingerprint};
 use crate::layer::{Plan, Pricing};
 use crate::rejection::Rejection;
 use crate::store::ChargeRequest;
@@ -90,10 +90,13 @@ where
             Err(e) => return reject(Rejection::BadRequest(e.to_string())),
         };
         // 3. Charge; the future calls the inner service once allowed.
-        let charge = shared.store.charge(
-            ChargeRequest::new(uid.clone(), cost.clone(), now)
-                .with_idempotency_key(idempotency_key),
-        );
+        let mut charge = ChargeRequest::new(uid.clone(), cost.clone(), now);
+        if idempotency_key.is_some() {
+            charge = charge
+                .with_fingerprint(RequestFingerprint::new(&parts.method, route(&parts), &cost))
+                .with_idempotency_key(idempotency_key);
+        }
+        let charge = shared.store.charge(charge);
         // The service that was driven to readiness is the one to call: take
         // it, and leave a fresh clone in its place for the next request.
         let clone = self.inner.clone();
@@ -109,6 +112,16 @@ where
             now,
         )
     }
+}
+
+/// The route a request matched (axum's `MatchedPath`, e.g.
+/// `/api/items/{id}`), or else its path.
+fn route(parts: &http::request::Parts) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    parts.uri.path()
 }
 
 /// Puts a computed cost that cannot be paid into words for the client.

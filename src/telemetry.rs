@@ -11,7 +11,7 @@
 //! | --- | --- | --- | --- |
 //! | `tickets_charged_total` | counter | `kind` | tickets spent |
 //! | `tickets_refused_total` | counter | `kind` | requests refused because this kind could not pay |
-//! | `tickets_refunded_total` | counter | `kind` | tickets given back after a failed request |
+//! | `tickets_refunded_total` | counter | `kind` | tickets given back after a failed or unanswered request |
 //! | `tickets_fail_open_total` | counter | `kind` | requests let through uncharged while the store was down |
 //! | `tickets_store_errors_total` | counter | `operation` | store operations that failed |
 //! | `tickets_store_latency_seconds` | histogram | `operation` | time a store took to answer |
@@ -144,6 +144,7 @@ pub(crate) fn firestore_written() {
 pub(crate) enum StoreOperation {
     Charge,
     Refund,
+    Finish,
 }
 
 /// Records how long a store operation took, and whether it failed.
@@ -152,11 +153,12 @@ pub(crate) fn store_call<T>(
     took: Duration,
     result: &Result<T, StoreError>,
 ) {
-    static LATENCY: [OnceLock<Histogram>; 2] = [OnceLock::new(), OnceLock::new()];
-    static ERRORS: [OnceLock<Counter>; 2] = [OnceLock::new(), OnceLock::new()];
+    static LATENCY: [OnceLock<Histogram>; 3] = [const { OnceLock::new() }; 3];
+    static ERRORS: [OnceLock<Counter>; 3] = [const { OnceLock::new() }; 3];
     let (index, label) = match operation {
         StoreOperation::Charge => (0, "charge"),
         StoreOperation::Refund => (1, "refund"),
+        StoreOperation::Finish => (2, "finish"),
     };
     LATENCY[index]
         .get_or_init(|| metrics::histogram!("tickets_store_latency_seconds", "operation" => label))

@@ -9,7 +9,10 @@ use std::time::Duration;
 use app::{App, DAY};
 use axum::body::Body;
 use axum::http::StatusCode;
-use tower_tickets::QUOTA_EXCEEDED_TYPE;
+use tower_tickets::{
+    ALREADY_PROCESSED_TYPE, IDEMPOTENCY_KEY_REUSED_TYPE, QUOTA_EXCEEDED_TYPE,
+    REQUEST_IN_PROGRESS_TYPE,
+};
 
 #[tokio::test]
 async fn a_new_user_has_five_upload_and_three_ai_tickets() {
@@ -235,69 +238,242 @@ async fn no_refund_across_a_refill() {
 }
 
 #[tokio::test]
-async fn an_idempotency_key_retry_is_not_charged_twice() {
+async fn a_retry_of_a_finished_request_is_answered_409_without_running_again() {
     let app = App::new();
     let token = app.token("alice");
-    let send = || {
-        app.send(
-            app.request("POST", "/upload", Some(&token))
-                .header("idempotency-key", "upload-7f3a")
-                .body(Body::empty())
-                .unwrap(),
-        )
+    let send = |language: &str| {
+        let mut request = app.keyed("POST", "/upload", &token, "upload-7f3a");
+        request
+            .headers_mut()
+            .insert("accept-language", language.parse().unwrap());
+        app.send(request)
     };
+    assert_eq!(send("en").await.status, StatusCode::CREATED);
+    for language in ["en", "fr"] {
+        let retry = send(language).await;
+        assert_eq!(retry.status, StatusCode::CONFLICT);
+        assert_eq!(retry.header("content-type"), "application/problem+json");
+        assert_eq!(retry.header("content-language"), language);
+        assert_eq!(retry.json["type"], ALREADY_PROCESSED_TYPE);
+        assert!(
+            retry.headers.get("retry-after").is_none(),
+            "nothing to wait for"
+        );
+        assert!(
+            retry.json["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key"),
+            "{:?}",
+            retry.json
+        );
+    }
+    assert_eq!(app.handled(), 1, "the handler ran once");
+    assert_eq!(app.remaining("alice", "upload").await, 4, "charged once");
+    // Another key is another request.
+    let other = app.send(app.keyed("POST", "/upload", &token, "upload-7f3b"));
+    assert_eq!(other.await.status, StatusCode::CREATED);
+    assert_eq!(app.remaining("alice", "upload").await, 3);
+    let bad = app.send(app.keyed("POST", "/upload", &token, ""));
+    assert_eq!(bad.await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(app.remaining("alice", "upload").await, 3);
+}
+
+#[tokio::test]
+async fn a_route_can_opt_in_to_running_a_retry_uncharged() {
+    let app = App::new();
+    let token = app.token("alice");
+    let send = || app.send(app.keyed("POST", "/upload-again", &token, "k-1"));
     assert_eq!(send().await.status, StatusCode::CREATED);
     let retry = send().await;
     assert_eq!(retry.status, StatusCode::CREATED, "the retry is answered");
     assert_eq!(app.handled(), 2, "by the handler, which sees it uncharged");
     assert_eq!(retry.header("ratelimit"), "\"upload\";r=4;t=86400");
     assert_eq!(app.remaining("alice", "upload").await, 4, "charged once");
-    let bad = app
-        .send(
-            app.request("POST", "/upload", Some(&token))
-                .header("idempotency-key", "")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_key_paid_on_one_route_is_refused_on_another_and_charges_nothing() {
+    let app = App::new();
+    let token = app.token("alice");
+    let upload = app.send(app.keyed("POST", "/upload", &token, "k"));
+    assert_eq!(upload.await.status, StatusCode::CREATED);
+    for language in ["en", "fr"] {
+        let mut request = app.keyed("POST", "/upload-again", &token, "k");
+        request
+            .headers_mut()
+            .insert("accept-language", language.parse().unwrap());
+        let reused = app.send(request).await;
+        assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(reused.header("content-type"), "application/problem+json");
+        assert_eq!(reused.json["type"], IDEMPOTENCY_KEY_REUSED_TYPE);
+        assert_eq!(reused.json["status"], 422);
+    }
+    let generate = app.send(app.keyed("POST", "/ai", &token, "k")).await;
+    assert_eq!(generate.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.handled(), 1, "only the first request ran");
+    assert_eq!(app.remaining("alice", "upload").await, 4);
+    assert_eq!(app.remaining("alice", "ai").await, 3, "nothing charged");
+}
+
+#[tokio::test]
+async fn a_key_paid_for_one_cost_is_refused_for_another_on_the_same_route() {
+    let app = App::new();
+    let token = app.token("alice");
+    let batch = |count: &str| {
+        let mut request = app.keyed("POST", "/batch", &token, "k");
+        request
+            .headers_mut()
+            .insert("x-count", count.parse().unwrap());
+        app.send(request)
+    };
+    assert_eq!(batch("1").await.status, StatusCode::CREATED);
+    assert_eq!(batch("2").await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(batch("1").await.status, StatusCode::CONFLICT);
     assert_eq!(app.remaining("alice", "upload").await, 4);
 }
 
 #[tokio::test]
-async fn a_replay_can_be_refused_instead_of_run_again_free() {
+async fn a_retry_while_the_first_request_runs_is_told_to_come_back() {
+    use axum::routing::post;
     let app = App::new();
-    let token = app.token("alice");
-    let send = |key: &str, language: &str| {
-        app.send(
-            app.request("POST", "/upload-once", Some(&token))
-                .header("idempotency-key", key)
-                .header("accept-language", language)
-                .body(Body::empty())
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let release = release.clone();
+        post(move || async move {
+            release.notified().await;
+            StatusCode::CREATED
+        })
+    };
+    let router = axum::Router::new()
+        .route("/slow", handler)
+        .route_layer(
+            app.tickets
+                .layer(tower_tickets::Cost::of("upload", 1))
                 .unwrap(),
         )
-    };
-    assert_eq!(send("k-1", "en").await.status, StatusCode::CREATED);
-    assert_eq!(app.handled(), 1);
-    for language in ["en", "fr"] {
-        let replay = send("k-1", language).await;
-        assert_eq!(replay.status, StatusCode::CONFLICT);
-        assert_eq!(replay.header("content-type"), "application/problem+json");
-        assert_eq!(replay.header("content-language"), language);
-        assert!(
-            replay.json["detail"]
-                .as_str()
-                .unwrap()
-                .contains("Idempotency-Key"),
-            "{:?}",
-            replay.json
-        );
-    }
-    assert_eq!(app.handled(), 1, "the handler ran once");
+        .merge(app.router.clone());
+    let app = App { router, ..app };
+    let token = app.token("alice");
+    let first = tokio::spawn({
+        let request = app.keyed("POST", "/slow", &token, "k");
+        let router = app.router.clone();
+        async move { tower::ServiceExt::oneshot(router, request).await }
+    });
+    app.settles_to("alice", "upload", 4).await;
+    let retry = app.send(app.keyed("POST", "/slow", &token, "k")).await;
+    assert_eq!(retry.status, StatusCode::CONFLICT);
+    assert_eq!(retry.json["type"], REQUEST_IN_PROGRESS_TYPE);
+    assert_eq!(retry.header("retry-after"), "1");
+    release.notify_one();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let retry = app.send(app.keyed("POST", "/slow", &token, "k")).await;
+    assert_eq!(retry.status, StatusCode::CONFLICT);
+    assert_eq!(retry.json["type"], ALREADY_PROCESSED_TYPE);
     assert_eq!(app.remaining("alice", "upload").await, 4, "charged once");
-    // Another key is another request.
-    assert_eq!(send("k-2", "en").await.status, StatusCode::CREATED);
-    assert_eq!(app.remaining("alice", "upload").await, 3);
+}
+
+#[tokio::test]
+async fn a_failed_keyed_request_is_refunded_and_its_retry_charged_again() {
+    let app = App::new();
+    let token = app.token("alice");
+    let broken = app.send(app.keyed("POST", "/broken", &token, "k")).await;
+    assert_eq!(broken.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(app.remaining("alice", "upload").await, 5);
+    let retry = app.send(app.keyed("POST", "/broken", &token, "k")).await;
+    assert_eq!(retry.status, StatusCode::INTERNAL_SERVER_ERROR, "run again");
+    assert_eq!(app.handled(), 2);
+    assert_eq!(app.remaining("alice", "upload").await, 5);
+}
+
+/// Polls `future` once, then drops it: a client that left, or an outer
+/// timeout.
+async fn poll_once_then_drop<F: std::future::Future>(future: F) {
+    let mut future = Box::pin(future);
+    std::future::poll_fn(|cx| {
+        assert!(future.as_mut().poll(cx).is_pending(), "still running");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    drop(future);
+}
+
+/// `app` with a `/hang` route that `layer` prices and that never answers.
+fn hanging(app: App, layer: tower_tickets::TicketLayer) -> App {
+    use axum::routing::post;
+    let router = axum::Router::new()
+        .route("/hang", post(std::future::pending::<StatusCode>))
+        .route_layer(layer)
+        .merge(app.router.clone());
+    App { router, ..app }
+}
+
+#[tokio::test]
+async fn a_request_dropped_before_its_handler_answered_is_refunded_once() {
+    let app = App::new();
+    let layer = app
+        .tickets
+        .layer(tower_tickets::Cost::of("upload", 1))
+        .unwrap();
+    let app = hanging(app, layer);
+    let token = app.token("alice");
+    let request = app.keyed("POST", "/hang", &token, "k");
+    poll_once_then_drop(tower::ServiceExt::oneshot(app.router.clone(), request)).await;
+    app.settles_to("alice", "upload", 5).await;
+    assert_eq!(app.store.refunds(), 1, "exactly once");
+    // The refund forgot the key: the retry is a new request, charged.
+    let request = app.keyed("POST", "/hang", &token, "k");
+    poll_once_then_drop(tower::ServiceExt::oneshot(app.router.clone(), request)).await;
+    app.settles_to("alice", "upload", 5).await;
+    assert_eq!(app.store.refunds(), 2);
+}
+
+#[tokio::test]
+async fn a_request_dropped_while_charging_is_refunded_once_the_store_allows_it() {
+    let app = App::new();
+    let layer = app
+        .tickets
+        .layer(tower_tickets::Cost::of("upload", 1))
+        .unwrap();
+    let app = hanging(app, layer);
+    let token = app.token("alice");
+    let closed = app.store.gate.clone().write_owned().await;
+    let request = app.keyed("POST", "/hang", &token, "k");
+    poll_once_then_drop(tower::ServiceExt::oneshot(app.router.clone(), request)).await;
+    drop(closed);
+    for _ in 0..100 {
+        if app.store.refunds() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(app.store.refunds(), 1, "the late charge was given back");
+    assert_eq!(app.remaining("alice", "upload").await, 5);
+    assert_eq!(app.handled(), 0);
+}
+
+#[tokio::test]
+async fn a_route_whose_work_outlives_its_request_keeps_the_charge() {
+    let app = App::new();
+    let layer = app
+        .tickets
+        .layer(tower_tickets::Cost::of("upload", 1))
+        .unwrap()
+        .refund_unanswered(false);
+    let app = hanging(app, layer);
+    let token = app.token("alice");
+    let request = app.keyed("POST", "/hang", &token, "k");
+    poll_once_then_drop(tower::ServiceExt::oneshot(app.router.clone(), request)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(app.remaining("alice", "upload").await, 4, "kept");
+    assert_eq!(app.store.refunds(), 0);
+    // Its key was marked finished: a retry is told so, not to wait.
+    let retry = app.send(app.keyed("POST", "/hang", &token, "k")).await;
+    assert_eq!(retry.status, StatusCode::CONFLICT);
+    assert_eq!(retry.json["type"], ALREADY_PROCESSED_TYPE);
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use tower_tickets::store::{
 };
 use tower_tickets::{Cost, TicketKind, Tickets, Uid};
 
+use support::eventually::eventually;
 use support::redis_server::RedisServer;
 use support::ticket_app::{self, Reply};
 
@@ -215,4 +216,44 @@ async fn fail_open_kinds_pass_while_fail_closed_kinds_answer_503() {
     assert_eq!(upload.status, StatusCode::SERVICE_UNAVAILABLE);
     let ai = ticket_app::post_as(&router, "/ai", b"someone").await;
     assert_eq!(ai.status, StatusCode::OK, "the ai kind fails open");
+}
+
+/// Redis paused past the store's timeout still runs the charge once the pause
+/// ends: the request got 503, so the store gives the ticket back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_that_times_out_but_runs_later_is_given_back() {
+    let server = RedisServer::start();
+    let tickets = upload_tickets();
+    let store = RedisStore::standalone(server.url())
+        .timeout(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let uid = Uid::parse("late").unwrap();
+    let remaining = || async {
+        let kinds = tickets.kinds();
+        let read = store.balances(&uid, kinds, tickets.now()).await;
+        read.ok().map(|balances| balances[0].remaining)
+    };
+    assert!(matches!(
+        charge(&store, &tickets, "late").await.unwrap(),
+        ChargeOutcome::Allowed { .. }
+    ));
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("ALL")
+        .exec(&mut server.connection())
+        .unwrap();
+    let error = charge(&store, &tickets, "late").await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Timeout, "{error}");
+    // Reads queue behind the charge: once Redis answers one, the charge ran.
+    eventually("Redis answers again", || async {
+        remaining().await.is_some()
+    })
+    .await;
+    eventually("the late charge is given back", || async {
+        remaining().await == Some(4)
+    })
+    .await;
 }

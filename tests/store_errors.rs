@@ -35,6 +35,9 @@ impl TicketStore for Down {
     fn refund(&self, _: Receipt, _: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         down()
     }
+    fn finish(&self, _: &Receipt) -> StoreFuture<()> {
+        down()
+    }
     fn balances(
         &self,
         _: &Uid,

@@ -1,15 +1,21 @@
 //! A retried request gets its first answer.
 //!
-//! A request whose `Idempotency-Key` already paid reaches the handler
-//! uncharged (tower-tickets' default, `Replays::CallUncharged`): running the
-//! handler again would store a second upload, or generate again, for free.
-//! This middleware sits between the ticket layer and the handler. It keeps
-//! each key's successful answer for as long as the key counts (a day) and
-//! sends it again to a retry. A retry whose first request has not answered
-//! yet, or whose answer this process no longer holds, gets 409.
+//! tower-tickets answers a retry (same `Idempotency-Key`) of a finished
+//! request 409 by default, since it cannot give the first answer again. The
+//! demo's priced routes opt in to `Replays::CallUncharged` instead, so that
+//! such a retry reaches this middleware uncharged; it sits between the
+//! ticket layer and the handler, keeps each key's successful answer for as
+//! long as the key counts (a day) and sends it again: a client whose first
+//! response was lost gets it, and running the handler again (a second
+//! upload, another generation, for free) never happens. A retry whose answer
+//! this process no longer holds (it restarted, or kept too many) gets the
+//! library's 409 "already processed".
 //!
-//! The demo's kinds fail closed, so a request let through uncharged is
-//! always a retry.
+//! The library answers everything else before the handler: a retry while
+//! the first request still runs (409 with `Retry-After`) and the same key
+//! on another route or cost (422). So a request that reaches this
+//! middleware uncharged is a retry of the same request, finished. (The
+//! demo's kinds fail closed: nothing else is let through uncharged.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,7 +103,7 @@ pub async fn answer_retries(
     if !paid {
         return match answers.recall(&uid, &key, now) {
             Some(answer) => answer.to_response(),
-            None => Problems::new(tickets, request.headers()).already_charged(),
+            None => Problems::new(tickets, request.headers()).already_processed(),
         };
     }
     let response = next.run(request).await;

@@ -60,10 +60,10 @@ impl Problems {
         self.rejection(Rejection::StoreUnavailable(Arc::new(error)))
     }
 
-    /// 409: the request's `Idempotency-Key` already paid, and its first
-    /// answer is not at hand.
-    pub fn already_charged(&self) -> Response {
-        self.rejection(Rejection::AlreadyCharged)
+    /// 409: the request's `Idempotency-Key` already paid for this request,
+    /// which finished, and its first answer is not at hand.
+    pub fn already_processed(&self) -> Response {
+        self.rejection(Rejection::AlreadyProcessed)
     }
 
     /// 500: the demo failed on its side.

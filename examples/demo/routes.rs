@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_tickets::identity::JwtIssuer;
-use tower_tickets::{ConfigError, Cost, TicketLayer, Tickets};
+use tower_tickets::{ConfigError, Cost, Replays, TicketLayer, Tickets};
 
 use crate::auth::AdminToken;
 use crate::first_answers::FirstAnswers;
@@ -37,9 +37,9 @@ pub struct AppState {
 ///
 /// Costs are attached with `route_layer`, so they apply only to the routes
 /// named: an unknown path (404) or method (405) is never charged. Inside the
-/// ticket layer, `first_answers` answers a retry of a paid request (same
-/// `Idempotency-Key`) with its first answer instead of running the handler
-/// again for free.
+/// ticket layer, `first_answers` answers a retry of a finished request (same
+/// `Idempotency-Key`, route and cost) with its first answer instead of
+/// running the handler again for free.
 pub fn router(state: AppState) -> Result<Router, ConfigError> {
     let tickets = &state.tickets;
     Ok(Router::new()
@@ -77,7 +77,8 @@ pub fn router(state: AppState) -> Result<Router, ConfigError> {
 }
 
 /// Charges one ticket of `kind`, and gives it back when the handler answers
-/// 4xx or 5xx.
+/// 4xx or 5xx; lets a retry of a finished request through uncharged, for
+/// `first_answers` to answer.
 ///
 /// The layer charges before the handler reads the body, so a malformed
 /// body is only found out after the charge; refunding 4xx makes that 400
@@ -86,7 +87,8 @@ pub fn router(state: AppState) -> Result<Router, ConfigError> {
 fn one_ticket(tickets: &Tickets, kind: &str) -> Result<TicketLayer, ConfigError> {
     Ok(tickets
         .layer(Cost::of(kind, 1))?
-        .refund_when(|status: StatusCode| status.is_client_error() || status.is_server_error()))
+        .refund_when(|status: StatusCode| status.is_client_error() || status.is_server_error())
+        .replays(Replays::CallUncharged))
 }
 
 async fn not_found(problems: Problems, method: Method, uri: Uri) -> Response {

@@ -11,7 +11,7 @@ use super::{
     Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreFuture,
     TicketStore, refund_across_refill,
 };
-use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey};
+use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey, RequestFingerprint};
 use crate::kind::TicketKind;
 use crate::uid::Uid;
 
@@ -37,8 +37,15 @@ struct Shared {
 #[derive(Default)]
 struct UserRecord {
     balances: Vec<(Arc<str>, KindBalance)>,
-    /// Idempotency keys already charged, with the instant they expire.
-    charged_keys: HashMap<IdempotencyKey, DateTime<Utc>>,
+    /// Idempotency keys already charged.
+    charged_keys: HashMap<IdempotencyKey, KeyRecord>,
+}
+
+/// What a charged idempotency key is bound to, and how far its request got.
+struct KeyRecord {
+    expires: DateTime<Utc>,
+    fingerprint: RequestFingerprint,
+    finished: bool,
 }
 
 impl Default for MemoryStore {
@@ -64,17 +71,26 @@ impl MemoryStore {
         }
     }
 
+    /// The lock stripe that holds `uid`.
+    fn shard(&self, uid: &Uid) -> &Mutex<HashMap<Uid, UserRecord>> {
+        &self.shared.shards[self.shared.hasher.hash_one(uid) as usize % SHARDS]
+    }
+
     /// Runs `f` on `uid`'s record (created empty if absent) under its lock.
     fn with_user<T>(&self, uid: &Uid, f: impl FnOnce(&mut UserRecord) -> T) -> T {
-        let shard = self.shared.hasher.hash_one(uid) as usize % SHARDS;
-        let mut users = self.shared.shards[shard].lock();
-        f(users.entry(uid.clone()).or_default())
+        f(self.shard(uid).lock().entry(uid.clone()).or_default())
     }
 
     /// Reads `uid`'s record if present, without creating it.
     fn peek_user<T>(&self, uid: &Uid, f: impl FnOnce(Option<&UserRecord>) -> T) -> T {
-        let shard = self.shared.hasher.hash_one(uid) as usize % SHARDS;
-        f(self.shared.shards[shard].lock().get(uid))
+        f(self.shard(uid).lock().get(uid))
+    }
+
+    /// Changes `uid`'s record if present, without creating it.
+    fn peek_user_mut(&self, uid: &Uid, f: impl FnOnce(&mut UserRecord)) {
+        if let Some(user) = self.shard(uid).lock().get_mut(uid) {
+            f(user);
+        }
     }
 }
 
@@ -97,10 +113,27 @@ impl UserRecord {
         balance
     }
 
-    /// Whether `key` was charged and has not expired; forgets expired keys.
-    fn already_charged(&mut self, key: &IdempotencyKey, now: DateTime<Utc>) -> bool {
-        self.charged_keys.retain(|_, expires| *expires > now);
-        self.charged_keys.contains_key(key)
+    /// What a charge under `key` for `fingerprint` must answer instead of
+    /// charging, if the key already paid and has not expired; forgets
+    /// expired keys.
+    fn already_charged(
+        &mut self,
+        key: &IdempotencyKey,
+        fingerprint: &RequestFingerprint,
+        now: DateTime<Utc>,
+        balances: &[KindBalance],
+    ) -> Option<ChargeOutcome> {
+        self.charged_keys.retain(|_, record| record.expires > now);
+        let record = self.charged_keys.get(key)?;
+        Some(if record.fingerprint != *fingerprint {
+            ChargeOutcome::KeyReused
+        } else if record.finished {
+            ChargeOutcome::Replayed {
+                balances: balances.to_vec(),
+            }
+        } else {
+            ChargeOutcome::InProgress
+        })
     }
 }
 
@@ -127,6 +160,7 @@ impl TicketStore for MemoryStore {
             cost,
             now,
             idempotency_key,
+            fingerprint,
         } = request;
         let outcome = self.with_user(&uid, |user| {
             let mut balances: Vec<KindBalance> = cost
@@ -134,10 +168,11 @@ impl TicketStore for MemoryStore {
                 .iter()
                 .map(|item| *user.refreshed(&item.kind, now))
                 .collect();
-            if let Some(key) = &idempotency_key
-                && user.already_charged(key, now)
+            if let Some(replay) = idempotency_key
+                .as_ref()
+                .and_then(|key| user.already_charged(key, &fingerprint, now, &balances))
             {
-                return ChargeOutcome::Replayed { balances };
+                return replay;
             }
             let affordable = cost
                 .items()
@@ -154,7 +189,14 @@ impl TicketStore for MemoryStore {
             }
             if let Some(key) = &idempotency_key {
                 let ttl = TimeDelta::from_std(IDEMPOTENCY_TTL).unwrap_or(TimeDelta::MAX);
-                user.charged_keys.insert(key.clone(), now + ttl);
+                user.charged_keys.insert(
+                    key.clone(),
+                    KeyRecord {
+                        expires: now + ttl,
+                        fingerprint,
+                        finished: false,
+                    },
+                );
             }
             ChargeOutcome::Allowed {
                 receipt: Receipt {
@@ -195,6 +237,17 @@ impl TicketStore for MemoryStore {
             RefundOutcome { refunded, balances }
         });
         ready(outcome)
+    }
+
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
+        if let Some(key) = &receipt.idempotency_key {
+            self.peek_user_mut(&receipt.uid, |user| {
+                if let Some(record) = user.charged_keys.get_mut(key) {
+                    record.finished = true;
+                }
+            });
+        }
+        ready(())
     }
 
     fn balances(

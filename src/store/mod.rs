@@ -41,7 +41,7 @@ pub use self::source::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome
 pub use self::write_through::{WriteMode, WriteThrough, WriteThroughBuilder};
 use crate::config_error::ConfigError;
 use crate::cost::CheckedCost;
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{IdempotencyKey, RequestFingerprint};
 use crate::kind::TicketKind;
 use crate::uid::Uid;
 
@@ -70,8 +70,14 @@ pub struct ChargeRequest {
     pub now: DateTime<Utc>,
     /// A retry-safe key: a second charge with the same key (same user,
     /// within [`IDEMPOTENCY_TTL`](crate::idempotency::IDEMPOTENCY_TTL)) is
-    /// [`Replayed`](ChargeOutcome::Replayed), not charged.
+    /// never charged: it is [`InProgress`](ChargeOutcome::InProgress) until
+    /// the first is [finished](TicketStore::finish), then
+    /// [`Replayed`](ChargeOutcome::Replayed), or
+    /// [`KeyReused`](ChargeOutcome::KeyReused) when its fingerprint differs.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The request the key is bound to (stored with the key on an allowed
+    /// charge); the default, empty, one when not given.
+    pub fingerprint: RequestFingerprint,
 }
 
 impl ChargeRequest {
@@ -82,6 +88,7 @@ impl ChargeRequest {
             cost,
             now,
             idempotency_key: None,
+            fingerprint: RequestFingerprint::default(),
         }
     }
 
@@ -90,6 +97,14 @@ impl ChargeRequest {
     #[must_use]
     pub fn with_idempotency_key(mut self, key: Option<IdempotencyKey>) -> Self {
         self.idempotency_key = key;
+        self
+    }
+
+    /// Binds the idempotency key to `fingerprint`, the request it pays for
+    /// (see [`fingerprint`](Self::fingerprint)).
+    #[must_use]
+    pub fn with_fingerprint(mut self, fingerprint: RequestFingerprint) -> Self {
+        self.fingerprint = fingerprint;
         self
     }
 }
@@ -111,11 +126,21 @@ pub enum ChargeOutcome {
         /// Balances as they stand.
         balances: Vec<KindBalance>,
     },
-    /// The idempotency key was already charged; nothing was charged again.
+    /// The idempotency key already paid for this request, which finished
+    /// (its response was produced and kept the charge); nothing was charged
+    /// again.
     Replayed {
         /// Balances as they stand.
         balances: Vec<KindBalance>,
     },
+    /// The idempotency key already paid for this request, which has not
+    /// finished yet; nothing was charged again.
+    InProgress,
+    /// The idempotency key already paid for another request (another
+    /// method, route or cost: see
+    /// [`RequestFingerprint`]); nothing was
+    /// charged.
+    KeyReused,
 }
 
 /// Proof of an allowed charge, needed to refund it. Only stores make one.
@@ -134,7 +159,8 @@ pub struct Receipt {
     /// restore (see [`refund_across_refill`]).
     pub remaining_after: Vec<u32>,
     /// The charge's idempotency key, forgotten on refund so that a retry of
-    /// the failed request is charged again.
+    /// the failed request is charged again, and marked finished by
+    /// [`TicketStore::finish`].
     pub idempotency_key: Option<IdempotencyKey>,
     /// Where in the user's history the charge was made, when a cache in
     /// front of a source of truth made it: a refund gives nothing back for
@@ -193,8 +219,17 @@ pub trait TicketStore: Send + Sync + 'static {
     /// Applies due refills, then charges the cost if every kind can pay.
     fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome>;
 
-    /// Gives back an allowed charge, except for kinds refilled since.
+    /// Gives back an allowed charge, except for kinds refilled since, and
+    /// forgets its idempotency key.
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome>;
+
+    /// Records that the request of an allowed charge finished and keeps the
+    /// charge: a retry with its idempotency key is then
+    /// [`Replayed`](ChargeOutcome::Replayed) instead of
+    /// [`InProgress`](ChargeOutcome::InProgress). Nothing to do (and no
+    /// round trip) for a charge without a key; a key the store no longer
+    /// holds stays forgotten.
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()>;
 
     /// Reads balances without spending or writing; a due refill shows as
     /// applied.
@@ -239,6 +274,10 @@ impl<S: TicketStore + ?Sized> TicketStore for Arc<S> {
 
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         (**self).refund(receipt, now)
+    }
+
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
+        (**self).finish(receipt)
     }
 
     fn balances(

@@ -220,6 +220,10 @@ impl<S: TicketStore> TicketStore for RefusalCache<S> {
         self.changing(&uid, self.inner.refund(receipt, now))
     }
 
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
+        self.inner.finish(receipt)
+    }
+
     fn balances(
         &self,
         uid: &Uid,

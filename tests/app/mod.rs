@@ -27,16 +27,23 @@ use tower_tickets::{
 pub const SECRET: &[u8] = b"test secret, long enough for HS256";
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// Counts every call that reaches the wrapped store.
+/// Counts every call that reaches the wrapped store, and the refunds apart;
+/// holding `gate` for writing keeps charges waiting.
 #[derive(Clone, Default)]
 pub struct CountingStore {
     inner: MemoryStore,
     pub calls: Arc<AtomicUsize>,
+    pub refunds: Arc<AtomicUsize>,
+    pub gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl CountingStore {
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn refunds(&self) -> usize {
+        self.refunds.load(Ordering::SeqCst)
     }
 
     fn count(&self) {
@@ -47,12 +54,22 @@ impl CountingStore {
 impl TicketStore for CountingStore {
     fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
         self.count();
-        self.inner.charge(request)
+        let (inner, gate) = (self.inner.clone(), self.gate.clone());
+        Box::pin(async move {
+            let _open = gate.read().await;
+            inner.charge(request).await
+        })
     }
 
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         self.count();
+        self.refunds.fetch_add(1, Ordering::SeqCst);
         self.inner.refund(receipt, now)
+    }
+
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
+        self.count();
+        self.inner.finish(receipt)
     }
 
     fn balances(
@@ -155,12 +172,12 @@ impl App {
                     .route_layer(tickets.layer(Cost::of("upload", 1)).unwrap()),
             )
             .route(
-                "/upload-once",
+                "/upload-again",
                 post(count(StatusCode::CREATED)).route_layer(
                     tickets
                         .layer(Cost::of("upload", 1))
                         .unwrap()
-                        .replays(Replays::Refuse),
+                        .replays(Replays::CallUncharged),
                 ),
             )
             .route(
@@ -216,6 +233,26 @@ impl App {
             Some(token) => builder.header("authorization", format!("Bearer {token}")),
             None => builder,
         }
+    }
+
+    /// A request with `key` as its `Idempotency-Key`.
+    pub fn keyed(&self, method: &str, path: &str, token: &str, key: &str) -> Request<Body> {
+        self.request(method, path, Some(token))
+            .header("idempotency-key", key)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// Lets background work (a refund of a dropped request) run, until
+    /// `uid` has `expected` tickets of `kind`.
+    pub async fn settles_to(&self, uid: &str, kind: &str, expected: u64) {
+        for _ in 0..100 {
+            if self.remaining(uid, kind).await == expected {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(self.remaining(uid, kind).await, expected, "{kind} of {uid}");
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {

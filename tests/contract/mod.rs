@@ -21,7 +21,9 @@ use chrono::{DateTime, NaiveTime, Utc};
 use tower_tickets::store::{
     Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, TicketStore,
 };
-use tower_tickets::{Cost, FakeClock, IdempotencyKey, Refill, TicketKind, Tickets, Uid};
+use tower_tickets::{
+    Cost, FakeClock, IdempotencyKey, Refill, RequestFingerprint, TicketKind, Tickets, Uid,
+};
 
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -42,6 +44,9 @@ macro_rules! tower_tickets_contract {
             refund_is_void_across_a_refill,
             refund_across_a_refill_gives_back_what_it_did_not_restore,
             idempotency_key_is_charged_once_per_user,
+            a_retry_is_in_progress_until_its_request_finishes,
+            a_key_reused_for_another_request_charges_nothing,
+            finish_without_a_key_or_after_a_refund_changes_nothing,
             refund_forgets_the_idempotency_key,
             idempotency_key_expires_after_a_day,
             grant_and_set,
@@ -113,14 +118,33 @@ impl Fixture {
         self.tickets.kind(name).expect("registered kind").clone()
     }
 
+    /// Charges `cost` to `uid`, with `key` on a `POST /same` request.
     pub async fn charge_as(&self, uid: &Uid, cost: Cost, key: Option<&str>) -> ChargeOutcome {
-        let request = ChargeRequest::new(
-            uid.clone(),
-            self.tickets.check_cost(&cost).expect("valid cost"),
-            self.now(),
-        )
-        .with_idempotency_key(key.map(|k| IdempotencyKey::parse(k).expect("valid key")));
+        self.charge_request(uid, cost, key, "/same").await
+    }
+
+    /// Charges `cost` to `uid`, with `key` on a `POST` request to `route`.
+    pub async fn charge_request(
+        &self,
+        uid: &Uid,
+        cost: Cost,
+        key: Option<&str>,
+        route: &str,
+    ) -> ChargeOutcome {
+        let cost = self.tickets.check_cost(&cost).expect("valid cost");
+        let fingerprint = RequestFingerprint::new(&http::Method::POST, route, &cost);
+        let request = ChargeRequest::new(uid.clone(), cost, self.now())
+            .with_idempotency_key(key.map(|k| IdempotencyKey::parse(k).expect("valid key")))
+            .with_fingerprint(fingerprint);
         self.store.charge(request).await.expect("store answers")
+    }
+
+    /// Records that the request of `outcome`'s charge finished.
+    pub async fn finish(&self, outcome: ChargeOutcome) {
+        self.store
+            .finish(&receipt(outcome))
+            .await
+            .expect("store answers");
     }
 
     pub async fn charge(&self, cost: Cost) -> ChargeOutcome {
@@ -371,6 +395,7 @@ pub async fn idempotency_key_is_charged_once_per_user(store: Arc<dyn TicketStore
         .charge_as(&f.uid, Cost::of("upload", 1), Some("req-1"))
         .await;
     assert!(allowed(&first));
+    f.finish(first).await;
     let retry = f
         .charge_as(&f.uid, Cost::of("upload", 1), Some("req-1"))
         .await;
@@ -392,6 +417,75 @@ pub async fn idempotency_key_is_charged_once_per_user(store: Arc<dyn TicketStore
     assert_eq!(f.balance_of(&other, "upload").await.remaining, 4);
 }
 
+pub async fn a_retry_is_in_progress_until_its_request_finishes(store: Arc<dyn TicketStore>) {
+    let f = Fixture::new(store, "idem-running");
+    let first = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
+    assert!(allowed(&first));
+    for _ in 0..2 {
+        let retry = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
+        assert!(matches!(retry, ChargeOutcome::InProgress), "{retry:?}");
+    }
+    assert_eq!(f.remaining("ai").await, 2, "charged once");
+    f.finish(first.clone()).await;
+    let retry = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
+    assert!(matches!(retry, ChargeOutcome::Replayed { .. }), "{retry:?}");
+    // Finishing twice changes nothing.
+    f.finish(first).await;
+    let retry = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
+    assert!(matches!(retry, ChargeOutcome::Replayed { .. }), "{retry:?}");
+    assert_eq!(f.remaining("ai").await, 2);
+}
+
+pub async fn a_key_reused_for_another_request_charges_nothing(store: Arc<dyn TicketStore>) {
+    let f = Fixture::new(store, "idem-reused");
+    let upload = Cost::of("upload", 1);
+    let first = f
+        .charge_request(&f.uid, upload.clone(), Some("k"), "/uploads")
+        .await;
+    assert!(allowed(&first));
+    let elsewhere = f
+        .charge_request(&f.uid, Cost::of("ai", 1), Some("k"), "/generate")
+        .await;
+    assert!(
+        matches!(elsewhere, ChargeOutcome::KeyReused),
+        "{elsewhere:?}"
+    );
+    // Another route with the same cost, or another cost on the same route.
+    let route = f
+        .charge_request(&f.uid, upload.clone(), Some("k"), "/avatars")
+        .await;
+    assert!(matches!(route, ChargeOutcome::KeyReused), "{route:?}");
+    let cost = f
+        .charge_request(&f.uid, Cost::of("upload", 2), Some("k"), "/uploads")
+        .await;
+    assert!(matches!(cost, ChargeOutcome::KeyReused), "{cost:?}");
+    f.finish(first).await;
+    let finished = f
+        .charge_request(&f.uid, Cost::of("ai", 1), Some("k"), "/generate")
+        .await;
+    assert!(matches!(finished, ChargeOutcome::KeyReused), "{finished:?}");
+    assert_eq!(f.remaining("upload").await, 4, "charged once");
+    assert_eq!(f.remaining("ai").await, 3, "never charged");
+}
+
+pub async fn finish_without_a_key_or_after_a_refund_changes_nothing(store: Arc<dyn TicketStore>) {
+    let f = Fixture::new(store, "idem-finish");
+    let keyless = f.charge_one("upload").await;
+    f.finish(keyless).await;
+    assert_eq!(f.remaining("upload").await, 4);
+    let keyed = f.charge_as(&f.uid, Cost::of("upload", 1), Some("k")).await;
+    f.store
+        .refund(receipt(keyed.clone()), f.now())
+        .await
+        .unwrap();
+    // A late finish of a refunded charge does not bring the key back.
+    f.finish(keyed).await;
+    assert!(allowed(
+        &f.charge_as(&f.uid, Cost::of("upload", 1), Some("k")).await
+    ));
+    assert_eq!(f.remaining("upload").await, 3);
+}
+
 pub async fn refund_forgets_the_idempotency_key(store: Arc<dyn TicketStore>) {
     let f = Fixture::new(store, "idem-refund");
     let receipt = receipt(f.charge_as(&f.uid, Cost::of("upload", 1), Some("k")).await);
@@ -406,9 +500,9 @@ pub async fn refund_forgets_the_idempotency_key(store: Arc<dyn TicketStore>) {
 
 pub async fn idempotency_key_expires_after_a_day(store: Arc<dyn TicketStore>) {
     let f = Fixture::new(store, "idem-ttl");
-    assert!(allowed(
-        &f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await
-    ));
+    let first = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
+    assert!(allowed(&first));
+    f.finish(first).await;
     f.advance(DAY - Duration::from_secs(1));
     let retry = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
     assert!(matches!(retry, ChargeOutcome::Replayed { .. }), "{retry:?}");

@@ -9,7 +9,7 @@ mod server;
 
 use http::{Method, StatusCode};
 use server::{ADMIN_TOKEN, Demo, demo_command};
-use tower_tickets::QUOTA_EXCEEDED_TYPE;
+use tower_tickets::{IDEMPOTENCY_KEY_REUSED_TYPE, QUOTA_EXCEEDED_TYPE};
 
 const IMAGE: &[u8] = b"\x89PNG\r\n\x1a\n not really an image";
 
@@ -117,6 +117,33 @@ async fn a_retried_upload_gets_its_first_answer_and_costs_nothing_more() {
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     assert_eq!(generate().await.json(), first.json());
     assert_eq!(demo.remaining(&token).await, (0, 2));
+}
+
+/// A key paid on an upload is not a retry of a generation: 422, nothing
+/// charged, nothing generated.
+#[tokio::test]
+async fn a_key_paid_on_an_upload_is_refused_on_a_generation() {
+    let demo = Demo::start(&[]);
+    let (_, token) = demo.sign_up().await;
+    let upload = demo
+        .call(Method::POST, "/api/uploads")
+        .bearer(&token)
+        .header("idempotency-key", "shared-1")
+        .body(IMAGE)
+        .send()
+        .await;
+    assert_eq!(upload.status, StatusCode::CREATED, "{}", upload.text());
+    let generate = demo
+        .call(Method::POST, "/api/ai/generate")
+        .bearer(&token)
+        .header("idempotency-key", "shared-1")
+        .json(r#"{"prompt": "a lighthouse"}"#)
+        .send()
+        .await;
+    let problem = generate.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["type"], IDEMPOTENCY_KEY_REUSED_TYPE);
+    assert_eq!(demo.remaining(&token).await, (4, 3));
+    assert_eq!(demo.stored_uploads(&token).await, 1);
 }
 
 #[tokio::test]

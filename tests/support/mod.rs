@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary uses part of the support code.
 
+pub mod eventually;
 pub mod race;
 pub mod redis_server;
 pub mod ticket_app;

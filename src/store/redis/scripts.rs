@@ -16,6 +16,7 @@ const COMMON: &str = include_str!("lua/common.lua");
 pub(crate) struct Scripts {
     pub(crate) charge: Script,
     pub(crate) refund: Script,
+    pub(crate) finish: Script,
     pub(crate) balances: Script,
     pub(crate) adjust: Script,
     pub(crate) seed: Script,
@@ -55,16 +56,18 @@ impl Scripts {
         Self {
             charge: script(include_str!("lua/charge.lua")),
             refund: script(include_str!("lua/refund.lua")),
+            finish: script(include_str!("lua/finish.lua")),
             balances: script(include_str!("lua/balances.lua")),
             adjust: script(include_str!("lua/adjust.lua")),
             seed: script(include_str!("lua/seed.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 5] {
+    pub(crate) fn all(&self) -> [&Script; 6] {
         [
             &self.charge,
             &self.refund,
+            &self.finish,
             &self.balances,
             &self.adjust,
             &self.seed,

@@ -1,16 +1,20 @@
 //! [`RedisStore`]: the [`TicketStore`] operations as script calls.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use redis::RedisResult;
 
 use super::connection::Connection;
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
 use super::scripts::{CallContext, ScriptCall, Truth, millis, push_kind};
-use crate::idempotency::IDEMPOTENCY_TTL;
+use crate::cost::CheckedCost;
+use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey};
 use crate::kind::TicketKind;
 use crate::store::breaker::Breaker;
 use crate::store::source::Point;
@@ -62,7 +66,11 @@ use crate::uid::Uid;
 ///   until that no longer holds. Under `WriteThrough`
 ///   any idle user expires: Firestore reloads them.
 /// - `<prefix>{<uid>}:i:<Idempotency-Key>`: a charged idempotency key, kept
-///   24 h.
+///   24 h: the instant it stops counting, whether its request is still
+///   running (`R`) or finished (`D`), and the
+///   [`RequestFingerprint`](crate::RequestFingerprint) of that request.
+///   Keys live in Redis only: a Redis that loses them (a flush, a restart
+///   from an older dump) takes a retry for a new request, charged again.
 ///
 /// Keys are only built from a validated [`Uid`](crate::Uid), so a hostile
 /// id never reaches Redis; the prefix may not contain `{` or `}`.
@@ -185,9 +193,12 @@ impl RedisStore {
         operation: &'static str,
         call: ScriptCall,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
-        self.guarded(operation, move |mut connection| async move {
-            connection.invoke(&call).await
-        })
+        let shared = self.shared.clone();
+        async move {
+            let mut connection = shared.connection.clone();
+            let reply = std::pin::pin!(connection.invoke(&call));
+            shared.bounded(operation, reply, drop).await
+        }
     }
 
     /// One page of a `SCAN` for keys matching `pattern`, under the breaker
@@ -198,7 +209,8 @@ impl RedisStore {
         pattern: String,
         count: usize,
     ) -> impl Future<Output = Result<(u64, Vec<String>), StoreError>> + Send + 'static {
-        self.guarded("scan", move |mut connection| async move {
+        let shared = self.shared.clone();
+        async move {
             let mut command = redis::cmd("SCAN");
             command
                 .arg(cursor)
@@ -206,50 +218,98 @@ impl RedisStore {
                 .arg(pattern)
                 .arg("COUNT")
                 .arg(count);
-            connection.query(&command).await
-        })
+            let mut connection = shared.connection.clone();
+            let reply = std::pin::pin!(connection.query(&command));
+            shared.bounded("scan", reply, drop).await
+        }
     }
 
-    /// Runs `operation` on the store's connection under the breaker and the
-    /// timeout, mapping its errors: the one path of every Redis call.
-    fn guarded<T, F>(
+    /// Gives back a charge whose reply came after the timeout: the request
+    /// was answered 503, but Redis ran the script. Waits for that reply for
+    /// at most [`LATE_REPLY_DEADLINE`], in the background.
+    fn undo_late_charge(
+        &self,
+        reply: LateReply,
+        (uid, cost, idempotency_key): (Uid, CheckedCost, Option<IdempotencyKey>),
+        now: DateTime<Utc>,
+    ) {
+        let (store, started) = (self.clone(), Instant::now());
+        tokio::spawn(async move {
+            let reply = match tokio::time::timeout(LATE_REPLY_DEADLINE, reply).await {
+                Ok(Ok(reply)) => reply,
+                // Redis failed the script or never answered: nothing to undo
+                // that can be known.
+                Ok(Err(_)) => return,
+                Err(_elapsed) => {
+                    tracing::error!(%uid, "Redis never answered a charge that timed out; if it ran, its tickets stay spent");
+                    return;
+                }
+            };
+            let truth = store.shared.context.truth;
+            let Ok(Some((point, reply))) = Cached::<()>::split(truth, "charge", &reply, 1) else {
+                return;
+            };
+            let Ok(ChargeOutcome::Allowed { receipt, .. }) =
+                charge_outcome(&reply, uid.clone(), cost, idempotency_key, point)
+            else {
+                return;
+            };
+            let now = now + TimeDelta::from_std(started.elapsed()).unwrap_or_default();
+            match store.refund(receipt, now).await {
+                Ok(outcome) => {
+                    tracing::info!(%uid, refunded = ?outcome.refunded, "gave back a charge answered after its timeout");
+                }
+                Err(error) => {
+                    tracing::error!(%uid, %error, "could not give back a charge answered after its timeout; it stays spent");
+                }
+            }
+        });
+    }
+}
+
+/// A script reply still awaited after its call timed out.
+type LateReply = Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>;
+
+/// How long a reply that came too late for its request is still awaited,
+/// to give back what the script charged.
+const LATE_REPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Shared {
+    /// Awaits `reply` under the breaker and the timeout, mapping its errors
+    /// (the one path of every Redis call); a reply still pending at the
+    /// timeout goes to `late`.
+    async fn bounded<T, F>(
         &self,
         operation: &'static str,
-        run: impl FnOnce(Connection) -> F + Send + 'static,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+        mut reply: F,
+        late: impl FnOnce(F),
+    ) -> Result<T, StoreError>
     where
-        F: Future<Output = redis::RedisResult<T>> + Send,
-        T: Send,
+        F: Future<Output = RedisResult<T>> + Unpin,
     {
-        let shared = self.shared.clone();
-        async move {
-            let permit = shared.breaker.admit()?;
-            let connection = shared.connection.clone();
-            match tokio::time::timeout(shared.timeout, run(connection)).await {
-                Ok(Ok(reply)) => {
+        let permit = self.breaker.admit()?;
+        match tokio::time::timeout(self.timeout, &mut reply).await {
+            Ok(Ok(reply)) => {
+                permit.succeeded();
+                Ok(reply)
+            }
+            Ok(Err(error)) => {
+                let error = store_error(operation, error);
+                if error.kind() == StoreErrorKind::Corrupt {
+                    // Redis answered: the data is wrong, not the link.
                     permit.succeeded();
-                    Ok(reply)
-                }
-                Ok(Err(error)) => {
-                    let error = store_error(operation, error);
-                    if error.kind() == StoreErrorKind::Corrupt {
-                        // Redis answered: the data is wrong, not the link.
-                        permit.succeeded();
-                    } else {
-                        permit.failed();
-                    }
-                    Err(error)
-                }
-                Err(_elapsed) => {
+                } else {
                     permit.failed();
-                    Err(StoreError::new(
-                        StoreErrorKind::Timeout,
-                        format!(
-                            "Redis {operation} got no answer within {:?}",
-                            shared.timeout
-                        ),
-                    ))
                 }
+                Err(error)
+            }
+            Err(_elapsed) => {
+                permit.failed();
+                late(reply);
+                Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("Redis {operation} got no answer within {:?}", self.timeout),
+                ))
             }
         }
     }
@@ -322,6 +382,7 @@ impl RedisStore {
             cost,
             now,
             idempotency_key,
+            fingerprint,
         } = request;
         let (keys, context) = (&self.shared.keys, &self.shared.context);
         let items = cost.items();
@@ -335,38 +396,28 @@ impl RedisStore {
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(millis(IDEMPOTENCY_TTL))
+            .arg(fingerprint.as_str())
             .arg(items.len());
         for item in items {
             call.arg(item.amount);
             push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
         }
+        // The reply is boxed so that, past the timeout, it can be awaited in
+        // the background: Redis may still run the script and charge.
         let truth = context.truth;
-        let reply = self.call("charge", call);
+        let mut connection = self.shared.connection.clone();
+        let reply: LateReply = Box::pin(async move { connection.invoke(&call).await });
+        let (store, charged) = (
+            self.clone(),
+            (uid.clone(), cost.clone(), idempotency_key.clone()),
+        );
         Box::pin(async move {
-            let reply = reply.await?;
+            let late = |reply| store.undo_late_charge(reply, charged, now);
+            let reply = store.shared.bounded("charge", reply, late).await?;
             let Some((point, reply)) = Cached::<()>::split(truth, "charge", &reply, 1)? else {
                 return Ok(Cached::Unseeded);
             };
-            let Some((&outcome, rest)) = reply.split_first() else {
-                return Err(unexpected_reply("charge", &reply));
-            };
-            let balances = reply::balances("charge", rest, cost.items().len())?;
-            let value = match outcome {
-                0 => ChargeOutcome::Refused { balances },
-                1 => ChargeOutcome::Allowed {
-                    receipt: Receipt {
-                        uid,
-                        cost,
-                        last_refills: balances.iter().map(|b| b.last_refill).collect(),
-                        remaining_after: balances.iter().map(|b| b.remaining).collect(),
-                        idempotency_key,
-                        made_at: point,
-                    },
-                    balances,
-                },
-                2 => ChargeOutcome::Replayed { balances },
-                _ => return Err(unexpected_reply("charge", &reply)),
-            };
+            let value = charge_outcome(&reply, uid, cost, idempotency_key, point)?;
             Ok(Cached::Seeded { value, point })
         })
     }
@@ -513,6 +564,23 @@ impl TicketStore for RedisStore {
         Box::pin(async move { decided.await?.decided("charge") })
     }
 
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
+        let Some(key) = &receipt.idempotency_key else {
+            return Box::pin(std::future::ready(Ok(())));
+        };
+        let call = ScriptCall::new(
+            &self.shared.context.scripts().finish,
+            &[self.shared.keys.idempotency(&receipt.uid, key)],
+        );
+        let reply = self.call("finish", call);
+        Box::pin(async move {
+            match reply.await?.as_slice() {
+                [0 | 1] => Ok(()),
+                other => Err(unexpected_reply("finish", other)),
+            }
+        })
+    }
+
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         let decided = self.refund_cached(receipt, now);
         Box::pin(async move { decided.await?.decided("refund") })
@@ -553,4 +621,37 @@ impl TicketStore for RedisStore {
             now,
         )
     }
+}
+
+/// The charge script's reply (without its point) as an outcome; an allowed
+/// charge's receipt holds `uid`, `cost`, `idempotency_key` and `made_at`.
+fn charge_outcome(
+    reply: &[i64],
+    uid: Uid,
+    cost: CheckedCost,
+    idempotency_key: Option<IdempotencyKey>,
+    made_at: Option<Point>,
+) -> Result<ChargeOutcome, StoreError> {
+    let Some((&outcome, rest)) = reply.split_first() else {
+        return Err(unexpected_reply("charge", reply));
+    };
+    let balances = reply::balances("charge", rest, cost.items().len())?;
+    Ok(match outcome {
+        0 => ChargeOutcome::Refused { balances },
+        1 => ChargeOutcome::Allowed {
+            receipt: Receipt {
+                uid,
+                cost,
+                last_refills: balances.iter().map(|b| b.last_refill).collect(),
+                remaining_after: balances.iter().map(|b| b.remaining).collect(),
+                idempotency_key,
+                made_at,
+            },
+            balances,
+        },
+        2 => ChargeOutcome::Replayed { balances },
+        3 => ChargeOutcome::InProgress,
+        4 => ChargeOutcome::KeyReused,
+        _ => return Err(unexpected_reply("charge", reply)),
+    })
 }

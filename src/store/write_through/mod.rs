@@ -453,6 +453,11 @@ impl TicketStore for WriteThrough {
         Box::pin(async move { shared.refund(receipt, now).await })
     }
 
+    fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
+        // Keys live in Redis only: Firestore has nothing to record.
+        self.shared.redis.finish(receipt)
+    }
+
     fn balances(
         &self,
         uid: &Uid,

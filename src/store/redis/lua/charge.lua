@@ -3,13 +3,16 @@
 --
 -- KEYS[1] the user's balances; KEYS[2] (optional) the idempotency key.
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, idempotency TTL ms,
---       kind count, then per kind: amount, spec.
+--       request fingerprint, kind count, then per kind: amount, spec.
 -- Reply: {outcome, remaining, last refill, ...} with outcome 0 refused,
---        1 allowed, 2 replayed (the key was already charged). Caching a
---        source: UNSEEDED, or {outcome, lineage, version, remaining, ...}.
+--        1 allowed, 2 replayed (the key already paid for this request, which
+--        finished), 3 in progress (it has not finished), 4 the key already
+--        paid for another request. Only 1 spends, and records the key.
+--        Caching a source: UNSEEDED, or {outcome, lineage, version,
+--        remaining, ...}.
 
 local t = decision_time(ARGV[1])
-local kinds = read_kinds(5, tonumber(ARGV[4]), 1)
+local kinds = read_kinds(6, tonumber(ARGV[5]), 1)
 local reply = {}
 if not REDIS_HOLDS_THE_TRUTH then
   local lineage, version = seeded_point(KEYS[1], kinds)
@@ -22,9 +25,15 @@ load(KEYS[1], kinds, t)
 
 local outcome = 1
 if KEYS[2] then
-  local expires = idempotency_expiry(KEYS[2])
-  if expires and expires > t then
-    outcome = 2
+  local record = idempotency_record(KEYS[2])
+  if record and record.expires > t then
+    if record.fingerprint ~= ARGV[4] then
+      outcome = 4
+    elseif record.finished then
+      outcome = 2
+    else
+      outcome = 3
+    end
   end
 end
 if outcome == 1 then
@@ -41,7 +50,7 @@ if outcome == 1 then
   end
   if KEYS[2] then
     local ttl = tonumber(ARGV[3])
-    redis.call('SET', KEYS[2], t + ttl, 'PX', ttl)
+    redis.call('SET', KEYS[2], (t + ttl) .. ' R ' .. ARGV[4], 'PX', ttl)
   end
 end
 save(KEYS[1], kinds, ARGV[2])

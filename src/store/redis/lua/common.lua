@@ -262,9 +262,11 @@ local function balances_reply(reply, kinds)
   return reply
 end
 
--- The integer stored at an idempotency key (the instant it stops counting),
--- or nil when absent.
-local function idempotency_expiry(key)
+-- An idempotency key's record, or nil when absent: {expires = the instant
+-- (Unix ms) it stops counting, finished = whether its request finished,
+-- fingerprint = the request it paid for}. Stored as the string
+-- '<expires> <R|D> <fingerprint>': R while the request runs, D once done.
+local function idempotency_record(key)
   local ok, value = pcall(redis.call, 'GET', key)
   if not ok then
     corrupt(key .. ' is not an idempotency key written by tower-tickets')
@@ -272,6 +274,10 @@ local function idempotency_expiry(key)
   if not value then
     return nil
   end
-  return stored_integer(key, 'value', value)
+  local expires, state, fingerprint = string.match(value, '^(%d+) ([RD]) (.*)$')
+  if not expires then
+    corrupt(key .. ' holds ' .. string.format('%q', value) ..
+      ', not an idempotency key written by tower-tickets')
+  end
+  return {expires = tonumber(expires), finished = state == 'D', fingerprint = fingerprint}
 end
-

@@ -1,0 +1,124 @@
+//! Settling a charge: after its handler answered, or in the background
+//! after its request was dropped unanswered (DESIGN.md §5: unanswered
+//! charges are given back, exactly once).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use crate::cost::CheckedCost;
+use crate::store::{ChargeOutcome, Receipt, RefundOutcome, StoreError, StoreFuture};
+use crate::telemetry::{self, StoreOperation};
+use crate::tickets::Tickets;
+
+/// A settlement under way; it reports its own failure.
+pub(crate) type Settlement = Pin<Box<dyn Future<Output = Settled> + Send>>;
+
+/// How a charge was settled.
+pub(crate) enum Settled {
+    /// Given back (the request failed, or was never answered).
+    Refunded(Result<RefundOutcome, StoreError>),
+    /// Kept, and its idempotency key marked finished.
+    Finished(Result<(), StoreError>),
+}
+
+impl Settled {
+    /// Gives the charge of `receipt` back.
+    pub(crate) fn refund(tickets: &Tickets, receipt: Receipt) -> Settlement {
+        let refund = tickets.shared.store.refund(receipt, tickets.now());
+        Box::pin(async move { Settled::Refunded(refund.await) })
+    }
+
+    /// Records that the request of `receipt` finished.
+    pub(crate) fn finish(tickets: &Tickets, receipt: &Receipt) -> Settlement {
+        let finish = tickets.shared.store.finish(receipt);
+        Box::pin(async move { Settled::Finished(finish.await) })
+    }
+
+    /// Reports a settlement of `cost` started at `started`; gives the
+    /// refund's outcome, if it was one and succeeded.
+    pub(crate) fn record(self, cost: &CheckedCost, started: Instant) -> Option<RefundOutcome> {
+        match self {
+            Self::Refunded(outcome) => {
+                telemetry::store_call(StoreOperation::Refund, started.elapsed(), &outcome);
+                match outcome {
+                    Ok(outcome) => {
+                        telemetry::refunded(cost, &outcome.refunded);
+                        tracing::debug!(refunded = ?outcome.refunded, "charge given back");
+                        Some(outcome)
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "refund failed; the charge stands");
+                        None
+                    }
+                }
+            }
+            Self::Finished(outcome) => {
+                telemetry::store_call(StoreOperation::Finish, started.elapsed(), &outcome);
+                if let Err(error) = outcome {
+                    tracing::warn!(
+                        %error,
+                        "could not record that the request finished; its retries are answered \
+                         'in progress' until the Idempotency-Key expires"
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+/// What a response future was waiting on when it was dropped unanswered.
+pub(crate) enum Unanswered {
+    /// The store's decision: it may still allow the charge.
+    Charging(StoreFuture<ChargeOutcome>),
+    /// Nothing: the charge was allowed and the handler had not answered.
+    Called(Receipt),
+    /// A refund or finish, already decided.
+    Settling(Settlement),
+}
+
+/// Settles in the background, on the current Tokio runtime, what a
+/// response future dropped unanswered leaves: a pending charge is awaited
+/// and given back if allowed; an allowed charge is given back, or kept
+/// (and its key marked finished) when the route opted out with
+/// `refund_unanswered` false, its handler's work outliving the request; a
+/// settlement under way is completed.
+pub(crate) fn settle_in_background(
+    unanswered: Unanswered,
+    tickets: Tickets,
+    cost: CheckedCost,
+    refund_unanswered: bool,
+    span: tracing::Span,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let _entered = span.enter();
+        tracing::error!("request dropped outside a Tokio runtime; its charge stays spent");
+        return;
+    };
+    let work = async move {
+        let settlement = match unanswered {
+            Unanswered::Charging(charge) => match charge.await {
+                Ok(ChargeOutcome::Allowed { receipt, .. }) => {
+                    tracing::debug!("request dropped while charging; giving the charge back");
+                    Settled::refund(&tickets, receipt)
+                }
+                // Nothing was charged, or the store's error says why not.
+                _ => return,
+            },
+            Unanswered::Called(receipt) if refund_unanswered => {
+                tracing::debug!(
+                    "request dropped before its handler answered; giving the charge back"
+                );
+                Settled::refund(&tickets, receipt)
+            }
+            Unanswered::Called(receipt) => Settled::finish(&tickets, &receipt),
+            Unanswered::Settling(settlement) => settlement,
+        };
+        let started = Instant::now();
+        settlement.await.record(&cost, started);
+    };
+    runtime.spawn(work.instrument(span));
+}
