@@ -122,7 +122,11 @@ async fn a_new_user_document_holds_the_initial_balances_as_integers_and_timestam
     assert_eq!(source.load(&alice, now).await.unwrap(), None);
 
     let created = source.load_or_create(&alice, now).await.unwrap();
-    assert_eq!(created, snapshot(0, 5, 3, "2026-03-01T08:00:00.250Z"));
+    assert_eq!(created.point(), NEW_USER);
+    assert_eq!(
+        created.balances,
+        snapshot(0, 5, 3, "2026-03-01T08:00:00.250Z").balances
+    );
 
     let document = raw_document(&db, "alice").await.expect("created");
     assert_eq!(field(&document, "ticketCount"), &ValueType::IntegerValue(5));

@@ -359,11 +359,11 @@ async fn burst_costs_at_most_two_writes(mode: WriteMode, test: &str) {
     })
     .await;
 
+    // (Versions are drawn with random steps, so the stored version does not
+    // count writes: the store's own count does.)
     let writes = app.store.firestore_writes() - writes_before;
     assert!(writes <= 2, "{writes} Firestore writes for 200 charges");
-    // The emulator agrees: each write raised the stored version by one.
-    let stored = app.document(&dave).await.unwrap();
-    assert!(stored.version - version_before <= 2, "{stored:?}");
+    assert!(app.document(&dave).await.unwrap().version > version_before);
     assert_eq!(app.balances(&dave).await[0].remaining, 800);
 }
 
@@ -411,13 +411,22 @@ async fn a_delayed_write_never_undoes_a_grant_made_meanwhile() {
         let (router, erin) = (slow.router.clone(), erin.clone());
         tokio::spawn(async move { post_as(&router, "/upload", erin.as_str().as_bytes()).await })
     };
-    // The slow instance took its snapshot (4 left) and is writing it.
+    // The slow instance took its snapshot (4 left) and is writing it; the
+    // grant's round waits for the user's round lease.
     gate.holding().await;
-    fast.grant(&erin, "upload", 10).await;
-    assert_eq!(fast.document(&erin).await.unwrap().upload.0, 14);
+    let grant = {
+        let (store, erin, kind, now) = (
+            fast.store.clone(),
+            erin.clone(),
+            fast.tickets.kind("upload").unwrap().clone(),
+            fast.tickets.now(),
+        );
+        tokio::spawn(async move { store.adjust(&erin, &kind, Adjustment::Grant(10), now).await })
+    };
 
     gate.release();
     assert_eq!(charge.await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(grant.await.unwrap().unwrap().remaining, 14);
     let stored = fast.document(&erin).await.unwrap();
     assert_eq!(
         stored.upload.0, 14,
