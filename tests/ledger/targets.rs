@@ -1,0 +1,241 @@
+//! Targets: each a fresh set of store instances per seed, with what its
+//! faults and checks need to reach behind it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tower_tickets::store::{
+    FirestoreSource, KindBalance, MemoryStore, RedisStore, RedisStoreBuilder, RefusalCache,
+    TicketStore, TimeSource, UserSnapshot, WriteMode, WriteThrough,
+};
+use tower_tickets::{FakeClock, TicketKind};
+
+use crate::faults::{FaultKind, RedisFaults};
+use crate::kinds;
+use crate::model::{Birth, UserState};
+use crate::support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator, client_at};
+use crate::support::tcp_gate::TcpGate;
+
+/// The Redis call timeout of every Redis-backed instance: long enough that
+/// a loaded machine does not time calls out, short enough to pause past.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// How long a `PauseRedis` fault holds Redis's writes.
+pub const PAUSE: Duration = Duration::from_millis(1000);
+
+/// A write-through instance's Firestore timeout: a held gate costs this.
+const FIRESTORE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The stores a history runs against.
+pub struct Target {
+    pub instances: Vec<Arc<dyn TicketStore>>,
+    pub birth: Birth,
+    pub faults: Vec<FaultKind>,
+    /// Whether charge futures may be dropped unanswered (stores with I/O).
+    pub drops: bool,
+    /// Whether a refusal reports the balances as they stand. A refusal
+    /// cache answers a repeated refusal with the balances it cached, which
+    /// this instance's own later charges may have lowered since.
+    pub exact_refusals: bool,
+    pub backend: Backend,
+}
+
+/// What stands behind the instances.
+pub enum Backend {
+    Memory,
+    Redis {
+        builder: RedisStoreBuilder,
+        redis: RedisFaults,
+    },
+    WriteThrough(Box<Behind>),
+}
+
+/// A write-through target's servers: its instances reach Firestore through
+/// `gate`; `truth` reads the emulator directly.
+pub struct Behind {
+    redis_url: String,
+    redis: RedisFaults,
+    prefix: String,
+    project: String,
+    gate: TcpGate,
+    truth: FirestoreSource,
+    mode: WriteMode,
+    clock: FakeClock,
+}
+
+impl Target {
+    /// Two handles on one embedded store.
+    pub fn memory() -> Self {
+        let store = MemoryStore::new();
+        Self::in_memory(vec![Arc::new(store.clone()), Arc::new(store)])
+    }
+
+    /// Two handles on one refusal cache over one embedded store.
+    pub fn refusal_cache() -> Self {
+        let store = RefusalCache::new(MemoryStore::new());
+        Self {
+            exact_refusals: false,
+            ..Self::in_memory(vec![Arc::new(store.clone()), Arc::new(store)])
+        }
+    }
+
+    fn in_memory(instances: Vec<Arc<dyn TicketStore>>) -> Self {
+        Self {
+            instances,
+            birth: Birth::PerKind,
+            faults: Vec::new(),
+            drops: false,
+            exact_refusals: true,
+            backend: Backend::Memory,
+        }
+    }
+
+    /// Three Redis stores on the Redis at `url`, under a key prefix of
+    /// their own.
+    pub async fn redis_stores(url: &str, prefix: &str, faults: Vec<FaultKind>) -> Self {
+        let builder = RedisStore::standalone(url)
+            .key_prefix(prefix)
+            .timeout(REDIS_TIMEOUT)
+            .breaker(1, Duration::from_millis(50))
+            .time_source(TimeSource::Caller);
+        let mut instances: Vec<Arc<dyn TicketStore>> = Vec::new();
+        for _ in 0..3 {
+            instances.push(Arc::new(builder.clone().connect().await.expect("connect")));
+        }
+        Self {
+            instances,
+            birth: Birth::PerKind,
+            faults,
+            drops: true,
+            exact_refusals: true,
+            backend: Backend::Redis {
+                builder,
+                redis: RedisFaults::new(url, prefix),
+            },
+        }
+    }
+
+    /// `count` write-through stores on the Redis at `url` and a project of
+    /// their own on the shared emulator.
+    pub async fn write_through(
+        url: &str,
+        prefix: &str,
+        mode: WriteMode,
+        count: usize,
+        faults: Vec<FaultKind>,
+        clock: &FakeClock,
+    ) -> Self {
+        let emulator = FirestoreEmulator::shared();
+        let project = prefix.trim_end_matches(':').to_string();
+        let behind = Behind {
+            redis_url: url.to_string(),
+            redis: RedisFaults::new(url, prefix),
+            prefix: prefix.to_string(),
+            gate: TcpGate::start(&emulator.host()).await,
+            truth: FirestoreSource::new(emulator.client(&project).await, kinds())
+                .timeout(FIRESTORE_TIMEOUT),
+            project,
+            mode,
+            clock: clock.clone(),
+        };
+        let mut instances: Vec<Arc<dyn TicketStore>> = Vec::new();
+        for _ in 0..count {
+            instances.push(Arc::new(behind.instance().await));
+        }
+        Self {
+            instances,
+            birth: Birth::WholeUser,
+            faults,
+            drops: true,
+            exact_refusals: true,
+            backend: Backend::WriteThrough(Box::new(behind)),
+        }
+    }
+
+    /// Drops instance `i` and builds it again.
+    pub async fn restart(&mut self, i: usize) {
+        let fresh: Arc<dyn TicketStore> = match &self.backend {
+            Backend::Memory => panic!("an embedded store has nothing to restart"),
+            Backend::Redis { builder, .. } => {
+                Arc::new(builder.clone().connect().await.expect("reconnect"))
+            }
+            Backend::WriteThrough(behind) => Arc::new(behind.instance().await),
+        };
+        self.instances[i] = fresh;
+    }
+
+    pub fn redis(&self) -> Option<&RedisFaults> {
+        match &self.backend {
+            Backend::Memory => None,
+            Backend::Redis { redis, .. } => Some(redis),
+            Backend::WriteThrough(behind) => Some(&behind.redis),
+        }
+    }
+
+    pub fn behind(&self) -> Option<&Behind> {
+        match &self.backend {
+            Backend::WriteThrough(behind) => Some(behind),
+            _ => None,
+        }
+    }
+
+    /// The user's state as Redis holds it (`None` per kind it lacks), for
+    /// Redis-backed targets.
+    pub fn raw(&self, uid: &str, kinds: &[Arc<TicketKind>]) -> Option<UserState> {
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        let fields = self.redis()?.fields(uid, &names);
+        Some(
+            fields
+                .into_iter()
+                .map(|field| match field {
+                    (Some(remaining), Some(ms)) => Some(KindBalance {
+                        remaining,
+                        last_refill: DateTime::from_timestamp_millis(ms).expect("an instant"),
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Behind {
+    async fn instance(&self) -> WriteThrough {
+        let source =
+            FirestoreSource::new(client_at(self.gate.host(), &self.project).await, kinds())
+                .timeout(FIRESTORE_CALL_TIMEOUT)
+                .breaker(1, Duration::from_millis(100));
+        WriteThrough::builder(self.redis_url.clone(), source)
+            .mode(self.mode)
+            .key_prefix(self.prefix.clone())
+            .time_source(TimeSource::Caller)
+            .redis_timeout(REDIS_TIMEOUT)
+            .write_interval(Duration::from_millis(50))
+            .recovery_interval(Duration::from_millis(200))
+            .clock(self.clock.clone())
+            .connect()
+            .await
+            .expect("connect the write-through store")
+    }
+
+    pub fn sync(&self) -> bool {
+        self.mode == WriteMode::Sync
+    }
+
+    pub fn gate(&self) -> &TcpGate {
+        &self.gate
+    }
+
+    /// The user's document, read straight from the emulator.
+    pub async fn document(
+        &self,
+        uid: &tower_tickets::Uid,
+        now: DateTime<Utc>,
+    ) -> Option<UserSnapshot> {
+        self.truth
+            .load(uid, now)
+            .await
+            .expect("the emulator answers the checker")
+    }
+}
