@@ -158,6 +158,16 @@ impl RedisFaults {
             .expect("CLIENT UNPAUSE");
     }
 
+    /// Whether a write-through store seeded the user's hash from Firestore
+    /// (it carries a version); a hash without one holds nothing decided.
+    pub fn seeded(&self, uid: &str) -> bool {
+        redis::cmd("HEXISTS")
+            .arg(self.hash(uid))
+            .arg("v")
+            .query(&mut self.connection())
+            .expect("HEXISTS")
+    }
+
     /// Reads fields `n:<kind>` and `r:<kind>` of the user's hash.
     pub fn fields(&self, uid: &str, kinds: &[&str]) -> Vec<(Option<u32>, Option<i64>)> {
         let mut command = redis::cmd("HMGET");

@@ -166,10 +166,20 @@ impl Model {
             Birth::WholeUser if user.state.iter().all(Option::is_none) => (0..count).collect(),
             _ => kinds.to_vec(),
         };
+        let whole = born.len() == count && user.state.iter().all(Option::is_none);
         for k in born {
             user.state[k].get_or_insert(KindBalance {
                 remaining: self.kinds[k].initial_balance(),
                 last_refill: now,
+            });
+        }
+        if whole && self.birth == Birth::WholeUser {
+            // The document is created before anything is decided on it.
+            user.seq += 1;
+            user.history.push(Recorded {
+                seq: user.seq,
+                state: user.state.clone(),
+                written: true,
             });
         }
         for &k in kinds {

@@ -24,8 +24,9 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_millis(800);
 /// How long a `PauseRedis` fault holds Redis's writes.
 pub const PAUSE: Duration = Duration::from_millis(1000);
 
-/// A write-through instance's Firestore timeout: a held gate costs this.
-const FIRESTORE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// A write-through instance's Firestore timeout: a held gate costs this; a
+/// shorter one times out creates on the loaded emulator that land later.
+const FIRESTORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The stores a history runs against.
 pub struct Target {
@@ -45,7 +46,7 @@ pub struct Target {
 pub enum Backend {
     Memory,
     Redis {
-        builder: RedisStoreBuilder,
+        builder: Box<RedisStoreBuilder>,
         redis: RedisFaults,
     },
     WriteThrough(Box<Behind>),
@@ -110,7 +111,7 @@ impl Target {
             drops: true,
             exact_refusals: true,
             backend: Backend::Redis {
-                builder,
+                builder: Box::new(builder),
                 redis: RedisFaults::new(url, prefix),
             },
         }
@@ -180,11 +181,16 @@ impl Target {
         }
     }
 
-    /// The user's state as Redis holds it (`None` per kind it lacks), for
+    /// The user's state as Redis holds it (`None` per kind it lacks; all
+    /// `None` for a write-through hash not seeded from Firestore), for
     /// Redis-backed targets.
     pub fn raw(&self, uid: &str, kinds: &[Arc<TicketKind>]) -> Option<UserState> {
         let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-        let fields = self.redis()?.fields(uid, &names);
+        let redis = self.redis()?;
+        if self.behind().is_some() && !redis.seeded(uid) {
+            return Some(vec![None; kinds.len()]);
+        }
+        let fields = redis.fields(uid, &names);
         Some(
             fields
                 .into_iter()
