@@ -246,9 +246,13 @@ impl RedisStore {
                 }
             };
             let truth = store.shared.context.truth;
-            let Ok(Some((point, reply))) = Cached::<()>::split(truth, "charge", &reply, 1) else {
+            let Ok(Some((point, mut reply))) = Cached::<()>::split(truth, "charge", &reply, 1)
+            else {
                 return;
             };
+            if point.is_some() && reply.len() > 1 {
+                reply.remove(1);
+            }
             let Ok(ChargeOutcome::Allowed { receipt, .. }) =
                 charge_outcome(&reply, uid.clone(), cost, idempotency_key, point)
             else {
@@ -372,11 +376,13 @@ impl<T> Cached<T> {
 
 impl RedisStore {
     /// Decides a charge; caching a source, says where it was made (the
-    /// receipt carries it) or that the user is unseeded.
+    /// receipt carries it) and whether it applied a due refill (a change
+    /// to write even when nothing was charged), or that the user is
+    /// unseeded.
     pub(crate) fn charge_cached(
         &self,
         request: ChargeRequest,
-    ) -> StoreFuture<Cached<ChargeOutcome>> {
+    ) -> StoreFuture<Cached<(ChargeOutcome, bool)>> {
         let ChargeRequest {
             uid,
             cost,
@@ -414,11 +420,15 @@ impl RedisStore {
         Box::pin(async move {
             let late = |reply| store.undo_late_charge(reply, charged, now);
             let reply = store.shared.bounded("charge", reply, late).await?;
-            let Some((point, reply)) = Cached::<()>::split(truth, "charge", &reply, 1)? else {
+            let Some((point, mut reply)) = Cached::<()>::split(truth, "charge", &reply, 1)? else {
                 return Ok(Cached::Unseeded);
             };
+            let refilled = point.is_some() && reply.len() > 1 && reply.remove(1) == 1;
             let value = charge_outcome(&reply, uid, cost, idempotency_key, point)?;
-            Ok(Cached::Seeded { value, point })
+            Ok(Cached::Seeded {
+                value: (value, refilled),
+                point,
+            })
         })
     }
 
@@ -561,7 +571,7 @@ impl RedisStore {
 impl TicketStore for RedisStore {
     fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
         let decided = self.charge_cached(request);
-        Box::pin(async move { decided.await?.decided("charge") })
+        Box::pin(async move { Ok(decided.await?.decided("charge")?.0) })
     }
 
     fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {

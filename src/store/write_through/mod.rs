@@ -197,10 +197,20 @@ impl Shared {
                     continue;
                 }
                 Cached::Seeded {
-                    value: ChargeOutcome::Allowed { balances, receipt },
+                    value: (ChargeOutcome::Allowed { balances, receipt }, _),
                     point: Some(point),
                 } => (balances, receipt, point),
-                Cached::Seeded { value, .. } => return Ok(value),
+                Cached::Seeded {
+                    value: (outcome, refilled),
+                    ..
+                } => {
+                    // Nothing charged, but a refill applied is a change:
+                    // written soon, not waited for.
+                    if refilled {
+                        self.writer.nudge(&uid, now);
+                    }
+                    return Ok(outcome);
+                }
             };
             self.persist_charge(&receipt, point, now).await?;
             return Ok(ChargeOutcome::Allowed { balances, receipt });
@@ -305,7 +315,9 @@ impl Shared {
                 }
                 Cached::Seeded { value, point } => (value, point),
             };
-            if let Some(point) = point.filter(|_| outcome.refunded.iter().any(|n| *n > 0)) {
+            // Even a refund that gave nothing back may have applied a due
+            // refill: the source must hold what Redis does.
+            if let Some(point) = point {
                 self.persist_change(&receipt.uid, point, now).await?;
             }
             return Ok(outcome);

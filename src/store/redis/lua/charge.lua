@@ -9,7 +9,7 @@
 --        finished), 3 in progress (it has not finished), 4 the key already
 --        paid for another request. Only 1 spends, and records the key.
 --        Caching a source: UNSEEDED, or {outcome, lineage, version,
---        remaining, ...}.
+--        refilled (1 when a due refill was applied), remaining, ...}.
 
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(6, tonumber(ARGV[5]), 1)
@@ -19,9 +19,16 @@ if not REDIS_HOLDS_THE_TRUTH then
   if not lineage then
     return UNSEEDED
   end
-  reply = {0, lineage, version}
+  reply = {0, lineage, version, 0}
 end
 load(KEYS[1], kinds, t)
+if reply[4] then
+  for _, kind in ipairs(kinds) do
+    if kind.new_r then
+      reply[4] = 1
+    end
+  end
+end
 
 local outcome = 1
 if KEYS[2] then

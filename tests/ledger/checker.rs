@@ -1,0 +1,123 @@
+//! The checks' bookkeeping and the failure report: a failing seed prints
+//! itself, how to replay it, and the history of the user concerned.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+
+use chrono::{DateTime, Utc};
+use tower_tickets::store::{KindBalance, UserSnapshot};
+
+/// Records the history and the monotonic facts of one run.
+pub struct Checker {
+    test: &'static str,
+    seed: u64,
+    /// `(operation index, user concerned, line)`.
+    log: Vec<(usize, Option<usize>, String)>,
+    /// The latest refill each (user, kind) was answered with.
+    refills: HashMap<(String, usize), DateTime<Utc>>,
+    /// The highest version and refills each user's document showed.
+    documents: HashMap<String, UserSnapshot>,
+}
+
+impl Checker {
+    pub fn new(test: &'static str, seed: u64) -> Self {
+        Self {
+            test,
+            seed,
+            log: Vec::new(),
+            refills: HashMap::new(),
+            documents: HashMap::new(),
+        }
+    }
+
+    pub fn note(&mut self, index: usize, user: Option<usize>, line: String) {
+        self.log.push((index, user, line));
+    }
+
+    /// Fails the run: the seed, the replay command, and the operations that
+    /// concern `user` (every operation when `None`), with their answers.
+    pub fn fail(&self, index: usize, user: Option<usize>, what: &str) -> ! {
+        let history: Vec<String> = self
+            .log
+            .iter()
+            .filter(|(_, u, _)| user.is_none() || u.is_none() || *u == user)
+            .map(|(i, _, line)| format!("  #{i:<6} {line}"))
+            .collect();
+        panic!(
+            "\nledger: {test} failed with seed {seed} at operation #{index}: {what}\n\
+             replay: LEDGER_SEED={seed} LEDGER_OPS={ops} cargo test --all-features --test ledger {test} -- --include-ignored --nocapture\n\
+             history{whose} (operations on other users left out):\n{history}\n",
+            test = self.test,
+            seed = self.seed,
+            ops = index + 1,
+            whose = user.map_or(String::new(), |u| format!(" of user u{u}")),
+            history = history.join("\n"),
+        );
+    }
+
+    /// Fails unless `got == want`.
+    pub fn same<T: Debug + PartialEq>(
+        &self,
+        index: usize,
+        user: Option<usize>,
+        what: &str,
+        got: &T,
+        want: &T,
+    ) {
+        if got != want {
+            self.fail(
+                index,
+                user,
+                &format!("{what}\n    store: {got:?}\n    model: {want:?}"),
+            );
+        }
+    }
+
+    /// Refill times answered for a user never go backwards.
+    pub fn refills(
+        &mut self,
+        index: usize,
+        user: usize,
+        uid: &str,
+        kinds: &[usize],
+        balances: &[KindBalance],
+    ) {
+        for (&kind, balance) in kinds.iter().zip(balances) {
+            let latest = self
+                .refills
+                .entry((uid.to_string(), kind))
+                .or_insert(balance.last_refill);
+            if balance.last_refill < *latest {
+                let what = format!(
+                    "kind {kind}'s last refill went back from {latest} to {}",
+                    balance.last_refill
+                );
+                self.fail(index, Some(user), &what);
+            }
+            *latest = balance.last_refill;
+        }
+    }
+
+    /// The user's state was legitimately reloaded or forgotten.
+    pub fn forget_refills(&mut self, uid: Option<&str>) {
+        self.refills
+            .retain(|(u, _), _| uid.is_some_and(|uid| uid != u.as_str()));
+    }
+
+    /// A document's version and refill times never go backwards.
+    pub fn document(&mut self, index: usize, user: usize, uid: &str, document: &UserSnapshot) {
+        if let Some(seen) = self.documents.get(uid) {
+            let backwards = document.version < seen.version
+                || document
+                    .balances
+                    .iter()
+                    .zip(&seen.balances)
+                    .any(|(now, then)| now.last_refill < then.last_refill);
+            if backwards {
+                let what = format!("the document went back from {seen:?} to {document:?}");
+                self.fail(index, Some(user), &what);
+            }
+        }
+        self.documents.insert(uid.to_string(), document.clone());
+    }
+}

@@ -1,0 +1,184 @@
+//! Faults: what each target takes, and how they are done to Redis and
+//! Firestore.
+//!
+//! | target | faults |
+//! |---|---|
+//! | memory, refusal cache | none (one process, no I/O) |
+//! | Redis | FLUSHALL (every user starts over), an instance restarted with a charge in flight, a charge future dropped, Redis paused past the store timeout |
+//! | write-through, sync | all of Redis's, plus deleting one user's hash, RESTORE of an earlier DUMP of it, Firestore unreachable for a few operations |
+//! | write-through, async | as sync minus RESTORE (a rollback is an async loss of another name) |
+
+use rand::Rng;
+use rand::rngs::StdRng;
+
+/// One kind of fault on a target's menu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    FlushAll,
+    DeleteUser,
+    /// Dumps a user's hash now (kept), or restores the last dump.
+    DumpOrRestore,
+    FirestoreOutage,
+    RestartInstance,
+    PauseRedis,
+}
+
+/// A fault drawn for one history step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    FlushAll,
+    DeleteUser {
+        user: usize,
+    },
+    DumpOrRestore {
+        user: usize,
+    },
+    /// Holds Firestore's traffic for this many operations.
+    FirestoreOutage {
+        ops: usize,
+    },
+    /// Drops the instance while one charge of `user`'s is `polls` polls in.
+    RestartInstance {
+        instance: usize,
+        user: usize,
+        polls: usize,
+    },
+    /// Pauses Redis's writes past the store's timeout while `user` is
+    /// charged.
+    PauseRedis {
+        user: usize,
+    },
+}
+
+impl FaultKind {
+    pub fn draw(self, rng: &mut StdRng, users: usize, instances: usize) -> Fault {
+        let user = rng.gen_range(0..users);
+        match self {
+            Self::FlushAll => Fault::FlushAll,
+            Self::DeleteUser => Fault::DeleteUser { user },
+            Self::DumpOrRestore => Fault::DumpOrRestore { user },
+            Self::FirestoreOutage => Fault::FirestoreOutage {
+                ops: rng.gen_range(1..=4),
+            },
+            Self::RestartInstance => Fault::RestartInstance {
+                instance: rng.gen_range(0..instances),
+                user,
+                polls: rng.gen_range(0..4),
+            },
+            Self::PauseRedis => Fault::PauseRedis { user },
+        }
+    }
+}
+
+impl Fault {
+    /// The user the fault concerns, when it concerns one.
+    pub fn user(&self) -> Option<usize> {
+        match self {
+            Self::DeleteUser { user }
+            | Self::DumpOrRestore { user }
+            | Self::RestartInstance { user, .. }
+            | Self::PauseRedis { user } => Some(*user),
+            Self::FlushAll | Self::FirestoreOutage { .. } => None,
+        }
+    }
+}
+
+/// Redis commands the faults send, on a plain connection of their own.
+#[derive(Clone)]
+pub struct RedisFaults {
+    client: redis::Client,
+    prefix: String,
+}
+
+impl RedisFaults {
+    pub fn new(url: &str, prefix: &str) -> Self {
+        Self {
+            client: redis::Client::open(url).expect("a Redis URL"),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn connection(&self) -> redis::Connection {
+        self.client
+            .get_connection()
+            .expect("the test Redis answers")
+    }
+
+    /// The user's balances hash (the layout in `RedisStore`'s docs).
+    pub fn hash(&self, uid: &str) -> String {
+        format!("{}{{{uid}}}:t", self.prefix)
+    }
+
+    pub fn flush_all(&self) {
+        redis::cmd("FLUSHALL")
+            .exec(&mut self.connection())
+            .expect("FLUSHALL");
+    }
+
+    pub fn delete(&self, uid: &str) {
+        redis::cmd("DEL")
+            .arg(self.hash(uid))
+            .exec(&mut self.connection())
+            .expect("DEL");
+    }
+
+    /// The hash as `DUMP` serializes it, `None` when absent.
+    pub fn dump(&self, uid: &str) -> Option<Vec<u8>> {
+        redis::cmd("DUMP")
+            .arg(self.hash(uid))
+            .query(&mut self.connection())
+            .expect("DUMP")
+    }
+
+    /// Puts back a dumped hash, replacing what is there, without expiry.
+    pub fn restore(&self, uid: &str, dump: &[u8]) {
+        redis::cmd("RESTORE")
+            .arg(self.hash(uid))
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .exec(&mut self.connection())
+            .expect("RESTORE");
+    }
+
+    /// Holds every write command (scripts included) for `ms`.
+    pub fn pause_writes(&self, ms: u64) {
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("WRITE")
+            .exec(&mut self.connection())
+            .expect("CLIENT PAUSE");
+    }
+
+    pub fn unpause(&self) {
+        redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .exec(&mut self.connection())
+            .expect("CLIENT UNPAUSE");
+    }
+
+    /// Whether a write-through store seeded the user's hash from Firestore
+    /// (it carries a version); a hash without one holds nothing decided.
+    pub fn seeded(&self, uid: &str) -> bool {
+        redis::cmd("HEXISTS")
+            .arg(self.hash(uid))
+            .arg("v")
+            .query(&mut self.connection())
+            .expect("HEXISTS")
+    }
+
+    /// Reads fields `n:<kind>` and `r:<kind>` of the user's hash.
+    pub fn fields(&self, uid: &str, kinds: &[&str]) -> Vec<(Option<u32>, Option<i64>)> {
+        let mut command = redis::cmd("HMGET");
+        command.arg(self.hash(uid));
+        for kind in kinds {
+            command.arg(format!("n:{kind}")).arg(format!("r:{kind}"));
+        }
+        let values: Vec<Option<i64>> = command.query(&mut self.connection()).expect("HMGET");
+        values
+            .chunks(2)
+            .map(|pair| (pair[0].map(|n| n as u32), pair[1]))
+            .collect()
+    }
+}

@@ -1,0 +1,917 @@
+//! The ledger: a model-checked, randomized test that no ticket is minted or
+//! lost (issue 9). `docs/ledger.md` says what is modelled, the faults per
+//! target, the invariants and the commands.
+//!
+//! Each test runs seeded random histories (a fixed set of seeds, then a
+//! fresh one that it prints) against one target, applying every operation
+//! to the reference model and to the target's stores at once, and checks
+//! every answer against the model. `LEDGER_SEED=<n>` replays one seed,
+//! `LEDGER_OPS=<n>` sets the operations per seed.
+
+#![cfg(feature = "firestore")]
+
+mod checker;
+mod faults;
+mod history;
+mod idempotency;
+mod model;
+mod targets;
+
+#[allow(dead_code)] // This binary uses part of the support code.
+#[path = "../support"]
+mod support {
+    pub mod eventually;
+    pub mod firestore_emulator;
+    pub mod redis_server;
+    pub mod tcp_gate;
+}
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveTime, Utc};
+use http::Method;
+use tower_tickets::store::{
+    ChargeOutcome, ChargeRequest, KindBalance, Receipt, StoreError, TicketStore, WriteMode,
+};
+use tower_tickets::{
+    Cost, FakeClock, IdempotencyKey, Refill, RequestFingerprint, TicketKind, Tickets, Uid,
+};
+
+use checker::Checker;
+use faults::{Fault, FaultKind};
+use history::{Generator, Op, Shape};
+use model::{Charged, Decision, Model};
+use support::eventually::eventually;
+use support::redis_server::RedisServer;
+use targets::{PAUSE, Target, Truth};
+
+/// Seeds every run checks, before a fresh one.
+const FIXED_SEEDS: [u64; 3] = [1, 2, 3];
+
+/// Users per history: few, so that they run out of tickets.
+const USERS: usize = 4;
+
+/// The kinds of the reference app, plus a calendar kind whose new users
+/// start below capacity.
+pub fn kinds() -> Vec<TicketKind> {
+    vec![
+        TicketKind::new("upload", 5),
+        TicketKind::new("ai", 3),
+        TicketKind::new("daily", 2)
+            .initial(1)
+            .refill(Refill::daily_at(NaiveTime::MIN, chrono_tz::Europe::Paris)),
+    ]
+}
+
+fn start() -> DateTime<Utc> {
+    "2026-03-27T08:00:00Z".parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store() {
+    ledger("memory_store", 3000, |_, _| async { Target::memory() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_cache_over_memory() {
+    ledger("refusal_cache_over_memory", 3000, |_, _| async {
+        Target::refusal_cache()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stores() {
+    let server = RedisServer::start();
+    let url = server.url();
+    ledger("redis_stores", 2000, |seed, _| {
+        let url = url.clone();
+        async move {
+            let faults = vec![FaultKind::FlushAll, FaultKind::RestartInstance];
+            Target::redis_stores(&url, &format!("ledger-{seed}:"), faults).await
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails today (seed 1): a charge answered with a timeout while Redis is paused runs once it resumes, and nothing gives it back (DESIGN §5)"]
+async fn redis_stores_paused() {
+    let server = RedisServer::start();
+    let url = server.url();
+    ledger("redis_stores_paused", 300, |seed, _| {
+        let url = url.clone();
+        async move {
+            let faults = vec![FaultKind::PauseRedis];
+            Target::redis_stores(&url, &format!("ledger-{seed}:"), faults).await
+        }
+    })
+    .await;
+}
+
+/// The write-through faults both modes take, besides losing and rolling
+/// back users (added by `write_through`).
+const WRITE_THROUGH_FAULTS: [FaultKind; 3] = [
+    FaultKind::FlushAll,
+    FaultKind::FirestoreOutage,
+    FaultKind::RestartInstance,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_sync_in_memory() {
+    write_through(
+        "write_through_sync_in_memory",
+        Backing::Memory,
+        WriteMode::Sync,
+        2000,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_async_in_memory() {
+    write_through(
+        "write_through_async_in_memory",
+        Backing::Memory,
+        WriteMode::Async,
+        2000,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_sync_on_firestore() {
+    write_through(
+        "write_through_sync_on_firestore",
+        Backing::Firestore,
+        WriteMode::Sync,
+        300,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_async_on_firestore() {
+    write_through(
+        "write_through_async_on_firestore",
+        Backing::Firestore,
+        WriteMode::Async,
+        300,
+    )
+    .await;
+}
+
+/// What a write-through target keeps its truth in.
+#[derive(Clone, Copy)]
+enum Backing {
+    Memory,
+    Firestore,
+}
+
+async fn write_through(test: &'static str, backing: Backing, mode: WriteMode, ops: usize) {
+    let server = RedisServer::start();
+    let url = server.url();
+    ledger(test, ops, |seed, clock| {
+        let url = url.clone();
+        async move {
+            let mut faults = WRITE_THROUGH_FAULTS.to_vec();
+            faults.extend([FaultKind::DumpOrRestore, FaultKind::DeleteUser]);
+            let prefix = format!("{}-{seed}:", test.replace('_', "-"));
+            let truth = match backing {
+                Backing::Memory => Truth::memory(),
+                Backing::Firestore => Truth::firestore(prefix.trim_end_matches(':')).await,
+            };
+            let count = 2 + (seed % 2) as usize;
+            Target::write_through(&url, &prefix, truth, mode, count, faults, &clock).await
+        }
+    })
+    .await;
+}
+
+/// Runs the seeds (`LEDGER_SEED`, or the fixed ones and a fresh one) on
+/// targets made by `make`, `LEDGER_OPS` (or `default_ops`) operations each.
+async fn ledger<F, Fut>(test: &'static str, default_ops: usize, mut make: F)
+where
+    F: FnMut(u64, FakeClock) -> Fut,
+    Fut: Future<Output = Target>,
+{
+    let ops = std::env::var("LEDGER_OPS")
+        .map(|n| n.parse().expect("LEDGER_OPS is a number"))
+        .unwrap_or(default_ops);
+    let seeds = match std::env::var("LEDGER_SEED") {
+        Ok(seed) => vec![seed.parse().expect("LEDGER_SEED is a number")],
+        Err(_) => {
+            let fresh = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+            eprintln!("ledger: {test} runs seeds {FIXED_SEEDS:?} and the fresh seed {fresh}");
+            FIXED_SEEDS.iter().copied().chain([fresh]).collect()
+        }
+    };
+    for seed in seeds {
+        let began = Instant::now();
+        let clock = FakeClock::at(start());
+        let target = make(seed, clock.clone()).await;
+        Run::new(test, seed, target, clock).execute(ops).await;
+        eprintln!(
+            "ledger: {test} seed {seed}: {ops} operations in {:.1?}",
+            began.elapsed()
+        );
+    }
+}
+
+/// An allowed charge not refunded yet: the store's receipt and the model's.
+struct Outstanding {
+    receipt: Receipt,
+    charged: Charged,
+}
+
+/// What became of an operation that got no clean answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unanswered {
+    /// The store answered an error: nothing may have been charged.
+    Error,
+    /// Dropped or crashed in flight: either way.
+    Lost,
+}
+
+struct Run {
+    target: Target,
+    model: Model,
+    tickets: Tickets,
+    clock: FakeClock,
+    checker: Checker,
+    uids: Vec<Uid>,
+    receipts: Vec<Outstanding>,
+    /// Hashes dumped for a later RESTORE, per user.
+    dumps: HashMap<usize, Vec<u8>>,
+    /// Operations left before a held Firestore is released.
+    outage: usize,
+    generator: Generator,
+}
+
+impl Run {
+    fn new(test: &'static str, seed: u64, target: Target, clock: FakeClock) -> Self {
+        let mut builder = Tickets::builder().clock(clock.clone());
+        for kind in kinds() {
+            builder = builder.kind(kind);
+        }
+        let tickets = builder.build().expect("valid kinds");
+        let shape = Shape {
+            users: USERS,
+            instances: target.instances.len(),
+            faults: target.faults.clone(),
+            drops: target.drops,
+        };
+        Self {
+            model: Model::new(tickets.kinds().to_vec(), target.birth),
+            target,
+            tickets,
+            clock,
+            checker: Checker::new(test, seed),
+            uids: (0..USERS)
+                .map(|u| Uid::parse(&format!("u{u}")).unwrap())
+                .collect(),
+            receipts: Vec::new(),
+            dumps: HashMap::new(),
+            outage: 0,
+            generator: Generator::new(seed, shape),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.tickets.now()
+    }
+
+    fn all_kinds(&self) -> Vec<usize> {
+        (0..self.model.kinds().len()).collect()
+    }
+
+    async fn execute(mut self, ops: usize) {
+        for index in 0..ops {
+            let op = self
+                .generator
+                .next(&self.model, self.receipts.len(), self.now());
+            self.checker.note(index, op.user(), op.to_string());
+            self.apply(index, op).await;
+            if self.outage > 0 {
+                self.outage -= 1;
+                if self.outage == 0 {
+                    self.end_outage(index);
+                }
+            }
+        }
+        self.quiesce(ops).await;
+    }
+
+    async fn apply(&mut self, index: usize, op: Op) {
+        match op {
+            Op::Charge {
+                user,
+                cost,
+                key,
+                instance,
+                drop_after,
+            } => {
+                let store = self.target.instances[instance].clone();
+                let future = store.charge(self.request(user, &cost, key.as_deref()));
+                let answer = match drop_after {
+                    None => Some(future.await),
+                    Some(polls) => poll_then_drop(future, polls).await,
+                };
+                self.settle_charge(index, user, &cost, key.as_deref(), instance, answer)
+                    .await;
+            }
+            Op::Refund { receipt, instance } => self.refund(index, receipt, instance).await,
+            Op::Adjust {
+                user,
+                kind,
+                adjustment,
+                instance,
+            } => {
+                let now = self.now();
+                let answer = self.target.instances[instance]
+                    .adjust(
+                        &self.uids[user],
+                        &self.model.kinds()[kind].clone(),
+                        adjustment,
+                        now,
+                    )
+                    .await;
+                let mut adjusted = self.model.clone();
+                let want = adjusted.adjust(self.uids[user].as_str(), kind, adjustment, now);
+                match answer {
+                    Ok(got) => {
+                        self.checker
+                            .note(index, Some(user), format!("  -> {got:?}"));
+                        self.checker.same(index, Some(user), "adjust", &got, &want);
+                        self.model = adjusted;
+                    }
+                    Err(error) => {
+                        let mut touched = self.model.clone();
+                        touched.touch_only(self.uids[user].as_str(), &vec![(kind, 0)], now);
+                        let candidates = vec![
+                            ("not sent", self.model.clone()),
+                            ("not adjusted", touched),
+                            ("adjusted", adjusted),
+                        ];
+                        self.resolve(index, user, instance, &error, candidates)
+                            .await;
+                    }
+                }
+            }
+            Op::Advance(by) => self.clock.set(self.now() + by),
+            Op::Burst { user, charges } => self.burst(index, user, charges).await,
+            Op::Fault(fault) => self.fault(index, fault).await,
+            Op::Quiesce => self.quiesce(index).await,
+        }
+    }
+
+    fn request(&self, user: usize, cost: &model::Cost, key: Option<&str>) -> ChargeRequest {
+        let kinds = self.model.kinds();
+        let (first, rest) = cost.split_first().expect("a cost names a kind");
+        let cost = rest.iter().fold(
+            Cost::of(kinds[first.0].name(), first.1),
+            |cost, &(k, amount)| cost.and(kinds[k].name(), amount),
+        );
+        let cost = self.tickets.check_cost(&cost).expect("a valid cost");
+        // Every charge is one route's: the key binds to the cost.
+        let fingerprint = RequestFingerprint::new(&Method::POST, "/ledger", &cost);
+        ChargeRequest::new(self.uids[user].clone(), cost, self.now())
+            .with_idempotency_key(key.map(|k| IdempotencyKey::parse(k).expect("a valid key")))
+            .with_fingerprint(fingerprint)
+    }
+
+    /// Marks an answered keyed charge finished, as the layer does once its
+    /// handler answered: a retry is then `Replayed`, not `InProgress`.
+    async fn finish(&self, instance: usize, receipt: &Receipt) {
+        if receipt.idempotency_key.is_some()
+            && let Err(error) = self.target.instances[instance].finish(receipt).await
+        {
+            // The key stays "in progress"; a replay of it would tell.
+            eprintln!("ledger: could not finish a keyed charge: {error}");
+        }
+    }
+
+    /// Checks a sequential charge's answer against the model, or resolves
+    /// what became of it.
+    async fn settle_charge(
+        &mut self,
+        index: usize,
+        user: usize,
+        cost: &model::Cost,
+        key: Option<&str>,
+        instance: usize,
+        answer: Option<Result<ChargeOutcome, StoreError>>,
+    ) {
+        let uid = self.uids[user].as_str().to_string();
+        let now = self.now();
+        let mut charged_model = self.model.clone();
+        let (want, charged) = charged_model.charge(&uid, cost, key, now);
+        let outcome = match answer {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(error)) => {
+                return self
+                    .unanswered(index, user, instance, cost, &error, charged_model)
+                    .await;
+            }
+            None => {
+                self.checker.note(index, Some(user), "  -> dropped".into());
+                let mut touched = self.model.clone();
+                touched.touch_only(&uid, cost, now);
+                let candidates = vec![
+                    ("not sent", self.model.clone()),
+                    ("not charged", touched),
+                    ("charged", charged_model),
+                ];
+                let unanswered = StoreError::new(
+                    tower_tickets::store::StoreErrorKind::Unavailable,
+                    "the future was dropped",
+                );
+                self.resolve_as(
+                    index,
+                    user,
+                    instance,
+                    &unanswered,
+                    candidates,
+                    Unanswered::Lost,
+                )
+                .await;
+                return;
+            }
+        };
+        let (decision, balances) = split(&outcome);
+        self.checker
+            .note(index, Some(user), format!("  -> {decision:?} {balances:?}"));
+        if decision == Decision::Refused && !self.target.exact_refusals {
+            self.checker
+                .same(index, Some(user), "the decision", &decision, &want.decision);
+        } else {
+            self.checker.same(
+                index,
+                Some(user),
+                "the charge's answer",
+                &(decision, balances.to_vec()),
+                &(want.decision, want.balances.clone()),
+            );
+        }
+        let kinds: Vec<usize> = cost.iter().map(|&(k, _)| k).collect();
+        self.checker.refills(index, user, &uid, &kinds, balances);
+        if let (ChargeOutcome::Allowed { receipt, .. }, Some(charged)) = (outcome, charged) {
+            self.checker.same(
+                index,
+                Some(user),
+                "the receipt",
+                &(
+                    receipt.last_refills.clone(),
+                    receipt.remaining_after.clone(),
+                ),
+                &(
+                    charged.last_refills.clone(),
+                    charged.remaining_after.clone(),
+                ),
+            );
+            self.finish(instance, &receipt).await;
+            self.receipts.push(Outstanding { receipt, charged });
+        }
+        self.model = charged_model;
+    }
+
+    /// An error answer: the charge must not have stayed.
+    async fn unanswered(
+        &mut self,
+        index: usize,
+        user: usize,
+        instance: usize,
+        cost: &model::Cost,
+        error: &StoreError,
+        charged: Model,
+    ) {
+        let mut touched = self.model.clone();
+        touched.touch_only(self.uids[user].as_str(), cost, self.now());
+        let candidates = vec![
+            ("not sent", self.model.clone()),
+            ("not charged, refilled", touched),
+            ("charged", charged),
+        ];
+        self.resolve(index, user, instance, error, candidates).await;
+    }
+
+    async fn resolve(
+        &mut self,
+        index: usize,
+        user: usize,
+        instance: usize,
+        error: &StoreError,
+        candidates: Vec<(&'static str, Model)>,
+    ) {
+        self.resolve_as(index, user, instance, error, candidates, Unanswered::Error)
+            .await;
+    }
+
+    /// Finds which of `candidates` (the first: the operation never reached
+    /// Redis) the store's raw state matches and takes it as the model; an
+    /// error answer must not have charged.
+    async fn resolve_as(
+        &mut self,
+        index: usize,
+        user: usize,
+        instance: usize,
+        error: &StoreError,
+        candidates: Vec<(&'static str, Model)>,
+        how: Unanswered,
+    ) {
+        let uid = self.uids[user].clone();
+        self.checker
+            .note(index, Some(user), format!("  -> {how:?}: {error}"));
+        // A call through the same instance's connection comes after the
+        // abandoned one, if Redis got it.
+        let now = self.now();
+        let kinds = self.model.kinds().to_vec();
+        let _ = self.target.instances[instance]
+            .balances(&uid, &kinds, now)
+            .await;
+        let Some(raw) = self.target.raw(uid.as_str(), &kinds) else {
+            self.checker.fail(
+                index,
+                Some(user),
+                &format!("an embedded store failed: {error}"),
+            );
+        };
+        for (name, candidate) in &candidates {
+            if candidate.raw(uid.as_str()) == raw {
+                if how == Unanswered::Error && (*name == "charged") {
+                    self.checker.fail(
+                        index,
+                        Some(user),
+                        &format!(
+                            "the store answered an error ({error}) but the charge stayed: {raw:?}"
+                        ),
+                    );
+                }
+                self.checker.note(index, Some(user), format!("  => {name}"));
+                self.model = candidate.clone();
+                return;
+            }
+        }
+        let states: Vec<String> = candidates
+            .iter()
+            .map(|(name, m)| format!("\n    {name}: {:?}", m.raw(uid.as_str())))
+            .collect();
+        self.checker.fail(
+            index,
+            Some(user),
+            &format!(
+                "after {how:?} ({error}), Redis holds {raw:?}, none of{}",
+                states.concat()
+            ),
+        );
+    }
+
+    async fn refund(&mut self, index: usize, at: usize, instance: usize) {
+        let Outstanding { receipt, charged } = self.receipts.swap_remove(at);
+        let user: usize = charged.uid[1..].parse().expect("u<n>");
+        self.checker
+            .note(index, Some(user), format!("  refunds {charged:?}"));
+        let now = self.now();
+        let mut refunded_model = self.model.clone();
+        let want = refunded_model.refund(&charged, now);
+        match self.target.instances[instance].refund(receipt, now).await {
+            Ok(outcome) => {
+                self.checker
+                    .note(index, Some(user), format!("  -> {outcome:?}"));
+                self.checker.same(
+                    index,
+                    Some(user),
+                    "the refund",
+                    &(outcome.refunded, outcome.balances),
+                    &want,
+                );
+                self.model = refunded_model;
+            }
+            Err(error) => {
+                let mut touched = self.model.clone();
+                touched.touch_only(&charged.uid, &charged.cost, now);
+                let candidates = vec![
+                    ("not sent", self.model.clone()),
+                    ("not refunded", touched),
+                    ("refunded", refunded_model),
+                ];
+                self.resolve_as(index, user, instance, &error, candidates, Unanswered::Lost)
+                    .await;
+            }
+        }
+    }
+
+    /// Charges sent at once: none may be allowed beyond what the model
+    /// affords; the answered ones are then applied.
+    async fn burst(
+        &mut self,
+        index: usize,
+        user: usize,
+        charges: Vec<(model::Cost, Option<String>)>,
+    ) {
+        let instances = self.target.instances.len();
+        let tasks: Vec<_> = charges
+            .iter()
+            .enumerate()
+            .map(|(j, (cost, key))| {
+                let store = self.target.instances[j % instances].clone();
+                tokio::spawn(store.charge(self.request(user, cost, key.as_deref())))
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.expect("a charge task"));
+        }
+        let uid = self.uids[user].as_str().to_string();
+        let now = self.now();
+        let mut errors = false;
+        // Allowed charges first: the model must afford all of them at once.
+        let mut order: Vec<usize> = (0..answers.len()).collect();
+        order.sort_by_key(|&j| !matches!(answers[j], Ok(ChargeOutcome::Allowed { .. })));
+        for j in order {
+            let (cost, key) = &charges[j];
+            match &answers[j] {
+                Ok(outcome) => {
+                    let (decision, balances) = split(outcome);
+                    self.checker.note(
+                        index,
+                        Some(user),
+                        format!("  -> {cost:?} {key:?}: {decision:?} {balances:?}"),
+                    );
+                    if decision == Decision::Allowed {
+                        let (want, charged) = self.model.charge(&uid, cost, key.as_deref(), now);
+                        if want.decision != Decision::Allowed {
+                            self.checker.fail(
+                                index,
+                                Some(user),
+                                &format!("a burst allowed {cost:?} {key:?}, more than the model affords ({:?})", want.decision),
+                            );
+                        }
+                        if let (ChargeOutcome::Allowed { receipt, .. }, Some(mut charged)) =
+                            (outcome.clone(), charged)
+                        {
+                            charged.last_refills = receipt.last_refills.clone();
+                            charged.remaining_after = receipt.remaining_after.clone();
+                            self.finish(j % instances, &receipt).await;
+                            self.receipts.push(Outstanding { receipt, charged });
+                        }
+                    } else {
+                        // A key still running in the burst answers
+                        // "in progress": a replay, as far as tickets go.
+                        if matches!(decision, Decision::Replayed | Decision::InProgress) {
+                            let (want, _) =
+                                self.model.clone().charge(&uid, cost, key.as_deref(), now);
+                            if want.decision != Decision::Replayed {
+                                self.checker.fail(
+                                    index,
+                                    Some(user),
+                                    &format!("a burst replayed {key:?}, which paid for nothing"),
+                                );
+                            }
+                        }
+                        self.model.touch_only(&uid, cost, now);
+                    }
+                }
+                Err(error) => {
+                    self.checker
+                        .note(index, Some(user), format!("  -> {cost:?}: {error}"));
+                    errors = true;
+                }
+            }
+        }
+        if errors {
+            // An error charged nothing, but may have applied a refill.
+            let mut touched = self.model.clone();
+            for (cost, _) in &charges {
+                touched.touch_only(&uid, cost, now);
+            }
+            let candidates = vec![
+                ("not sent", self.model.clone()),
+                ("not charged, refilled", touched),
+            ];
+            let error = StoreError::new(
+                tower_tickets::store::StoreErrorKind::Unavailable,
+                "a burst's charge failed",
+            );
+            self.resolve(index, user, 0, &error, candidates).await;
+        }
+    }
+
+    async fn fault(&mut self, index: usize, fault: Fault) {
+        let redis = self.target.redis().expect("faults need Redis").clone();
+        match fault {
+            Fault::FlushAll => {
+                self.end_outage(index);
+                redis.flush_all();
+                self.dumps.clear();
+                if self.target.behind().is_some() {
+                    self.model.forget_keys();
+                    for user in 0..USERS {
+                        self.reload(index, user, "FLUSHALL").await;
+                    }
+                } else {
+                    self.model.forget_users();
+                    self.checker.forget_refills(None);
+                }
+            }
+            Fault::DeleteUser { user } => {
+                self.end_outage(index);
+                redis.delete(self.uids[user].as_str());
+                self.reload(index, user, "DEL of the user's hash").await;
+            }
+            Fault::DumpOrRestore { user } => {
+                let uid = self.uids[user].as_str().to_string();
+                match self.dumps.remove(&user) {
+                    Some(dump) => {
+                        self.end_outage(index);
+                        redis.restore(&uid, &dump);
+                        self.reload(index, user, "RESTORE of an earlier DUMP").await;
+                    }
+                    None => {
+                        if let Some(dump) = redis.dump(&uid) {
+                            self.dumps.insert(user, dump);
+                        }
+                    }
+                }
+            }
+            Fault::FirestoreOutage { ops } => {
+                self.target.behind().expect("write-through").hold();
+                self.outage = ops + 1;
+            }
+            Fault::RestartInstance {
+                instance,
+                user,
+                polls,
+            } => {
+                let cost = vec![(0, 1)];
+                let store = self.target.instances[instance].clone();
+                let future = store.charge(self.request(user, &cost, None));
+                let answer = poll_then_drop(future, polls).await;
+                drop(store);
+                self.target.restart(instance).await;
+                self.settle_charge(index, user, &cost, None, instance, answer.filter(|_| false))
+                    .await;
+            }
+            Fault::PauseRedis { user } => {
+                let cost = vec![(0, 1)];
+                redis.pause_writes(PAUSE.as_millis() as u64);
+                let answer = self.target.instances[0]
+                    .charge(self.request(user, &cost, None))
+                    .await;
+                redis.unpause();
+                self.settle_charge(index, user, &cost, None, 0, Some(answer))
+                    .await;
+            }
+        }
+    }
+
+    /// Releases a held Firestore.
+    fn end_outage(&mut self, index: usize) {
+        if let Some(behind) = self.target.behind() {
+            behind.release();
+            if self.outage > 0 {
+                self.checker.note(index, None, "  Firestore back".into());
+            }
+        }
+        self.outage = 0;
+    }
+
+    /// After Redis lost or rolled back a user, the write-through store must
+    /// reload one of the states Firestore may hold; the model takes it.
+    async fn reload(&mut self, index: usize, user: usize, why: &str) {
+        let uid = self.uids[user].clone();
+        if !self.model.users().any(|u| u == uid.as_str()) {
+            return;
+        }
+        let kinds = self.model.kinds().to_vec();
+        let store = self.target.instances[0].clone();
+        let now = self.now();
+        eventually(&format!("the store reloads {uid} after {why}"), || {
+            let (store, uid, kinds) = (store.clone(), uid.clone(), kinds.clone());
+            async move { store.balances(&uid, &kinds, now).await.is_ok() }
+        })
+        .await;
+        let raw = self.target.raw(uid.as_str(), &kinds).expect("Redis-backed");
+        let sync = self.target.behind().expect("write-through").sync();
+        let reloadable = self.model.reloadable(uid.as_str(), sync);
+        match reloadable.iter().rev().find(|r| r.state == raw) {
+            Some(found) => {
+                self.checker.note(
+                    index,
+                    Some(user),
+                    format!("  {why}: reloaded state #{} {raw:?}", found.seq),
+                );
+                self.model.adopt(uid.as_str(), found.seq);
+                self.checker.forget_refills(Some(uid.as_str()));
+            }
+            None => self.checker.fail(
+                index,
+                Some(user),
+                &format!(
+                    "after {why}, Redis reloaded {raw:?}, none of the states Firestore may hold: {reloadable:?}"
+                ),
+            ),
+        }
+    }
+
+    /// Lets background work finish, then compares every user's balances
+    /// through every instance, Redis's raw state and the document with the
+    /// model.
+    async fn quiesce(&mut self, index: usize) {
+        self.end_outage(index);
+        let now = self.now();
+        let all = self.all_kinds();
+        let kinds = self.model.kinds().to_vec();
+        for user in 0..USERS {
+            let uid = self.uids[user].clone();
+            let want = self.model.view(uid.as_str(), &all, now);
+            for (i, store) in self.target.instances.clone().iter().enumerate() {
+                let got = read_balances(store, &uid, &kinds, now).await;
+                let what = format!("balances through instance {i} after quiescing");
+                self.checker.same(index, Some(user), &what, &got, &want);
+            }
+            if let Some(raw) = self.target.raw(uid.as_str(), &kinds) {
+                let want = self.model.raw(uid.as_str());
+                let what = "Redis's raw state after quiescing";
+                self.checker.same(index, Some(user), what, &raw, &want);
+            }
+            if let Some(behind) = self.target.behind() {
+                let reloadable = self.model.reloadable(uid.as_str(), true);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let document = behind.document(&uid, now).await;
+                    let state: model::UserState = match &document {
+                        Some(d) => d.balances.iter().copied().map(Some).collect(),
+                        None => vec![None; kinds.len()],
+                    };
+                    if let Some(d) = &document {
+                        self.checker.document(index, user, uid.as_str(), d);
+                    }
+                    if reloadable.iter().any(|r| r.state == state) {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        let what = format!(
+                            "the document holds {state:?}, none of the model's states {reloadable:?}"
+                        );
+                        self.checker.fail(index, Some(user), &what);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                self.model.checkpoint(uid.as_str());
+            }
+        }
+    }
+}
+
+/// The decision and balances of a store's answer.
+fn split(outcome: &ChargeOutcome) -> (Decision, &[KindBalance]) {
+    match outcome {
+        ChargeOutcome::Allowed { balances, .. } => (Decision::Allowed, balances),
+        ChargeOutcome::Refused { balances } => (Decision::Refused, balances),
+        ChargeOutcome::Replayed { balances } => (Decision::Replayed, balances),
+        ChargeOutcome::KeyReused => (Decision::KeyReused, &[]),
+        ChargeOutcome::InProgress => (Decision::InProgress, &[]),
+        other => panic!("the model does not know {other:?}"),
+    }
+}
+
+/// Reads balances, waiting out a breaker that a fault left open.
+async fn read_balances(
+    store: &Arc<dyn TicketStore>,
+    uid: &Uid,
+    kinds: &[Arc<TicketKind>],
+    now: DateTime<Utc>,
+) -> Vec<KindBalance> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.balances(uid, kinds, now).await {
+            Ok(balances) => return balances,
+            Err(error) if Instant::now() > deadline => panic!("the store never answered: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Polls `future` up to `polls` times (yielding in between so that its I/O
+/// moves), then drops it; `None` when it had not finished.
+async fn poll_then_drop<T>(
+    mut future: std::pin::Pin<Box<dyn Future<Output = T> + Send>>,
+    polls: usize,
+) -> Option<T> {
+    for _ in 0..polls {
+        let polled = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+        if let Poll::Ready(answer) = polled {
+            return Some(answer);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}

@@ -1,0 +1,311 @@
+//! Targets: each a fresh set of store instances per seed, with what its
+//! faults and checks need to reach behind it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tower_tickets::store::{
+    FirestoreSource, KindBalance, MemorySource, MemoryStore, RedisStore, RedisStoreBuilder,
+    RefusalCache, SourceOfTruth, TicketStore, TimeSource, UserSnapshot, WriteMode, WriteThrough,
+};
+use tower_tickets::{FakeClock, TicketKind};
+
+use crate::faults::{FaultKind, RedisFaults};
+use crate::kinds;
+use crate::model::{Birth, UserState};
+use crate::support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator, client_at};
+use crate::support::tcp_gate::TcpGate;
+
+/// The Redis call timeout of every Redis-backed instance: long enough that
+/// a loaded machine does not time calls out, short enough to pause past.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// How long a `PauseRedis` fault holds Redis's writes.
+pub const PAUSE: Duration = Duration::from_millis(1000);
+
+/// A write-through instance's Firestore timeout: a held gate costs this; a
+/// shorter one times out creates on the loaded emulator that land later.
+const FIRESTORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the in-memory source's caller waits for a held write.
+const MEMORY_SOURCE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The stores a history runs against.
+pub struct Target {
+    pub instances: Vec<Arc<dyn TicketStore>>,
+    pub birth: Birth,
+    pub faults: Vec<FaultKind>,
+    /// Whether charge futures may be dropped unanswered (stores with I/O).
+    pub drops: bool,
+    /// Whether a refusal reports the balances as they stand. A refusal
+    /// cache answers a repeated refusal with the balances it cached, which
+    /// this instance's own later charges may have lowered since.
+    pub exact_refusals: bool,
+    pub backend: Backend,
+}
+
+/// What stands behind the instances.
+pub enum Backend {
+    Memory,
+    Redis {
+        builder: Box<RedisStoreBuilder>,
+        redis: RedisFaults,
+    },
+    WriteThrough(Box<Behind>),
+}
+
+/// A write-through target's servers.
+pub struct Behind {
+    redis_url: String,
+    redis: RedisFaults,
+    prefix: String,
+    truth: Truth,
+    mode: WriteMode,
+    clock: FakeClock,
+}
+
+/// The source of truth behind a write-through target.
+pub enum Truth {
+    /// The Firestore emulator: instances reach it through `gate`; `reader`
+    /// reads it directly.
+    Firestore {
+        project: String,
+        gate: TcpGate,
+        reader: FirestoreSource,
+    },
+    /// The in-memory source, shared by every instance.
+    Memory(MemorySource),
+}
+
+impl Truth {
+    /// The Firestore emulator, a project of its own.
+    pub async fn firestore(project: &str) -> Self {
+        let emulator = FirestoreEmulator::shared();
+        Truth::Firestore {
+            project: project.to_string(),
+            gate: TcpGate::start(&emulator.host()).await,
+            reader: FirestoreSource::new(emulator.client(project).await, kinds())
+                .timeout(FIRESTORE_TIMEOUT),
+        }
+    }
+
+    /// The in-memory source.
+    pub fn memory() -> Self {
+        Truth::Memory(MemorySource::new(kinds()).timeout(MEMORY_SOURCE_TIMEOUT))
+    }
+
+    /// A write round's lease: above the source's timeout, so that two rounds
+    /// never write one user at once.
+    fn lease(&self) -> Duration {
+        let timeout = match self {
+            Truth::Firestore { .. } => FIRESTORE_CALL_TIMEOUT,
+            Truth::Memory(_) => MEMORY_SOURCE_TIMEOUT,
+        };
+        timeout + Duration::from_millis(500)
+    }
+}
+
+impl Target {
+    /// Two handles on one embedded store.
+    pub fn memory() -> Self {
+        let store = MemoryStore::new();
+        Self::in_memory(vec![Arc::new(store.clone()), Arc::new(store)])
+    }
+
+    /// Two handles on one refusal cache over one embedded store.
+    pub fn refusal_cache() -> Self {
+        let store = RefusalCache::new(MemoryStore::new());
+        Self {
+            exact_refusals: false,
+            ..Self::in_memory(vec![Arc::new(store.clone()), Arc::new(store)])
+        }
+    }
+
+    fn in_memory(instances: Vec<Arc<dyn TicketStore>>) -> Self {
+        Self {
+            instances,
+            birth: Birth::PerKind,
+            faults: Vec::new(),
+            drops: false,
+            exact_refusals: true,
+            backend: Backend::Memory,
+        }
+    }
+
+    /// Three Redis stores on the Redis at `url`, under a key prefix of
+    /// their own.
+    pub async fn redis_stores(url: &str, prefix: &str, faults: Vec<FaultKind>) -> Self {
+        let builder = RedisStore::standalone(url)
+            .key_prefix(prefix)
+            .timeout(REDIS_TIMEOUT)
+            .breaker(1, Duration::from_millis(50))
+            .time_source(TimeSource::Caller);
+        let mut instances: Vec<Arc<dyn TicketStore>> = Vec::new();
+        for _ in 0..3 {
+            instances.push(Arc::new(builder.clone().connect().await.expect("connect")));
+        }
+        Self {
+            instances,
+            birth: Birth::PerKind,
+            faults,
+            drops: true,
+            exact_refusals: true,
+            backend: Backend::Redis {
+                builder: Box::new(builder),
+                redis: RedisFaults::new(url, prefix),
+            },
+        }
+    }
+
+    /// `count` write-through stores on the Redis at `url` and a project of
+    /// their own on the shared emulator.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_through(
+        url: &str,
+        prefix: &str,
+        truth: Truth,
+        mode: WriteMode,
+        count: usize,
+        faults: Vec<FaultKind>,
+        clock: &FakeClock,
+    ) -> Self {
+        let behind = Behind {
+            redis_url: url.to_string(),
+            redis: RedisFaults::new(url, prefix),
+            prefix: prefix.to_string(),
+            truth,
+            mode,
+            clock: clock.clone(),
+        };
+        let mut instances: Vec<Arc<dyn TicketStore>> = Vec::new();
+        for _ in 0..count {
+            instances.push(Arc::new(behind.instance().await));
+        }
+        Self {
+            instances,
+            birth: Birth::WholeUser,
+            faults,
+            drops: true,
+            exact_refusals: true,
+            backend: Backend::WriteThrough(Box::new(behind)),
+        }
+    }
+
+    /// Drops instance `i` and builds it again.
+    pub async fn restart(&mut self, i: usize) {
+        let fresh: Arc<dyn TicketStore> = match &self.backend {
+            Backend::Memory => panic!("an embedded store has nothing to restart"),
+            Backend::Redis { builder, .. } => {
+                Arc::new(builder.clone().connect().await.expect("reconnect"))
+            }
+            Backend::WriteThrough(behind) => Arc::new(behind.instance().await),
+        };
+        self.instances[i] = fresh;
+    }
+
+    pub fn redis(&self) -> Option<&RedisFaults> {
+        match &self.backend {
+            Backend::Memory => None,
+            Backend::Redis { redis, .. } => Some(redis),
+            Backend::WriteThrough(behind) => Some(&behind.redis),
+        }
+    }
+
+    pub fn behind(&self) -> Option<&Behind> {
+        match &self.backend {
+            Backend::WriteThrough(behind) => Some(behind),
+            _ => None,
+        }
+    }
+
+    /// The user's state as Redis holds it (`None` per kind it lacks; all
+    /// `None` for a write-through hash not seeded from Firestore), for
+    /// Redis-backed targets.
+    pub fn raw(&self, uid: &str, kinds: &[Arc<TicketKind>]) -> Option<UserState> {
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        let redis = self.redis()?;
+        if self.behind().is_some() && !redis.seeded(uid) {
+            return Some(vec![None; kinds.len()]);
+        }
+        let fields = redis.fields(uid, &names);
+        Some(
+            fields
+                .into_iter()
+                .map(|field| match field {
+                    (Some(remaining), Some(ms)) => Some(KindBalance {
+                        remaining,
+                        last_refill: DateTime::from_timestamp_millis(ms).expect("an instant"),
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Behind {
+    async fn instance(&self) -> WriteThrough {
+        let redis = RedisStore::standalone(self.redis_url.clone())
+            .key_prefix(self.prefix.clone())
+            .time_source(TimeSource::Caller)
+            .timeout(REDIS_TIMEOUT);
+        let builder = match &self.truth {
+            Truth::Firestore { project, gate, .. } => {
+                let source = FirestoreSource::new(client_at(gate.host(), project).await, kinds())
+                    .timeout(FIRESTORE_CALL_TIMEOUT)
+                    .breaker(1, Duration::from_millis(100));
+                WriteThrough::builder(redis, source)
+            }
+            Truth::Memory(source) => WriteThrough::builder(redis, source.clone()),
+        };
+        builder
+            .mode(self.mode)
+            .write_interval(Duration::from_millis(50))
+            // An instance restarted mid-round leaves its lease behind.
+            .round_lease(self.truth.lease())
+            .recovery_interval(Duration::from_millis(200))
+            .clock(self.clock.clone())
+            .connect()
+            .await
+            .expect("connect the write-through store")
+    }
+
+    pub fn sync(&self) -> bool {
+        self.mode == WriteMode::Sync
+    }
+
+    /// Holds the source's traffic (writes, for the in-memory source): held
+    /// writes land once released.
+    pub fn hold(&self) {
+        match &self.truth {
+            Truth::Firestore { gate, .. } => gate.hold(),
+            Truth::Memory(source) => source.hold_writes(true),
+        }
+    }
+
+    /// Lets the held traffic through.
+    pub fn release(&self) {
+        match &self.truth {
+            Truth::Firestore { gate, .. } => gate.release(),
+            Truth::Memory(source) => source.hold_writes(false),
+        }
+    }
+
+    /// The user's state in the source, read directly.
+    pub async fn document(
+        &self,
+        uid: &tower_tickets::Uid,
+        now: DateTime<Utc>,
+    ) -> Option<UserSnapshot> {
+        match &self.truth {
+            Truth::Firestore { reader, .. } => reader
+                .load(uid, now)
+                .await
+                .expect("the emulator answers the checker"),
+            Truth::Memory(source) => SourceOfTruth::load(source, uid, now)
+                .await
+                .expect("the in-memory source answers the checker"),
+        }
+    }
+}
