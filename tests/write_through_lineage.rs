@@ -105,6 +105,10 @@ impl Fixture {
         format!("tickets:{{{}}}:t", self.uid)
     }
 
+    fn high_water(&self) -> String {
+        format!("tickets:{{{}}}:h", self.uid)
+    }
+
     /// Waits until a write round holds the user's lease in Redis.
     async fn round_in_flight(&self) {
         eventually("a write round takes the user", || async {
@@ -119,9 +123,10 @@ fn allowed(outcome: &Result<ChargeOutcome, StoreError>) -> bool {
 }
 
 /// A charge waits for its write; Redis is flushed; another charge reloads
-/// the user from the source (which lacks the first) and waits for its own
-/// write. Both writes land. Before lineages, both charges were answered as
-/// allowed while the source held one of them.
+/// the user from the source (which lacks the first) and is charged on that
+/// state. Then the first write lands, and the second charge's round writes.
+/// Before lineages, both charges were answered as allowed while the source
+/// held one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_while_a_charge_waits_for_its_write_never_answers_both() {
     let f = Fixture::new(WriteMode::Sync).await;
@@ -130,7 +135,10 @@ async fn a_flush_while_a_charge_waits_for_its_write_never_answers_both() {
     f.round_in_flight().await;
     f.redis("FLUSHALL", &[]);
     let second = tokio::spawn(f.charge());
-    f.round_in_flight().await;
+    eventually("the second charge reloads the user", || async {
+        f.redis("HEXISTS", &[&f.hash(), "l"]) == redis::Value::Int(1)
+    })
+    .await;
     f.source.hold_writes(false);
 
     let outcomes = [first.await.unwrap(), second.await.unwrap()];
@@ -200,6 +208,9 @@ async fn a_state_rolled_back_to_an_old_dump_is_reloaded_not_written() {
     let redis::Value::BulkString(dump) = f.redis("DUMP", &[&f.hash()]) else {
         panic!("the hash exists");
     };
+    let redis::Value::BulkString(high_water) = f.redis("DUMP", &[&f.high_water()]) else {
+        panic!("the high-water mark exists");
+    };
     assert!(allowed(&f.charge().await));
     assert!(allowed(&f.charge().await));
     assert_eq!(f.in_source(), 2);
@@ -207,18 +218,38 @@ async fn a_state_rolled_back_to_an_old_dump_is_reloaded_not_written() {
     let _: () = redis::cmd("RESTORE")
         .arg(f.hash())
         .arg(0)
-        .arg(dump)
+        .arg(dump.clone())
         .arg("REPLACE")
         .query(&mut f.server.connection())
         .unwrap();
-    let stale = f.charge().await;
-    assert!(stale.is_err(), "decided on a rolled-back state: {stale:?}");
-    assert_eq!(f.in_source(), 2, "the stale state was not written");
+    // The user's high-water mark says the hash is older than what the
+    // source took: the charge reloads the user first.
     let Ok(ChargeOutcome::Allowed { balances, .. }) = f.charge().await else {
         panic!("reloaded and charged");
     };
     assert_eq!(balances[0].remaining, 1);
     assert_eq!(f.in_source(), 1);
+
+    // A whole Redis rolled back (the high-water mark with it): the charge is
+    // decided on the old state, but its write round finds the source ahead,
+    // answers it with an error and drops the state; the next one reloads.
+    for (key, dumped) in [(f.hash(), dump), (f.high_water(), high_water)] {
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(dumped)
+            .arg("REPLACE")
+            .query(&mut f.server.connection())
+            .unwrap();
+    }
+    let stale = f.charge().await;
+    assert!(stale.is_err(), "decided on a rolled-back state: {stale:?}");
+    assert_eq!(f.in_source(), 1, "the stale state was not written");
+    let Ok(ChargeOutcome::Allowed { balances, .. }) = f.charge().await else {
+        panic!("reloaded and charged");
+    };
+    assert_eq!(balances[0].remaining, 0);
+    assert_eq!(f.in_source(), 0);
 }
 
 /// Sync mode: a grant that the source does not take is answered with an

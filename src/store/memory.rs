@@ -206,6 +206,7 @@ impl TicketStore for MemoryStore {
                     remaining_after: balances.iter().map(|b| b.remaining).collect(),
                     idempotency_key,
                     made_at: None,
+                    charge_id: 0,
                 },
                 balances,
             }

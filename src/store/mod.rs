@@ -168,6 +168,10 @@ pub struct Receipt {
     /// cache, under feature `redis`, reads it.)
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) made_at: Option<source::Point>,
+    /// A random id of the charge, for such a cache: a refund retried after
+    /// a failed write gives nothing back twice.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) charge_id: u64,
 }
 
 /// What a refund did, per kind of the receipt's cost.

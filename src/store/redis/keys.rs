@@ -47,6 +47,13 @@ impl KeyLayout {
         format!("{}{{{uid}}}:i:{}", self.prefix, key.as_str())
     }
 
+    /// The write-through's high-water mark of `uid`: the lineage and
+    /// version of the latest state the source took, kept apart from the
+    /// balances so that a hash restored from an old dump is seen as stale.
+    pub(crate) fn high_water(&self, uid: &Uid) -> String {
+        format!("{}{{{uid}}}:h", self.prefix)
+    }
+
     /// The write-through's count of `uid`'s changes that Firestore may not
     /// hold yet.
     pub(crate) fn pending(&self, uid: &Uid) -> String {

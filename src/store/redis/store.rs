@@ -134,6 +134,22 @@ impl RedisStore {
         &self.shared.keys
     }
 
+    /// The keys of a script on `uid`'s balances: the hash, then (caching a
+    /// source) the user's high-water key, then the idempotency key if any
+    /// (see `lua/common.lua`).
+    fn user_keys(&self, uid: &Uid, idempotency_key: Option<&IdempotencyKey>) -> Vec<String> {
+        let keys = &self.shared.keys;
+        let mut user_keys = Vec::with_capacity(3);
+        user_keys.push(keys.balances(uid));
+        if self.shared.context.truth == Truth::InSource {
+            user_keys.push(keys.high_water(uid));
+        }
+        if let Some(key) = idempotency_key {
+            user_keys.push(keys.idempotency(uid, key));
+        }
+        user_keys
+    }
+
     /// How long `kinds`' balances last in Redis without a refill.
     pub(crate) fn idle_ttl(&self, kinds: &[Arc<TicketKind>]) -> std::time::Duration {
         std::time::Duration::from_millis(
@@ -390,15 +406,12 @@ impl RedisStore {
             idempotency_key,
             fingerprint,
         } = request;
-        let (keys, context) = (&self.shared.keys, &self.shared.context);
+        let context = &self.shared.context;
         let items = cost.items();
-        let mut call = match &idempotency_key {
-            None => ScriptCall::new(&context.scripts().charge, &[keys.balances(&uid)]),
-            Some(key) => ScriptCall::new(
-                &context.scripts().charge,
-                &[keys.balances(&uid), keys.idempotency(&uid, key)],
-            ),
-        };
+        let mut call = ScriptCall::new(
+            &context.scripts().charge,
+            &self.user_keys(&uid, idempotency_key.as_ref()),
+        );
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(millis(IDEMPOTENCY_TTL))
@@ -439,20 +452,16 @@ impl RedisStore {
         receipt: Receipt,
         now: DateTime<Utc>,
     ) -> StoreFuture<Cached<RefundOutcome>> {
-        let (keys, context) = (&self.shared.keys, &self.shared.context);
+        let context = &self.shared.context;
         let items = receipt.cost.items();
         let count = items
             .len()
             .min(receipt.last_refills.len())
             .min(receipt.remaining_after.len());
-        let balances_key = keys.balances(&receipt.uid);
-        let mut call = match &receipt.idempotency_key {
-            None => ScriptCall::new(&context.scripts().refund, &[balances_key]),
-            Some(key) => ScriptCall::new(
-                &context.scripts().refund,
-                &[balances_key, keys.idempotency(&receipt.uid, key)],
-            ),
-        };
+        let mut call = ScriptCall::new(
+            &context.scripts().refund,
+            &self.user_keys(&receipt.uid, receipt.idempotency_key.as_ref()),
+        );
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(count);
@@ -465,12 +474,16 @@ impl RedisStore {
         }
         let truth = context.truth;
         if truth == Truth::InSource {
-            // A receipt made without a point matches no lineage.
+            // A receipt made without a point (by another store) matches no
+            // lineage: the largest id Lua holds, at a version no state
+            // reaches.
             let made_at = receipt.made_at.unwrap_or(Point {
-                lineage: 0,
+                lineage: u64::MAX >> 11,
                 version: u64::MAX >> 11,
             });
-            call.arg(made_at.lineage).arg(made_at.version);
+            call.arg(made_at.lineage)
+                .arg(made_at.version)
+                .arg(receipt.charge_id);
         }
         let reply = self.call("refund", call);
         Box::pin(async move {
@@ -508,10 +521,7 @@ impl RedisStore {
         now: DateTime<Utc>,
     ) -> StoreFuture<Cached<Vec<KindBalance>>> {
         let context = &self.shared.context;
-        let mut call = ScriptCall::new(
-            &context.scripts().balances,
-            &[self.shared.keys.balances(uid)],
-        );
+        let mut call = ScriptCall::new(&context.scripts().balances, &self.user_keys(uid, None));
         call.arg(context.time_arg(now)).arg(kinds.len());
         for kind in kinds {
             push_kind(&mut call, kind, kind.initial_balance(), now);
@@ -544,8 +554,7 @@ impl RedisStore {
             Adjustment::Grant(amount) => ("grant", amount),
             Adjustment::Set(balance) => ("set", balance),
         };
-        let mut call =
-            ScriptCall::new(&context.scripts().adjust, &[self.shared.keys.balances(uid)]);
+        let mut call = ScriptCall::new(&context.scripts().adjust, &self.user_keys(uid, None));
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl([&**kind]))
             .arg(1)
@@ -656,6 +665,7 @@ fn charge_outcome(
                 remaining_after: balances.iter().map(|b| b.remaining).collect(),
                 idempotency_key,
                 made_at,
+                charge_id: made_at.map_or(0, |_| charge_id()),
             },
             balances,
         },
@@ -664,4 +674,17 @@ fn charge_outcome(
         4 => ChargeOutcome::KeyReused,
         _ => return Err(unexpected_reply("charge", reply)),
     })
+}
+
+/// A random id for a charge made in front of a source of truth (below 2^53,
+/// as Lua holds it exactly).
+fn charge_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static RANDOMNESS: RandomState = RandomState::new();
+    }
+    let n = DRAWN.fetch_add(1, Ordering::Relaxed);
+    RANDOMNESS.with(|randomness| randomness.hash_one((n, Instant::now())) >> 11)
 }

@@ -35,10 +35,21 @@ use super::{KindBalance, StoreFuture};
 use crate::kind::TicketKind;
 use crate::uid::Uid;
 
+/// The point of a change the source holds for good: part of every later
+/// state.
+pub(crate) const DURABLE: Point = Point {
+    lineage: 0,
+    version: 0,
+};
+
 /// How many generations of origins a lineage remembers.
-pub(crate) const REMEMBERED_ORIGINS: usize = 4;
+pub(crate) const REMEMBERED_ORIGINS: usize = 8;
 
 /// A point in one user's history: the lineage and the version of a state.
+///
+/// Lineage 0 is no cache's: a state the source created, or (as the point
+/// of a change) a change the source already holds for good, which every
+/// later state includes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Point {
     /// The lineage (0 for a state no cache wrote: a new or legacy document).
@@ -160,9 +171,10 @@ impl UserSnapshot {
     /// `made_at.version` is part of this state: a later state of that
     /// lineage is this one or one it descends from.
     pub fn includes(&self, made_at: Point) -> bool {
-        std::iter::once(self.point())
-            .chain(self.origins.0.iter().copied())
-            .any(|p| p.lineage == made_at.lineage && p.version > made_at.version)
+        made_at.lineage == DURABLE.lineage
+            || std::iter::once(self.point())
+                .chain(self.origins.0.iter().copied())
+                .any(|p| p.lineage == made_at.lineage && p.version > made_at.version)
     }
 }
 

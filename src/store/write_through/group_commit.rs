@@ -158,10 +158,7 @@ async fn run_rounds(shared: Arc<Shared>, uid: Uid) {
                 }
             }
         };
-        let round = shared.round(&uid, now).await.map_err(Arc::new);
-        if let Err(error) = &round {
-            tracing::warn!(%uid, %error, "a write round failed");
-        }
+        let round = shared.judged_round(&uid, now).await.map_err(Arc::new);
         for waiter in waiting {
             let answer = match &round {
                 Ok(Round { held, dropped }) => {
@@ -195,6 +192,26 @@ struct Round {
 }
 
 impl Shared {
+    /// A round whose failure (Redis or the source not answering, its write
+    /// timing out) is not the end of it: what another round wrote, or its
+    /// own write that landed after all, may hold the changes it took. So if
+    /// the source answers, what it holds decides; only when it does not is
+    /// the round an error.
+    async fn judged_round(&self, uid: &Uid, now: DateTime<Utc>) -> Result<Round, StoreError> {
+        let error = match self.round(uid, now).await {
+            Ok(round) => return Ok(round),
+            Err(error) => error,
+        };
+        tracing::warn!(%uid, %error, "a write round failed; asking the source what it holds");
+        match self.source.load(uid, now).await {
+            Ok(held) => Ok(Round {
+                held,
+                dropped: None,
+            }),
+            Err(_) => Err(error),
+        }
+    }
+
     /// One round: takes the user's state from Redis and writes it.
     async fn round(&self, uid: &Uid, now: DateTime<Utc>) -> Result<Round, StoreError> {
         let deadline = tokio::time::Instant::now() + 2 * self.lease;
@@ -205,7 +222,7 @@ impl Shared {
                     if tokio::time::Instant::now() + wait > deadline {
                         return Err(StoreError::new(
                             StoreErrorKind::Timeout,
-                            format!("another write round held user {uid} for too long"),
+                            format!("other write rounds held user {uid} for too long"),
                         ));
                     }
                     tokio::time::sleep(wait).await;

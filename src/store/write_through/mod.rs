@@ -46,6 +46,7 @@ mod hydration;
 mod recovery;
 mod redis_state;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ use crate::clock::Clock;
 use crate::config_error::ConfigError;
 use crate::kind::TicketKind;
 use crate::store::redis::Cached;
-use crate::store::source::{Point, SourceOfTruth};
+use crate::store::source::{DURABLE, Point, SourceOfTruth};
 use crate::store::{
     Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore, RedisStoreBuilder,
     RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
@@ -71,8 +72,8 @@ use crate::uid::Uid;
 /// (a flush between the fill and the decision sends it back).
 const ATTEMPTS: usize = 3;
 
-/// How often, and for how long, a failed charge's refund is retried while
-/// Redis does not answer.
+/// How often a refund is retried while Redis or the source does not take
+/// it (after 250 ms, then twice as long each time: about a minute in all).
 const REFUND_ATTEMPTS: u32 = 8;
 const REFUND_RETRY: Duration = Duration::from_millis(250);
 
@@ -213,6 +214,16 @@ impl Shared {
                 }
             };
             self.persist_charge(&receipt, point, now).await?;
+            let receipt = match self.mode {
+                // The source holds the charge for good: whatever Redis
+                // loses later, its refund gives it back (under the refill
+                // rule).
+                WriteMode::Sync => Receipt {
+                    made_at: Some(DURABLE),
+                    ..receipt
+                },
+                WriteMode::Async => receipt,
+            };
             return Ok(ChargeOutcome::Allowed { balances, receipt });
         }
         Err(unsettled(&uid))
@@ -231,10 +242,7 @@ impl Shared {
         match self.mode {
             WriteMode::Sync => {
                 let held = self.writer.demand(&receipt.uid, point, now).wait().await;
-                if held.is_err()
-                    && let Err(error) = self.give_back(receipt, now).await
-                    && error.kind() != StoreErrorKind::Timeout
-                {
+                if held.is_err() && self.give_back(receipt, now).await.is_err() {
                     tokio::spawn(give_back_later(
                         self.redis.clone(),
                         self.state.clone(),
@@ -270,7 +278,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Makes an administrative change (a grant, a set, a refund) made at
+    /// Makes an administrative change (a grant, a set) made at
     /// `point` reach the source as the mode says. In sync mode, a change
     /// the source does not take is not left in Redis alone: Redis's state
     /// of the user is dropped (the next request reloads the source's) and
@@ -302,27 +310,68 @@ impl Shared {
         }
     }
 
+    /// Gives a charge back. In sync mode a refund that the source did not
+    /// take is not dropped: it stays in Redis, counted pending, and is
+    /// retried in the background until the source holds it (refunds are
+    /// idempotent per charge, so a retry never gives twice).
     async fn refund(
-        &self,
+        self: Arc<Self>,
         receipt: Receipt,
         now: DateTime<Utc>,
     ) -> Result<RefundOutcome, StoreError> {
+        let attempt = self.refund_once(&receipt, now).await;
+        if attempt.is_err() && self.mode == WriteMode::Sync {
+            tokio::spawn(async move {
+                let mut pause = REFUND_RETRY;
+                for _ in 0..REFUND_ATTEMPTS {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    match self.refund_once(&receipt, now).await {
+                        Ok(_) => return,
+                        Err(error) => {
+                            tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying");
+                        }
+                    }
+                }
+                tracing::error!(uid = %receipt.uid, "gave up writing a refund to the source; it stays pending in Redis");
+            });
+        }
+        attempt
+    }
+
+    async fn refund_once(
+        &self,
+        receipt: &Receipt,
+        now: DateTime<Utc>,
+    ) -> Result<RefundOutcome, StoreError> {
+        let uid = &receipt.uid;
         for _ in 0..ATTEMPTS {
             let (outcome, point) = match self.redis.refund_cached(receipt.clone(), now).await? {
                 Cached::Unseeded => {
-                    self.fill(&receipt.uid, now).await?;
+                    self.fill(uid, now).await?;
                     continue;
                 }
                 Cached::Seeded { value, point } => (value, point),
             };
             // Even a refund that gave nothing back may have applied a due
             // refill: the source must hold what Redis does.
-            if let Some(point) = point {
-                self.persist_change(&receipt.uid, point, now).await?;
+            let Some(point) = point else {
+                return Ok(outcome);
+            };
+            match self.mode {
+                WriteMode::Sync => {
+                    if let Err(error) = self.writer.demand(uid, point, now).wait().await {
+                        if let Err(mark) = self.state.mark_pending(uid, point.lineage).await {
+                            tracing::warn!(%uid, %mark, "could not count a refund as pending");
+                        }
+                        return Err(error);
+                    }
+                }
+                WriteMode::Async => self.mark_pending(uid, point, now).await?,
             }
             return Ok(outcome);
         }
-        Err(unsettled(&receipt.uid))
+        Err(unsettled(uid))
     }
 
     async fn balances(
@@ -413,8 +462,8 @@ async fn give_back(
     Ok(())
 }
 
-/// [`give_back`], retried while Redis could not be reached. Not after a
-/// timeout: the refund may have run, and a second one would mint.
+/// [`give_back`], retried while Redis does not answer (a refund gives each
+/// charge back once, however often it runs).
 async fn give_back_later(
     redis: RedisStore,
     state: Arc<RedisState>,
@@ -425,10 +474,6 @@ async fn give_back_later(
         tokio::time::sleep(REFUND_RETRY).await;
         match give_back(&redis, &state, &receipt, now).await {
             Ok(()) => return,
-            Err(error) if error.kind() == StoreErrorKind::Timeout => {
-                tracing::error!(uid = %receipt.uid, %error, "a refund timed out; not retried");
-                return;
-            }
             Err(error) => {
                 tracing::warn!(uid = %receipt.uid, %error, "could not refund a charge the source did not take");
             }
@@ -454,15 +499,32 @@ fn unsettled(uid: &Uid) -> StoreError {
     )
 }
 
+/// Runs a change as a task of its own: a caller that stops waiting (a
+/// dropped request) never leaves a change made in Redis and not carried to
+/// the source. The caller's future only awaits the task.
+fn detached<T: Send + 'static>(
+    change: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> StoreFuture<T> {
+    let task = tokio::spawn(change);
+    Box::pin(async move {
+        task.await.unwrap_or_else(|_| {
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the write-through's task for this change stopped",
+            ))
+        })
+    })
+}
+
 impl TicketStore for WriteThrough {
     fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
         let shared = self.shared.clone();
-        Box::pin(async move { shared.charge(request).await })
+        detached(async move { shared.charge(request).await })
     }
 
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         let shared = self.shared.clone();
-        Box::pin(async move { shared.refund(receipt, now).await })
+        detached(shared.refund(receipt, now))
     }
 
     fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
@@ -488,7 +550,7 @@ impl TicketStore for WriteThrough {
         now: DateTime<Utc>,
     ) -> StoreFuture<KindBalance> {
         let (shared, uid, kind) = (self.shared.clone(), uid.clone(), kind.clone());
-        Box::pin(async move { shared.adjust(&uid, &kind, adjustment, now).await })
+        detached(async move { shared.adjust(&uid, &kind, adjustment, now).await })
     }
 
     fn ensure_user(

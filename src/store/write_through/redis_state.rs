@@ -5,8 +5,11 @@
 //! `lua/common.lua` there for every field), the lineage fields (`l`, `v`,
 //! `a`, `s`) that say where the state came from, and ours: the round lease
 //! (`k`, `kv`, `q`; see `lua/snapshot.lua`) and the pending marks (`m`,
-//! `c`; see `lua/mark.lua`). One key of ours, `<prefix>{uid}:w`, indexes a
-//! user with marks that no write covered yet, for the recovery scan.
+//! `c`; see `lua/mark.lua`). Two keys of ours: `<prefix>{uid}:w` indexes a
+//! user with marks that no write covered yet, for the recovery scan, and
+//! `<prefix>{uid}:h` is the user's high-water mark (the lineage and version
+//! of the latest state the source took), apart from the hash so that a hash
+//! restored from an older dump is seen as stale and reloaded.
 //!
 //! Every call goes through the Redis store's one path: its connection, its
 //! timeout, its breaker, its error mapping.
@@ -154,7 +157,10 @@ impl RedisState {
     /// unless it holds the user seeded already (then only kinds it lacks are
     /// added). Returns the point Redis holds.
     pub(crate) async fn seed(&self, uid: &Uid, stored: &UserSnapshot) -> Result<Point, StoreError> {
-        let mut call = ScriptCall::new(&SCRIPTS.seed, &[self.keys.balances(uid)]);
+        let mut call = ScriptCall::new(
+            &SCRIPTS.seed,
+            &[self.keys.balances(uid), self.keys.high_water(uid)],
+        );
         call.arg(self.new_lineage())
             .arg(stored.version)
             .arg(Origins::seeded_from(stored).to_string())
@@ -175,7 +181,10 @@ impl RedisState {
 
     /// Takes the user's state for a write round, with the round's lease.
     pub(crate) async fn snapshot(&self, uid: &Uid) -> Result<Snapshot, StoreError> {
-        let mut call = ScriptCall::new(&SCRIPTS.snapshot, &[self.keys.balances(uid)]);
+        let mut call = ScriptCall::new(
+            &SCRIPTS.snapshot,
+            &[self.keys.balances(uid), self.keys.high_water(uid)],
+        );
         call.arg(millis(self.lease))
             .arg(millis(self.interval))
             .arg(self.random(VERSION_STEP_BITS));
@@ -244,7 +253,11 @@ impl RedisState {
     ) -> Result<bool, StoreError> {
         let mut call = ScriptCall::new(
             &SCRIPTS.settle,
-            &[self.keys.balances(uid), self.keys.pending(uid)],
+            &[
+                self.keys.balances(uid),
+                self.keys.pending(uid),
+                self.keys.high_water(uid),
+            ],
         );
         call.arg(point.lineage).arg(point.version).arg(marks);
         match end {

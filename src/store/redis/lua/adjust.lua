@@ -1,6 +1,6 @@
 -- adjust: grant (add) or set a balance, after applying a due refill.
 --
--- KEYS[1] the user's balances.
+-- KEYS[1] the user's balances; caching a source, KEYS[2] its high-water key.
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, kind count, then per
 --       kind: 'grant' or 'set', amount, spec.
 -- Reply: {remaining, last refill, ...}. Caching a source: UNSEEDED, or

@@ -1,7 +1,7 @@
 -- balances: read balances without writing anything; a due refill shows as
 -- applied, a user never seen shows their initial balances.
 --
--- KEYS[1] the user's balances.
+-- KEYS[1] the user's balances; caching a source, KEYS[2] its high-water key.
 -- ARGV: decision time ('' = Redis TIME), kind count, then per kind: spec.
 -- Reply: {remaining, last refill, ...}; caching a source, UNSEEDED for a
 --        user not seeded from it.

@@ -1,7 +1,8 @@
 -- charge: apply due refills, then spend the cost if every kind can pay
 -- (all or nothing), at most once per idempotency key.
 --
--- KEYS[1] the user's balances; KEYS[2] (optional) the idempotency key.
+-- KEYS[1] the user's balances; then (caching a source) the high-water key;
+-- then, optional, the idempotency key (IDEMPOTENCY_KEY).
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, idempotency TTL ms,
 --       request fingerprint, kind count, then per kind: amount, spec.
 -- Reply: {outcome, remaining, last refill, ...} with outcome 0 refused,
@@ -31,8 +32,8 @@ if reply[4] then
 end
 
 local outcome = 1
-if KEYS[2] then
-  local record = idempotency_record(KEYS[2])
+if IDEMPOTENCY_KEY then
+  local record = idempotency_record(IDEMPOTENCY_KEY)
   if record and record.expires > t then
     if record.fingerprint ~= ARGV[4] then
       outcome = 4
@@ -55,9 +56,9 @@ if outcome == 1 then
     kind.n = kind.n - tonumber(kind[1])
     kind.new_n = true
   end
-  if KEYS[2] then
+  if IDEMPOTENCY_KEY then
     local ttl = tonumber(ARGV[3])
-    redis.call('SET', KEYS[2], (t + ttl) .. ' R ' .. ARGV[4], 'PX', ttl)
+    redis.call('SET', IDEMPOTENCY_KEY, (t + ttl) .. ' R ' .. ARGV[4], 'PX', ttl)
   end
 end
 save(KEYS[1], kinds, ARGV[2])

@@ -33,6 +33,14 @@
 
 local MAX_BALANCE = 4294967295
 
+-- Caching a source, KEYS[2] is the user's high-water key (see
+-- seeded_point) and an idempotency key comes third; else it comes second.
+local HIGH_WATER = (not REDIS_HOLDS_THE_TRUTH) and KEYS[2] or nil
+local IDEMPOTENCY_KEY = KEYS[2]
+if HIGH_WATER then
+  IDEMPOTENCY_KEY = KEYS[3]
+end
+
 -- The one-element reply of a script that found the user not seeded.
 local UNSEEDED = {-1}
 
@@ -106,7 +114,10 @@ end
 
 -- The user's point (lineage, version) when Redis caches a source of truth
 -- and holds every kind of `kinds` as seeded from it, with both fields; nil
--- otherwise.
+-- otherwise. Nil too for a stale hash: the high-water key (the lineage and
+-- version of the last state the source took, or of the seeding) names
+-- another lineage or a later version. A hash restored from an old dump
+-- is such a hash; the write-through then reloads the user.
 local function seeded_point(key, kinds)
   local fields = {'l', 'v', 's'}
   for _, kind in ipairs(kinds) do
@@ -120,6 +131,13 @@ local function seeded_point(key, kinds)
   if not values[1] or not values[2] then
     return nil
   end
+  local mark = HIGH_WATER and redis.call('GET', HIGH_WATER)
+  if mark then
+    local mark_l, mark_v = string.match(mark, '^(%d+) (%d+)$')
+    if mark_l ~= values[1] or tonumber(mark_v) > tonumber(values[2]) then
+      return nil
+    end
+  end
   local seeded = values[3] or ','
   for k, kind in ipairs(kinds) do
     if not string.find(seeded, ',' .. kind.name .. ',', 1, true)
@@ -131,9 +149,13 @@ local function seeded_point(key, kinds)
 end
 
 -- Whether a change made in lineage `made_l` while its version was `made_v`
--- is part of the state Redis holds at (l, v): made in this lineage and not
--- rolled back since, or part of a state this lineage descends from.
+-- is part of the state Redis holds at (l, v): a change the source holds
+-- for good (lineage 0), made in this lineage and not rolled back since, or
+-- part of a state this lineage descends from.
 local function includes(key, l, v, made_l, made_v)
+  if made_l == 0 then
+    return true
+  end
   if l == made_l then
     return v >= made_v
   end

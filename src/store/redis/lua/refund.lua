@@ -4,13 +4,17 @@
 -- balance the charge left. Forgets the charge's idempotency key so that a
 -- retry is charged again.
 --
--- KEYS[1] the user's balances; KEYS[2] (optional) the idempotency key.
+-- KEYS[1] the user's balances; then (caching a source) the high-water key;
+-- then, optional, the idempotency key (IDEMPOTENCY_KEY).
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, kind count, then per
 --       kind: amount, last refill at the charge (Unix ms), balance left by
 --       the charge, spec.
---       Caching a source, two more: the lineage and version of the charge;
---       a charge that is not part of the state Redis holds (lost with a
---       flushed or reloaded state) gives nothing back.
+--       Caching a source, three more: the lineage and version of the charge
+--       (a charge that is not part of the state Redis holds, lost with a
+--       flushed or reloaded state, gives nothing back), and the charge's id:
+--       a charge refunded already in this state gives nothing back again,
+--       so that the write-through can retry a refund it could not write
+--       (the recent ids are kept in the hash's `x`).
 -- Reply: {tickets given back, remaining, last refill, ...} per kind.
 --        Caching a source: UNSEEDED, or {lineage, version, then as above}.
 
@@ -25,11 +29,24 @@ if not REDIS_HOLDS_THE_TRUTH then
     return UNSEEDED
   end
   reply = {lineage, version}
-  included = includes(KEYS[1], lineage, version, tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV]))
+  included = includes(KEYS[1], lineage, version, tonumber(ARGV[#ARGV - 2]), tonumber(ARGV[#ARGV - 1]))
+  local refunded = redis.call('HGET', KEYS[1], 'x') or ''
+  if string.find(' ' .. refunded, ' ' .. ARGV[#ARGV] .. ' ', 1, true) then
+    included = false
+  elseif included then
+    local kept, ids = 1, ARGV[#ARGV] .. ' '
+    for id in string.gmatch(refunded, '%d+') do
+      if kept < 16 then
+        ids = ids .. id .. ' '
+        kept = kept + 1
+      end
+    end
+    redis.call('HSET', KEYS[1], 'x', ids)
+  end
 end
 load(KEYS[1], kinds, t)
-if KEYS[2] then
-  redis.call('DEL', KEYS[2])
+if IDEMPOTENCY_KEY then
+  redis.call('DEL', IDEMPOTENCY_KEY)
 end
 
 for _, kind in ipairs(kinds) do

@@ -5,9 +5,11 @@
 -- own when it caches a source; such a hash is left by an eviction or an
 -- outside change): it is replaced whole, starting a new lineage. Kinds the
 -- hash was never seeded with (a kind added to the configuration) are added
--- to the lineage it has.
+-- to the lineage it has. A hash that the user's high-water key (see
+-- `common.lua` in the Redis store) calls stale is replaced too; a new
+-- lineage sets the high-water key to its own seeding point.
 --
--- KEYS[1] the user's balances hash.
+-- KEYS[1] the user's balances hash; KEYS[2] the user's high-water key.
 -- ARGV: the new lineage's id, the source's version, the new lineage's
 --       origins ('lineage@version' points), the idle TTL ms, then per kind:
 --       name, count, last refill ms.
@@ -17,6 +19,11 @@ local key = KEYS[1]
 local stored = redis.call('HMGET', key, 'l', 'v', 's')
 local intact = stored[1] and stored[2]
 local seeded = stored[3] or ','
+local mark = redis.call('GET', KEYS[2])
+if intact and mark then
+  local mark_l, mark_v = string.match(mark, '^(%d+) (%d+)$')
+  intact = mark_l == stored[1] and tonumber(mark_v) <= tonumber(stored[2])
+end
 if intact then
   for i = 5, #ARGV, 3 do
     local name = ARGV[i]
@@ -33,6 +40,7 @@ if not intact then
   redis.call('DEL', key)
   seeded = ','
   fields = {'l', ARGV[1], 'v', ARGV[2], 'a', ARGV[3]}
+  redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[4])
 end
 for i = 5, #ARGV, 3 do
   local name = ARGV[i]

@@ -1,7 +1,8 @@
 -- settle: what a write round did, told to Redis. Releases the round's
 -- lease, and:
 -- - 'written': the marks the round's snapshot saw are covered; the pending
---   key goes once every mark is;
+--   key goes once every mark is; the high-water key moves up to the
+--   written state (so that a hash restored from an older dump is stale);
 -- - 'refused': the source holds a state this lineage does not descend
 --   from. Unless that state was taken from this very Redis history (a
 --   round whose lease ran out wrote it: its version is among those the
@@ -13,7 +14,8 @@
 -- Nothing happens to a hash of another lineage (reloaded meanwhile); a
 -- pending key whose hash is gone indexes nothing and goes.
 --
--- KEYS[1] the user's balances hash; KEYS[2] the user's pending key.
+-- KEYS[1] the user's balances hash; KEYS[2] the user's pending key;
+-- KEYS[3] the user's high-water key.
 -- ARGV: the round's lineage, its version, the marks its snapshot saw, the
 --       outcome, then for 'refused' the stored lineage and version ('' for
 --       no document).
@@ -39,10 +41,20 @@ if outcome == 'refused' then
   end
 end
 if outcome == 'discard' then
-  redis.call('DEL', key, KEYS[2])
+  redis.call('DEL', key, KEYS[2], KEYS[3])
   return {0}
 end
 if outcome == 'written' then
+  local mark = redis.call('GET', KEYS[3])
+  local mark_v = mark and tonumber(string.match(mark, ' (%d+)$'))
+  if not mark_v or tonumber(ARGV[2]) > mark_v then
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 then
+      redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[2], 'PX', ttl)
+    else
+      redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[2])
+    end
+  end
   local covered = math.max(tonumber(stored[5]) or 0, tonumber(ARGV[3]))
   redis.call('HSET', key, 'c', covered)
   if covered >= (tonumber(stored[4]) or 0) then

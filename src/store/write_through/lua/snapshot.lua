@@ -14,7 +14,8 @@
 -- versions it took (`h`): a state the source holds of this lineage came
 -- from this Redis history only if its version is among them.
 --
--- KEYS[1] the user's balances hash.
+-- KEYS[1] the user's balances hash; KEYS[2] the user's high-water key (a
+-- hash it calls stale is dropped: lost).
 -- ARGV: the lease ms, the write interval ms, the random step, then the
 --       source's kind names.
 -- Reply: {0} lost (nothing seeded: nothing to write); {1} a kind was never
@@ -28,6 +29,14 @@ local key = KEYS[1]
 local stored = redis.call('HMGET', key, 'l', 'v', 's', 'a', 'k', 'q', 'm', 'h')
 if not stored[1] or not stored[2] then
   return {0}
+end
+local mark = redis.call('GET', KEYS[2])
+if mark then
+  local mark_l, mark_v = string.match(mark, '^(%d+) (%d+)$')
+  if mark_l ~= stored[1] or tonumber(mark_v) > tonumber(stored[2]) then
+    redis.call('DEL', key)
+    return {0}
+  end
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
