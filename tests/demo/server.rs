@@ -7,10 +7,12 @@
 //! directory is. Each server listens on `127.0.0.1:0`; its "listening on"
 //! log line gives the port, so there is no fixed port and no sleep.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -20,15 +22,23 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The admin token the servers of these tests accept.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// How many of its last log lines a [`Demo`] keeps, for a failing test to
+/// show.
+const LOG_LINES: usize = 4000;
+
 /// A running demo server, killed when dropped.
 pub struct Demo {
     child: Child,
+    address: String,
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    log: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Demo {
@@ -60,13 +70,43 @@ impl Demo {
                 break rest.trim().to_string();
             }
         };
-        // Keep reading the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        // Keep reading the log so the server never blocks on a full pipe,
+        // and keep its end for a failing test to show.
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() == LOG_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        });
         Self {
             child,
             base: format!("http://{address}"),
+            address,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            log,
         }
+    }
+
+    /// `host:port` the server listens on.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The last lines the server logged (its log is kept from the start,
+    /// up to a few thousand lines).
+    pub fn log(&self) -> String {
+        let kept = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter().fold(String::new(), |mut log, line| {
+            log.push_str(line);
+            log.push('\n');
+            log
+        })
     }
 
     /// Starts the demo with the admin routes enabled.
@@ -103,6 +143,51 @@ impl Demo {
         let body = self.read(token, "/api/tickets").await;
         let remaining = |kind: &str| body[kind]["remaining"].as_u64().expect(kind);
         (remaining("upload"), remaining("ai"))
+    }
+
+    /// Like [`remaining`](Self::remaining), but says what went wrong
+    /// instead of failing the test: a store may be unavailable for a while.
+    pub async fn try_remaining(&self, token: &str) -> Result<(u64, u64), String> {
+        let reply = self
+            .call(Method::GET, "/api/tickets")
+            .bearer(token)
+            .try_send()
+            .await?;
+        if reply.status != StatusCode::OK {
+            return Err(format!("{}: {}", reply.status, reply.text()));
+        }
+        let body = reply.json();
+        let remaining = |kind: &str| body[kind]["remaining"].as_u64().expect(kind);
+        Ok((remaining("upload"), remaining("ai")))
+    }
+
+    /// Sends `POST /api/uploads` with `image` as the user, on a connection
+    /// of its own, and closes that connection (the client leaves) as soon as
+    /// `leave` completes, unless the answer came first. The answer's
+    /// status, if it came.
+    pub async fn upload_then_leave(
+        &self,
+        token: &str,
+        image: &[u8],
+        leave: impl Future<Output = ()>,
+    ) -> Option<StatusCode> {
+        let mut stream = TcpStream::connect(&self.address)
+            .await
+            .expect("connect to the demo");
+        let head = format!(
+            "POST /api/uploads HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+            self.address,
+            image.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(image);
+        stream.write_all(&request).await.expect("send the request");
+        tokio::select! {
+            status = read_status(&mut stream) => status,
+            () = leave => None,
+        }
+        // Dropping the stream closes the connection.
     }
 
     /// How many uploads the user has stored, from `GET /api/uploads`.
@@ -205,6 +290,12 @@ impl Call<'_> {
 
     /// Sends the request and reads the whole reply.
     pub async fn send(self) -> Reply {
+        self.try_send().await.expect("the demo answers")
+    }
+
+    /// Sends the request and reads the whole reply, or says why there is
+    /// none (the connection failed or broke).
+    pub async fn try_send(self) -> Result<Reply, String> {
         let request = self
             .request
             .body(Full::new(self.body))
@@ -214,14 +305,34 @@ impl Call<'_> {
             .client
             .request(request)
             .await
-            .expect("the demo answers");
+            .map_err(|e| format!("no answer: {e:?}"))?;
         let (parts, body) = response.into_parts();
-        Reply {
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("the body broke off: {e}"))?;
+        Ok(Reply {
             status: parts.status,
             headers: parts.headers,
-            body: body.collect().await.expect("read the body").to_bytes(),
-        }
+            body: body.to_bytes(),
+        })
     }
+}
+
+/// Reads an HTTP/1.1 answer's status line; `None` when the connection ends
+/// first or the line is not one.
+async fn read_status(stream: &mut TcpStream) -> Option<StatusCode> {
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let line = std::str::from_utf8(&head).ok()?;
+    let code = line.split(' ').nth(1)?;
+    StatusCode::from_bytes(code.as_bytes()).ok()
 }
 
 /// A reply, read in full.
