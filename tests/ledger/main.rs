@@ -559,6 +559,23 @@ impl Run {
                 return;
             }
         }
+        // A write-through store drops a state the source did not take (an
+        // administrative change, a refused write): Redis then holds what the
+        // source does, one of the states it may hold.
+        if let Some(behind) = self.target.behind() {
+            let sync = behind.sync();
+            let reloadable = self.model.reloadable(uid.as_str(), sync);
+            if let Some(found) = reloadable.iter().rev().find(|r| r.state == raw) {
+                self.checker.note(
+                    index,
+                    Some(user),
+                    format!("  => reloaded state #{}", found.seq),
+                );
+                self.model.adopt(uid.as_str(), found.seq);
+                self.checker.forget_refills(Some(uid.as_str()));
+                return;
+            }
+        }
         let states: Vec<String> = candidates
             .iter()
             .map(|(name, m)| format!("\n    {name}: {:?}", m.raw(uid.as_str())))

@@ -310,25 +310,28 @@ impl Shared {
         }
     }
 
-    /// Gives a charge back. In sync mode a refund that the source did not
-    /// take is not dropped: it stays in Redis, counted pending, and is
-    /// retried in the background until the source holds it (refunds are
-    /// idempotent per charge, so a retry never gives twice).
+    /// Gives a charge back. In sync mode a refund applied in Redis that the
+    /// source did not take yet is not dropped: it is answered (it stands),
+    /// stays in Redis counted pending, and is written by retries in the
+    /// background. Refunds are idempotent per charge, and a sync receipt's
+    /// charge is in the source for good, so a retry after Redis lost the
+    /// refund applies it again on the reloaded state, and never twice.
     async fn refund(
         self: Arc<Self>,
         receipt: Receipt,
         now: DateTime<Utc>,
     ) -> Result<RefundOutcome, StoreError> {
-        let attempt = self.refund_once(&receipt, now).await;
-        if attempt.is_err() && self.mode == WriteMode::Sync {
+        let (outcome, written) = self.refund_once(&receipt, now).await?;
+        if let Err(error) = written {
+            tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying in the background");
             tokio::spawn(async move {
                 let mut pause = REFUND_RETRY;
                 for _ in 0..REFUND_ATTEMPTS {
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                     match self.refund_once(&receipt, now).await {
-                        Ok(_) => return,
-                        Err(error) => {
+                        Ok((_, Ok(()))) => return,
+                        Ok((_, Err(error))) | Err(error) => {
                             tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying");
                         }
                     }
@@ -336,14 +339,16 @@ impl Shared {
                 tracing::error!(uid = %receipt.uid, "gave up writing a refund to the source; it stays pending in Redis");
             });
         }
-        attempt
+        Ok(outcome)
     }
 
+    /// Applies a refund in Redis (`Err` when that fails), and says whether
+    /// the source took it.
     async fn refund_once(
         &self,
         receipt: &Receipt,
         now: DateTime<Utc>,
-    ) -> Result<RefundOutcome, StoreError> {
+    ) -> Result<(RefundOutcome, Result<(), StoreError>), StoreError> {
         let uid = &receipt.uid;
         for _ in 0..ATTEMPTS {
             let (outcome, point) = match self.redis.refund_cached(receipt.clone(), now).await? {
@@ -356,20 +361,21 @@ impl Shared {
             // Even a refund that gave nothing back may have applied a due
             // refill: the source must hold what Redis does.
             let Some(point) = point else {
-                return Ok(outcome);
+                return Ok((outcome, Ok(())));
             };
-            match self.mode {
+            let written = match self.mode {
                 WriteMode::Sync => {
-                    if let Err(error) = self.writer.demand(uid, point, now).wait().await {
-                        if let Err(mark) = self.state.mark_pending(uid, point.lineage).await {
-                            tracing::warn!(%uid, %mark, "could not count a refund as pending");
-                        }
-                        return Err(error);
+                    let written = self.writer.demand(uid, point, now).wait().await;
+                    if written.is_err()
+                        && let Err(mark) = self.state.mark_pending(uid, point.lineage).await
+                    {
+                        tracing::warn!(%uid, %mark, "could not count a refund as pending");
                     }
+                    written
                 }
-                WriteMode::Async => self.mark_pending(uid, point, now).await?,
-            }
-            return Ok(outcome);
+                WriteMode::Async => self.mark_pending(uid, point, now).await,
+            };
+            return Ok((outcome, written));
         }
         Err(unsettled(uid))
     }
