@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use redis::RedisResult;
 
 use super::connection::Connection;
@@ -274,14 +274,28 @@ impl RedisStore {
             else {
                 return;
             };
-            let now = now + TimeDelta::from_std(started.elapsed()).unwrap_or_default();
-            match store.refund(receipt, now).await {
-                Ok(outcome) => {
-                    tracing::info!(%uid, refunded = ?outcome.refunded, "gave back a charge answered after its timeout");
+            // Decided at the charge's instant (with `TimeSource::Caller`; Redis
+            // reads its own clock otherwise): a refill timestamp never moves
+            // backwards, so an instant behind the stored one refills nothing.
+            loop {
+                match store.refund(receipt.clone(), now).await {
+                    Ok(outcome) => {
+                        tracing::info!(%uid, refunded = ?outcome.refunded, "gave back a charge answered after its timeout");
+                    }
+                    // The breaker opened on the timeouts: the refund was not
+                    // sent, so trying again cannot give twice.
+                    Err(error)
+                        if error.kind() == StoreErrorKind::CircuitOpen
+                            && started.elapsed() < LATE_REPLY_DEADLINE =>
+                    {
+                        tokio::time::sleep(BREAKER_RETRY).await;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(%uid, %error, "could not give back a charge answered after its timeout; it stays spent");
+                    }
                 }
-                Err(error) => {
-                    tracing::error!(%uid, %error, "could not give back a charge answered after its timeout; it stays spent");
-                }
+                return;
             }
         });
     }
@@ -293,6 +307,9 @@ type LateReply = Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>;
 /// How long a reply that came too late for its request is still awaited,
 /// to give back what the script charged.
 const LATE_REPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How soon a late charge's refund tries again while the breaker is open.
+const BREAKER_RETRY: Duration = Duration::from_millis(20);
 
 impl Shared {
     /// Awaits `reply` under the breaker and the timeout, mapping its errors
