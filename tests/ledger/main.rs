@@ -125,7 +125,7 @@ const WRITE_THROUGH_FAULTS: [FaultKind; 3] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet green: seed 1 passes 2,000 operations, seed 2 fails at operation #915 (Redis state dropped while Firestore writes were held and a charge future was dropped; under investigation)"]
+#[ignore = "not yet green: seed 1 passes 2,000 operations; seed 2 fails at #1107: an adjustment answered with an error while the source's writes were held landed when the hold ended (docs/ledger.md)"]
 async fn write_through_sync_in_memory() {
     write_through(
         "write_through_sync_in_memory",
@@ -536,6 +536,11 @@ impl Run {
         let uid = self.uids[user].clone();
         self.checker
             .note(index, Some(user), format!("  -> {how:?}: {error}"));
+        // A write-through change goes on without its caller: its fate is
+        // known once it settles.
+        if let Some(behind) = self.target.behind() {
+            behind.settled().await;
+        }
         // A call through the same instance's connection comes after the
         // abandoned one, if Redis got it.
         let now = self.now();

@@ -57,6 +57,9 @@ pub enum Backend {
 
 /// A write-through target's servers.
 pub struct Behind {
+    /// Every instance made so far, restarted ones too: their changes under
+    /// way still land.
+    made: std::sync::Mutex<Vec<WriteThrough>>,
     redis_url: String,
     redis: RedisFaults,
     prefix: String,
@@ -180,6 +183,7 @@ impl Target {
         clock: &FakeClock,
     ) -> Self {
         let behind = Behind {
+            made: std::sync::Mutex::default(),
             redis_url: url.to_string(),
             redis: RedisFaults::new(url, prefix),
             prefix: prefix.to_string(),
@@ -268,7 +272,7 @@ impl Behind {
             }
             Truth::Memory(source) => WriteThrough::builder(redis, source.clone()),
         };
-        builder
+        let instance = builder
             .mode(self.mode)
             .write_interval(self.truth.write_interval())
             // An instance restarted mid-round leaves its lease behind.
@@ -277,7 +281,18 @@ impl Behind {
             .clock(self.clock.clone())
             .connect()
             .await
-            .expect("connect the write-through store")
+            .expect("connect the write-through store");
+        self.made.lock().unwrap().push(instance.clone());
+        instance
+    }
+
+    /// Waits until no instance has a change under way: a dropped or
+    /// failed operation's fate is known only then.
+    pub async fn settled(&self) {
+        let made = self.made.lock().unwrap().clone();
+        for instance in made {
+            instance.settled().await;
+        }
     }
 
     pub fn sync(&self) -> bool {

@@ -38,7 +38,17 @@
 //! [`ensure_user`](TicketStore::ensure_user) (the sign-up path) creates them
 //! the same way.
 //!
-//! Only a standalone Redis is supported for now.
+//! # Limits
+//! - Only a standalone Redis is supported for now.
+//! - A source write that times out and lands after its round was answered
+//!   can keep a charge answered 503 (a lost ticket, never a minted one)
+//!   until the refund made after it is written, which a Redis loss in
+//!   between undoes.
+//! - A whole Redis rolled back (its high-water marks with it) is found at
+//!   the user's next write round, not before: a refusal or a balance read
+//!   in between may answer from the older state.
+//! - Idempotency keys live in Redis only: a retry after Redis lost them is
+//!   a new request.
 
 mod builder;
 mod group_commit;
@@ -107,6 +117,8 @@ struct Shared {
     writer: GroupCommit,
     hydration: Hydration,
     mode: WriteMode,
+    /// Changes under way (see [`WriteThrough::settled`]).
+    changes: Arc<tokio::sync::watch::Sender<usize>>,
     _recovery: Recovery,
 }
 
@@ -169,6 +181,7 @@ impl WriteThrough {
                 writer,
                 hydration,
                 mode,
+                changes: Arc::new(tokio::sync::watch::channel(0).0),
                 _recovery: recovery,
             }),
         }
@@ -505,32 +518,50 @@ fn unsettled(uid: &Uid) -> StoreError {
     )
 }
 
-/// Runs a change as a task of its own: a caller that stops waiting (a
-/// dropped request) never leaves a change made in Redis and not carried to
-/// the source. The caller's future only awaits the task.
-fn detached<T: Send + 'static>(
-    change: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) -> StoreFuture<T> {
-    let task = tokio::spawn(change);
-    Box::pin(async move {
-        task.await.unwrap_or_else(|_| {
-            Err(StoreError::new(
-                StoreErrorKind::Unavailable,
-                "the write-through's task for this change stopped",
-            ))
+impl WriteThrough {
+    /// Runs a change as a task of its own: a caller that stops waiting (a
+    /// dropped request) never leaves a change made in Redis and not carried
+    /// to the source. The caller's future only awaits the task.
+    fn detached<T: Send + 'static>(
+        &self,
+        change: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> StoreFuture<T> {
+        self.shared.changes.send_modify(|n| *n += 1);
+        let changes = self.shared.changes.clone();
+        let task = tokio::spawn(async move {
+            let result = change.await;
+            changes.send_modify(|n| *n -= 1);
+            result
+        });
+        Box::pin(async move {
+            task.await.unwrap_or_else(|_| {
+                Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "the write-through's task for this change stopped",
+                ))
+            })
         })
-    })
+    }
+
+    /// Waits until no change of this instance is under way: every charge,
+    /// refund and adjustment made through it, whether or not its caller
+    /// still waits, has been decided and answered by its write round. For a
+    /// graceful shutdown, and for tests that look behind the store.
+    pub async fn settled(&self) {
+        let mut changes = self.shared.changes.subscribe();
+        let _ = changes.wait_for(|n| *n == 0).await;
+    }
 }
 
 impl TicketStore for WriteThrough {
     fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
         let shared = self.shared.clone();
-        detached(async move { shared.charge(request).await })
+        self.detached(async move { shared.charge(request).await })
     }
 
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         let shared = self.shared.clone();
-        detached(shared.refund(receipt, now))
+        self.detached(shared.refund(receipt, now))
     }
 
     fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
@@ -556,7 +587,7 @@ impl TicketStore for WriteThrough {
         now: DateTime<Utc>,
     ) -> StoreFuture<KindBalance> {
         let (shared, uid, kind) = (self.shared.clone(), uid.clone(), kind.clone());
-        detached(async move { shared.adjust(&uid, &kind, adjustment, now).await })
+        self.detached(async move { shared.adjust(&uid, &kind, adjustment, now).await })
     }
 
     fn ensure_user(
