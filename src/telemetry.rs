@@ -17,6 +17,7 @@
 //! | `tickets_store_latency_seconds` | histogram | `operation` | time a store took to answer |
 //! | `tickets_cache_misses_total` | counter | | decisions that had to load a user from the source of truth |
 //! | `tickets_firestore_writes_total` | counter | | documents written to Firestore |
+//! | `tickets_redis_evicting` | gauge | `policy` | 1 when Redis's `maxmemory-policy` may evict ticket keys |
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -128,6 +129,13 @@ pub(crate) fn cache_missed() {
     MISSES
         .get_or_init(|| metrics::counter!(CACHE_MISSES))
         .increment(1);
+}
+
+/// Records that Redis may evict keys under `policy` (its
+/// `maxmemory-policy`, anything but `noeviction`).
+#[cfg(feature = "redis")]
+pub(crate) fn redis_evicting(policy: &str) {
+    metrics::gauge!("tickets_redis_evicting", "policy" => policy.to_string()).set(1.0);
 }
 
 /// Records a document written to Firestore.

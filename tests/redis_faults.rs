@@ -257,3 +257,30 @@ async fn a_charge_that_times_out_but_runs_later_is_given_back() {
     })
     .await;
 }
+
+/// DESIGN §5: a Redis that evicts any key (`allkeys-*`) would forget users
+/// whose balances only it holds: the store refuses to start on it; another
+/// evicting policy starts, with a warning.
+#[tokio::test]
+async fn an_evicting_redis_holding_the_only_truth_refuses_to_start() {
+    let server = RedisServer::start();
+    let set_policy = |policy: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query(&mut server.connection())
+            .unwrap();
+    };
+    set_policy("allkeys-lru");
+    let refused = RedisStore::connect(server.url()).await.unwrap_err();
+    assert!(
+        matches!(&refused, RedisSetupError::EvictingPolicy { policy } if policy == "allkeys-lru"),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("noeviction"), "{refused}");
+    set_policy("volatile-lru");
+    RedisStore::connect(server.url())
+        .await
+        .expect("volatile-* spares keys without expiry: a warning only");
+}

@@ -149,6 +149,7 @@ impl RedisStoreBuilder {
             Topology::Cluster(nodes) => Connection::cluster(nodes, self.timeout).await,
         }
         .map_err(RedisSetupError::Unreachable)?;
+        super::eviction::check(&mut connection, self.truth, self.timeout).await?;
         for script in self.truth.scripts().all() {
             // Calls carry no timeout of the connection's own (the store
             // bounds each one), so bound the loads here.

@@ -24,6 +24,12 @@ pub enum RedisSetupError {
     InvalidUrl(RedisError),
     /// Redis could not be reached, or refused to load the scripts.
     Unreachable(RedisError),
+    /// Redis evicts any key under memory pressure (`maxmemory-policy`
+    /// `allkeys-*`), and holds the only copy of the balances.
+    EvictingPolicy {
+        /// The policy Redis reported.
+        policy: String,
+    },
 }
 
 impl fmt::Display for RedisSetupError {
@@ -43,6 +49,12 @@ impl fmt::Display for RedisSetupError {
                 f,
                 "could not connect to Redis and load the ticket scripts ({e}): is redis-server running at that address?"
             ),
+            Self::EvictingPolicy { policy } => write!(
+                f,
+                "Redis's maxmemory-policy is {policy}: it would evict users' balances, which Redis \
+                 alone holds; set it to noeviction (or volatile-*), or keep the balances in a \
+                 source of truth (WriteThrough)"
+            ),
         }
     }
 }
@@ -50,7 +62,7 @@ impl fmt::Display for RedisSetupError {
 impl std::error::Error for RedisSetupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::InvalidPrefix { .. } => None,
+            Self::InvalidPrefix { .. } | Self::EvictingPolicy { .. } => None,
             Self::InvalidUrl(e) | Self::Unreachable(e) => Some(e),
         }
     }

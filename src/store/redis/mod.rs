@@ -4,6 +4,7 @@
 mod builder;
 mod connection;
 mod error;
+mod eviction;
 mod keys;
 mod reply;
 mod scripts;
