@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use parking_lot::Mutex;
@@ -18,12 +19,26 @@ use crate::uid::Uid;
 /// Lock stripes: enough that 2 to 16 cores rarely contend on unrelated users.
 const SHARDS: usize = 64;
 
+/// A user is forgotten once idle this many of their kinds' refill periods,
+/// when forgetting changes nothing (as the Redis store's idle expiry).
+const IDLE_PERIODS: u32 = 3;
+
+/// One stripe is swept for forgettable users every this many changes, in
+/// turn: each stripe every 16,384 changes.
+const SWEEP_EVERY: u64 = 256;
+
 /// An in-process store, for one-node apps, the demo and examples.
 ///
 /// Each decision holds one lock stripe for a few hundred nanoseconds and
 /// never across an `.await`, so charges are atomic under any concurrency.
 /// State lives as long as the process; a restart forgets every balance.
 /// Clones share the same balances.
+///
+/// Memory follows active users: a user idle for three of their kinds'
+/// refill periods is forgotten when that changes nothing (every kind
+/// starts at its capacity, none holds more than it, and no idempotency key
+/// is remembered), since coming back as a new user gives what the due
+/// refill would have. Stripes are swept in turn, a little at a time.
 #[derive(Clone)]
 pub struct MemoryStore {
     shared: Arc<Shared>,
@@ -32,11 +47,13 @@ pub struct MemoryStore {
 struct Shared {
     hasher: RandomState,
     shards: Box<[Mutex<HashMap<Uid, UserRecord>>]>,
+    /// Changes made so far: every `SWEEP_EVERY`-th sweeps the next stripe.
+    changes: AtomicU64,
 }
 
 #[derive(Default)]
 struct UserRecord {
-    balances: Vec<(Arc<str>, KindBalance)>,
+    balances: Vec<(Arc<TicketKind>, KindBalance)>,
     /// Idempotency keys already charged.
     charged_keys: HashMap<IdempotencyKey, KeyRecord>,
 }
@@ -67,8 +84,18 @@ impl MemoryStore {
             shared: Arc::new(Shared {
                 hasher: RandomState::new(),
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                changes: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// How many users the store holds (idle ones are forgotten in time).
+    pub fn users(&self) -> usize {
+        self.shared
+            .shards
+            .iter()
+            .map(|shard| shard.lock().len())
+            .sum()
     }
 
     /// The lock stripe that holds `uid`.
@@ -76,9 +103,23 @@ impl MemoryStore {
         &self.shared.shards[self.shared.hasher.hash_one(uid) as usize % SHARDS]
     }
 
-    /// Runs `f` on `uid`'s record (created empty if absent) under its lock.
-    fn with_user<T>(&self, uid: &Uid, f: impl FnOnce(&mut UserRecord) -> T) -> T {
-        f(self.shard(uid).lock().entry(uid.clone()).or_default())
+    /// Runs `f` on `uid`'s record (created empty if absent) under its lock,
+    /// at `now`; now and then sweeps a stripe for forgettable users.
+    fn with_user<T>(
+        &self,
+        uid: &Uid,
+        now: DateTime<Utc>,
+        f: impl FnOnce(&mut UserRecord) -> T,
+    ) -> T {
+        let result = f(self.shard(uid).lock().entry(uid.clone()).or_default());
+        let change = self.shared.changes.fetch_add(1, Ordering::Relaxed);
+        if change.is_multiple_of(SWEEP_EVERY) {
+            let stripe = (change / SWEEP_EVERY) as usize % SHARDS;
+            self.shared.shards[stripe]
+                .lock()
+                .retain(|_, user| !user.forgettable(now));
+        }
+        result
     }
 
     /// Reads `uid`'s record if present, without creating it.
@@ -95,16 +136,37 @@ impl MemoryStore {
 }
 
 impl UserRecord {
+    /// Whether forgetting the user at `now` changes nothing: idle for
+    /// [`IDLE_PERIODS`] of every kind, each starting at its capacity and
+    /// holding no more, no idempotency key remembered.
+    fn forgettable(&mut self, now: DateTime<Utc>) -> bool {
+        self.charged_keys.retain(|_, record| record.expires > now);
+        self.charged_keys.is_empty()
+            && self.balances.iter().all(|(kind, balance)| {
+                let idle = TimeDelta::seconds(
+                    i64::try_from(kind.refill_schedule().window_secs() * u64::from(IDLE_PERIODS))
+                        .unwrap_or(i64::MAX),
+                );
+                kind.initial_balance() == kind.capacity()
+                    && balance.remaining <= kind.capacity()
+                    && balance.last_refill + idle <= now
+            })
+    }
+
     /// The kind's balance with a due refill applied, created on first use.
-    fn refreshed(&mut self, kind: &TicketKind, now: DateTime<Utc>) -> &mut KindBalance {
-        let index = match self.balances.iter().position(|(n, _)| **n == *kind.name()) {
+    fn refreshed(&mut self, kind: &Arc<TicketKind>, now: DateTime<Utc>) -> &mut KindBalance {
+        let index = match self
+            .balances
+            .iter()
+            .position(|(k, _)| k.name() == kind.name())
+        {
             Some(index) => index,
             None => {
                 let fresh = KindBalance {
                     remaining: kind.initial_balance(),
                     last_refill: now,
                 };
-                self.balances.push((kind.shared_name().clone(), fresh));
+                self.balances.push((kind.clone(), fresh));
                 self.balances.len() - 1
             }
         };
@@ -162,7 +224,7 @@ impl TicketStore for MemoryStore {
             idempotency_key,
             fingerprint,
         } = request;
-        let outcome = self.with_user(&uid, |user| {
+        let outcome = self.with_user(&uid, now, |user| {
             let mut balances: Vec<KindBalance> = cost
                 .items()
                 .iter()
@@ -215,7 +277,7 @@ impl TicketStore for MemoryStore {
     }
 
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
-        let outcome = self.with_user(&receipt.uid, |user| {
+        let outcome = self.with_user(&receipt.uid, now, |user| {
             if let Some(key) = &receipt.idempotency_key {
                 user.charged_keys.remove(key);
             }
@@ -264,7 +326,7 @@ impl TicketStore for MemoryStore {
                     let stored = user.and_then(|u| {
                         u.balances
                             .iter()
-                            .find(|(n, _)| **n == *kind.name())
+                            .find(|(k, _)| k.name() == kind.name())
                             .map(|(_, b)| *b)
                     });
                     match stored {
@@ -287,7 +349,7 @@ impl TicketStore for MemoryStore {
         adjustment: Adjustment,
         now: DateTime<Utc>,
     ) -> StoreFuture<KindBalance> {
-        let balance = self.with_user(uid, |user| {
+        let balance = self.with_user(uid, now, |user| {
             let balance = user.refreshed(kind, now);
             balance.remaining = match adjustment {
                 Adjustment::Grant(amount) => balance.remaining.saturating_add(amount),
@@ -304,7 +366,7 @@ impl TicketStore for MemoryStore {
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> StoreFuture<Vec<KindBalance>> {
-        let balances = self.with_user(uid, |user| {
+        let balances = self.with_user(uid, now, |user| {
             kinds
                 .iter()
                 .map(|kind| *user.refreshed(kind, now))
