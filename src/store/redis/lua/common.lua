@@ -76,7 +76,7 @@ local function read_kinds(at, count, own)
     local name = ARGV[at]
     local kind = {first, second, third, name = name, n_field = 'n:' .. name, r_field = 'r:' .. name,
       initial = ARGV[at + 1], capacity = ARGV[at + 2], period = false, cutoffs = false,
-      n = 0, r = 0, stored_n = 0, born = false, new_n = false, new_r = false}
+      n = 0, r = 0, born = false, new_n = false, new_r = false, marked = false}
     if ARGV[at + 3] == 'R' then
       kind.period = tonumber(ARGV[at + 4])
       at = at + 5
@@ -171,19 +171,26 @@ end
 -- Loads each kind's balance into kind.n and kind.r, with a due refill
 -- applied: topped up to capacity (never lowered) and refilled at `t`. A kind
 -- never seen starts at kind.initial, refilled at kind.born or else at `t`.
--- kind.new_n and kind.new_r tell save() which fields changed; kind.stored_n
--- is the balance as stored (0 for a kind never seen).
+-- kind.new_n and kind.new_r tell save() which fields changed; kind.marked
+-- whether the hash holds the kind's p:<kind> field (Redis holding the
+-- truth).
 local function load(key, kinds, t)
   local fields = {}
   for k, kind in ipairs(kinds) do
     fields[2 * k - 1] = kind.n_field
     fields[2 * k] = kind.r_field
   end
+  if REDIS_HOLDS_THE_TRUTH then
+    for _, kind in ipairs(kinds) do
+      fields[#fields + 1] = 'p:' .. kind.name
+    end
+  end
   local ok, values = pcall(redis.call, 'HMGET', key, unpack(fields))
   if not ok then
     corrupt(key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not the hash of ticket balances')
   end
   for k, kind in ipairs(kinds) do
+    kind.marked = REDIS_HOLDS_THE_TRUTH and values[2 * #kinds + k] ~= false
     local n, r = values[2 * k - 1], values[2 * k]
     if not n and not r then
       kind.n, kind.r = tonumber(kind.initial), kind.born or t
@@ -194,7 +201,6 @@ local function load(key, kinds, t)
       if kind.n > MAX_BALANCE then
         corrupt(key .. ' field ' .. fields[2 * k - 1] .. ' holds ' .. n .. ', above 2^32 - 1')
       end
-      kind.stored_n = kind.n
     end
     local due = cutoff(kind, t)
     if due and kind.r <= due then
@@ -215,11 +221,9 @@ end
 --   initial balance; a user kept instead would have had a refill by then:
 --   topped up to capacity, never lowered. The two agree only when the
 --   initial balance is the capacity and the balance is not above it. The
---   kind's p:<kind> field tells the calls that do not carry it. The field is
---   written when the balance goes above capacity and dropped when it comes
---   back, judged from the balance as stored, and at every refill written or
---   dropped as the balance stands (which mends fields that a changed
---   configuration left wrong).
+--   kind's p:<kind> field tells the calls that do not carry it. It is read
+--   (load() sets kind.marked), never inferred: written when the kind must
+--   be kept and is not marked, dropped when it is marked and need not be.
 -- (The checks are inline: every function defined in this file is a closure
 -- built again on every call.)
 local function save(key, kinds, idle_ttl)
@@ -230,16 +234,12 @@ local function save(key, kinds, idle_ttl)
       fields[#fields + 1] = kind.n_field
       fields[#fields + 1] = kind.n
       if REDIS_HOLDS_THE_TRUTH then
-        local capacity = tonumber(kind.capacity)
-        local starts_elsewhere = kind.initial ~= kind.capacity
-        local was_kept = starts_elsewhere or kind.stored_n > capacity
-        if starts_elsewhere or kind.n > capacity then
-          if kind.new_r or not was_kept then
-            fields[#fields + 1] = 'p:' .. kind.name
-            fields[#fields + 1] = 1
-            kept = true
-          end
-        elseif was_kept or kind.new_r then
+        local keep = kind.initial ~= kind.capacity or kind.n > tonumber(kind.capacity)
+        if keep and not kind.marked then
+          fields[#fields + 1] = 'p:' .. kind.name
+          fields[#fields + 1] = 1
+          kept = true
+        elseif kind.marked and not keep then
           released = released or {}
           released[#released + 1] = 'p:' .. kind.name
         end
