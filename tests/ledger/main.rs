@@ -53,6 +53,10 @@ use targets::{PAUSE, Target, Truth};
 /// the background, once Redis answers again.
 const LATE_REFUND: Duration = Duration::from_secs(5);
 
+/// How many reloads back a lineage remembers where it came from (the
+/// store's `ticketsOrigins` holds 8 points; a reload may start one).
+const REMEMBERED_RELOADS: usize = 7;
+
 /// Seeds every run checks, before a fresh one.
 const FIXED_SEEDS: [u64; 3] = [1, 2, 3];
 
@@ -137,7 +141,7 @@ async fn write_through_sync_in_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet green: seed 1 fails at operation ~#1500 on a refund after Redis lost unwritten async state (the model and the store disagree on what async may lose)"]
+#[ignore = "not yet steady: seeds 1, 2, 3 and fresh ones pass 2,000 operations in about 5 s each, but about 1 run in 4 fails: a write taken in the middle of a burst holds a state the model, which orders a burst's allowed charges first, never records, and a FLUSHALL then reloads it (docs/ledger.md)"]
 async fn write_through_async_in_memory() {
     write_through(
         "write_through_async_in_memory",
@@ -236,6 +240,8 @@ where
 struct Outstanding {
     receipt: Receipt,
     charged: Charged,
+    /// How many times Redis had reloaded the user when the charge was made.
+    reloads: usize,
 }
 
 /// What became of an operation that got no clean answer.
@@ -257,6 +263,8 @@ struct Run {
     receipts: Vec<Outstanding>,
     /// Hashes dumped for a later RESTORE, per user.
     dumps: HashMap<usize, Vec<u8>>,
+    /// How many times Redis reloaded each user from the source.
+    reloads: HashMap<usize, usize>,
     /// Operations left before a held Firestore is released.
     outage: usize,
     generator: Generator,
@@ -286,6 +294,7 @@ impl Run {
                 .collect(),
             receipts: Vec::new(),
             dumps: HashMap::new(),
+            reloads: HashMap::new(),
             outage: 0,
             generator: Generator::new(seed, shape),
         }
@@ -484,7 +493,12 @@ impl Run {
                 ),
             );
             self.finish(instance, &receipt).await;
-            self.receipts.push(Outstanding { receipt, charged });
+            let reloads = self.reloads_of(user);
+            self.receipts.push(Outstanding {
+                receipt,
+                charged,
+                reloads,
+            });
         }
         self.model = charged_model;
     }
@@ -617,7 +631,11 @@ impl Run {
     }
 
     async fn refund(&mut self, index: usize, at: usize, instance: usize) {
-        let Outstanding { receipt, charged } = self.receipts.swap_remove(at);
+        let Outstanding {
+            receipt,
+            charged,
+            reloads,
+        } = self.receipts.swap_remove(at);
         let user: usize = charged.uid[1..].parse().expect("u<n>");
         self.checker
             .note(index, Some(user), format!("  refunds {charged:?}"));
@@ -628,6 +646,18 @@ impl Run {
             Ok(outcome) => {
                 self.checker
                     .note(index, Some(user), format!("  -> {outcome:?}"));
+                // An async charge may be lost with Redis's state, so its
+                // refund checks that the state includes it, which a lineage
+                // remembers only a few reloads back (`ticketsOrigins`): past
+                // that, a void refund is the store's right answer too.
+                let forgotten = self.reloads_of(user) - reloads >= REMEMBERED_RELOADS
+                    && self.target.behind().is_some_and(|b| !b.sync());
+                if forgotten && outcome.refunded.iter().all(|n| *n == 0) {
+                    let mut touched = self.model.clone();
+                    touched.touch_only(&charged.uid, &charged.cost, now);
+                    self.model = touched;
+                    return;
+                }
                 self.checker.same(
                     index,
                     Some(user),
@@ -703,7 +733,12 @@ impl Run {
                             charged.last_refills = receipt.last_refills.clone();
                             charged.remaining_after = receipt.remaining_after.clone();
                             self.finish(j % instances, &receipt).await;
-                            self.receipts.push(Outstanding { receipt, charged });
+                            let reloads = self.reloads_of(user);
+                            self.receipts.push(Outstanding {
+                                receipt,
+                                charged,
+                                reloads,
+                            });
                         }
                     } else {
                         // A key still running in the burst answers
@@ -828,7 +863,12 @@ impl Run {
 
     /// After Redis lost or rolled back a user, the write-through store must
     /// reload one of the states Firestore may hold; the model takes it.
+    fn reloads_of(&self, user: usize) -> usize {
+        self.reloads.get(&user).copied().unwrap_or(0)
+    }
+
     async fn reload(&mut self, index: usize, user: usize, why: &str) {
+        *self.reloads.entry(user).or_default() += 1;
         let uid = self.uids[user].clone();
         if !self.model.users().any(|u| u == uid.as_str()) {
             return;
