@@ -34,6 +34,9 @@ pub enum Birth {
     WholeUser,
 }
 
+/// How many of a user's latest states the model keeps for reloads.
+const KEPT_STATES: usize = 256;
+
 /// A charge's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -333,6 +336,11 @@ impl Model {
             state: user.state.clone(),
             written,
         });
+        // A reload brings back a recent state: keeping them all would make
+        // every clone of the model, and so a long run, grow without bound.
+        if user.history.len() > KEPT_STATES {
+            user.history.drain(..user.history.len() - KEPT_STATES);
+        }
         user.seq
     }
 
