@@ -35,6 +35,11 @@ use crate::store::source::{Point, SourceOfTruth, UserSnapshot, WriteOutcome};
 use crate::store::{StoreError, StoreErrorKind};
 use crate::uid::Uid;
 
+/// How often a round that finds another instance's round holding the user
+/// asks again, rather than sleeping out that round's whole lease (seconds,
+/// while the round itself usually takes one source write).
+const LEASE_POLL: Duration = Duration::from_millis(10);
+
 /// Runs each user's write rounds. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct GroupCommit {
@@ -218,7 +223,10 @@ impl Shared {
         loop {
             let taken = match self.state.snapshot(uid).await? {
                 Snapshot::Taken(taken) => taken,
-                Snapshot::Busy(wait) => {
+                Snapshot::Busy { pace, lease } => {
+                    // A lease is a bound: the round holding it usually ends
+                    // within one source write, and then this one may go.
+                    let wait = pace.max(lease.min(LEASE_POLL));
                     if tokio::time::Instant::now() + wait > deadline {
                         return Err(StoreError::new(
                             StoreErrorKind::Timeout,

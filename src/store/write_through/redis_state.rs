@@ -80,13 +80,29 @@ impl Taken {
 pub(crate) enum Snapshot {
     /// The state, and the round's lease on the user.
     Taken(Taken),
-    /// Another round holds the user's lease, or the write interval has not
-    /// passed since the last round: try again after this long.
-    Busy(Duration),
+    /// The write interval has not passed since the last round (`pace`: how
+    /// long until it has), or another round holds the user's lease (`lease`:
+    /// how long until it runs out, at the latest).
+    Busy {
+        /// Until the next round may start.
+        pace: Duration,
+        /// Until the lease held by another round runs out (zero: none held).
+        lease: Duration,
+    },
     /// A kind was never seeded: read it from the source, seed, try again.
     Unseeded,
     /// Redis holds nothing seeded for the user (flushed, expired, dropped).
     Lost,
+}
+
+/// What [`RedisState::seed`] left in Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seeded {
+    /// The point Redis holds.
+    pub(crate) held: Point,
+    /// Whether this seeding started that lineage (rather than finding the
+    /// user seeded already).
+    pub(crate) started: bool,
 }
 
 /// How a write round ended, for [`RedisState::settle`].
@@ -155,13 +171,18 @@ impl RedisState {
 
     /// Makes Redis hold `stored` (read from the source) as a new lineage,
     /// unless it holds the user seeded already (then only kinds it lacks are
-    /// added). Returns the point Redis holds.
-    pub(crate) async fn seed(&self, uid: &Uid, stored: &UserSnapshot) -> Result<Point, StoreError> {
+    /// added).
+    pub(crate) async fn seed(
+        &self,
+        uid: &Uid,
+        stored: &UserSnapshot,
+    ) -> Result<Seeded, StoreError> {
         let mut call = ScriptCall::new(
             &SCRIPTS.seed,
             &[self.keys.balances(uid), self.keys.high_water(uid)],
         );
-        call.arg(self.new_lineage())
+        let lineage = self.new_lineage();
+        call.arg(lineage)
             .arg(stored.version)
             .arg(Origins::seeded_from(stored).to_string())
             .arg(self.idle_ttl_millis);
@@ -171,10 +192,16 @@ impl RedisState {
                 .arg(balance.last_refill.timestamp_millis());
         }
         match self.redis.call("seed", call).await?.as_slice() {
-            &[lineage, version] => Ok(Point {
-                lineage: unsigned("seed", lineage)?,
-                version: unsigned("seed", version)?,
-            }),
+            &[held_lineage, version] => {
+                let held = Point {
+                    lineage: unsigned("seed", held_lineage)?,
+                    version: unsigned("seed", version)?,
+                };
+                Ok(Seeded {
+                    held,
+                    started: held.lineage == lineage,
+                })
+            }
             reply => Err(unexpected("seed", reply)),
         }
     }
@@ -195,9 +222,10 @@ impl RedisState {
         match reply.as_slice() {
             [0] => Ok(Snapshot::Lost),
             [1] => Ok(Snapshot::Unseeded),
-            &[3, wait] => Ok(Snapshot::Busy(Duration::from_millis(
-                u64::try_from(wait).unwrap_or(0),
-            ))),
+            &[3, pace, lease] => Ok(Snapshot::Busy {
+                pace: Duration::from_millis(u64::try_from(pace).unwrap_or(0)),
+                lease: Duration::from_millis(u64::try_from(lease).unwrap_or(0)),
+            }),
             &[2, lineage, version, marks, origins, ref rest @ ..] => {
                 let origins =
                     usize::try_from(origins).map_err(|_| unexpected("snapshot", &reply))?;

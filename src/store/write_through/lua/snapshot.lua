@@ -5,7 +5,9 @@
 -- `k` = until when, held by the round of version `kv`), and rounds start at
 -- most once per write interval (`q` = not before), so one user's document
 -- is written at the pace Firestore sustains however many instances serve
--- them. A round that finds either answers BUSY with the wait.
+-- them. A round that finds either answers BUSY with both waits: the lease's
+-- end is only a bound (the round holding it usually ends much sooner), so
+-- the caller asks again before it.
 --
 -- Versions are drawn, not counted: each state's version is the last one
 -- plus 1 plus a random step (from Rust), so that a Redis state rolled back
@@ -19,7 +21,8 @@
 -- ARGV: the lease ms, the write interval ms, the random step, then the
 --       source's kind names.
 -- Reply: {0} lost (nothing seeded: nothing to write); {1} a kind was never
---        seeded (read it from the source first); {3, wait ms} busy; else
+--        seeded (read it from the source first); {3, pace wait ms, lease
+--        wait ms} busy; else
 --        {2, lineage, version, pending marks, origin count, then per origin:
 --        lineage, version, then per kind: count, last refill ms}.
 
@@ -40,10 +43,10 @@ if mark then
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-for _, until_ms in ipairs({stored[5], stored[6]}) do
-  if until_ms and tonumber(until_ms) > now then
-    return {3, tonumber(until_ms) - now}
-  end
+local lease_wait = math.max(0, (tonumber(stored[5]) or 0) - now)
+local pace_wait = math.max(0, (tonumber(stored[6]) or 0) - now)
+if lease_wait > 0 or pace_wait > 0 then
+  return {3, pace_wait, lease_wait}
 end
 local seeded = stored[3] or ','
 local balances = {}
