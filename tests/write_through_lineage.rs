@@ -156,6 +156,36 @@ async fn a_flush_while_a_charge_waits_for_its_write_never_answers_both() {
     );
 }
 
+/// Async mode: a charge's write is on its way when Redis is flushed; a
+/// second charge reloads the user from the source (which lacks the first)
+/// and is answered; then the first write lands. Before the reload stamped
+/// the source with its lineage, the second charge's round was refused and
+/// dropped: a charge answered after the loss was lost too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_landing_after_a_flush_never_loses_a_later_charge() {
+    let f = Fixture::new(WriteMode::Async).await;
+    f.source.hold_writes(true);
+    assert!(allowed(&f.charge().await));
+    eventually("the first charge's write is on its way", || async {
+        f.source.held_writes() == 1
+    })
+    .await;
+    f.redis("FLUSHALL", &[]);
+    let second = tokio::spawn(f.charge());
+    eventually("the reload stamps the source", || async {
+        f.source.held_writes() == 2
+    })
+    .await;
+    f.source.hold_writes(false);
+
+    assert!(allowed(&second.await.unwrap()));
+    eventually("the source holds both answered charges", || async {
+        f.source.stored(&f.uid).unwrap().balances[0].remaining == 3
+    })
+    .await;
+    assert_eq!(f.answered().await, 3);
+}
+
 /// Async mode: a charge is answered, Redis is flushed before it is written
 /// (async mode's documented loss), then the charge is refunded. Before
 /// lineages, the refund gave a ticket back on top of the reloaded balance:
@@ -168,6 +198,12 @@ async fn a_refund_of_a_charge_redis_lost_gives_nothing_back() {
         panic!("async mode answers from Redis");
     };
     f.redis("FLUSHALL", &[]);
+    // A round that took the state before the flush must fail while the
+    // source is down, not land once it is back.
+    eventually("no write round is under way", || async {
+        f.store().pending_writes() == 0
+    })
+    .await;
     f.source.set_reachable(true);
 
     let refund = f.store().refund(receipt, f.tickets.now()).await.unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome, finished};
 use crate::kind::TicketKind;
@@ -36,8 +36,22 @@ struct Shared {
     kinds: Vec<Arc<TicketKind>>,
     users: Mutex<HashMap<Uid, UserSnapshot>>,
     reachable: AtomicBool,
-    /// `true` while writes are held.
-    held: watch::Sender<bool>,
+    held: Mutex<HeldWrites>,
+}
+
+/// Writes held until release, in the order they were made.
+#[derive(Default)]
+struct HeldWrites {
+    holding: bool,
+    queue: Vec<HeldWrite>,
+}
+
+struct HeldWrite {
+    uid: Uid,
+    state: UserSnapshot,
+    condition: WriteCondition,
+    /// Its caller, if it still waits.
+    outcome: oneshot::Sender<WriteOutcome>,
 }
 
 impl std::fmt::Debug for MemorySource {
@@ -56,7 +70,7 @@ impl MemorySource {
                 kinds: kinds.into_iter().map(Arc::new).collect(),
                 users: Mutex::default(),
                 reachable: AtomicBool::new(true),
-                held: watch::channel(false).0,
+                held: Mutex::default(),
             }),
             timeout: DEFAULT_TIMEOUT,
         }
@@ -82,9 +96,24 @@ impl MemorySource {
 
     /// Holds every write (`true`) until released (`false`). A held write
     /// fails with [`StoreErrorKind::Timeout`] after the
-    /// [timeout](Self::timeout), and still lands once released.
+    /// [timeout](Self::timeout), and still lands once released: by the time
+    /// `hold_writes(false)` returns, every held write has landed (or been
+    /// refused by its condition), in the order they were made.
     pub fn hold_writes(&self, hold: bool) {
-        self.shared.held.send_replace(hold);
+        let mut held = self.shared.held.lock();
+        held.holding = hold;
+        if !hold {
+            for write in std::mem::take(&mut held.queue) {
+                let outcome = self.shared.apply(&write.uid, &write.state, write.condition);
+                // The caller may have given up: the write landed all the same.
+                let _ = write.outcome.send(outcome);
+            }
+        }
+    }
+
+    /// How many writes are held, waiting for release.
+    pub fn held_writes(&self) -> usize {
+        self.shared.held.lock().queue.len()
     }
 
     fn reachable(&self) -> Result<(), StoreError> {
@@ -169,23 +198,27 @@ impl SourceOfTruth for MemorySource {
         if let Err(error) = self.reachable() {
             return finished(Err(error));
         }
-        let mut held = self.shared.held.subscribe();
-        if !*held.borrow() {
-            return finished(Ok(self.shared.apply(uid, state, condition)));
-        }
-        // Held: the write lands on release, whoever still waits for it.
-        let (shared, uid, state) = (self.shared.clone(), uid.clone(), state.clone());
-        let landing = tokio::spawn(async move {
-            let _released = held.wait_for(|held| !held).await;
-            shared.apply(&uid, &state, condition)
-        });
+        let landed = {
+            let mut held = self.shared.held.lock();
+            if !held.holding {
+                return finished(Ok(self.shared.apply(uid, state, condition)));
+            }
+            let (outcome, landed) = oneshot::channel();
+            held.queue.push(HeldWrite {
+                uid: uid.clone(),
+                state: state.clone(),
+                condition,
+                outcome,
+            });
+            landed
+        };
         let timeout = self.timeout;
         Box::pin(async move {
-            match tokio::time::timeout(timeout, landing).await {
+            match tokio::time::timeout(timeout, landed).await {
                 Ok(Ok(outcome)) => Ok(outcome),
                 Ok(Err(_)) => Err(StoreError::new(
                     StoreErrorKind::Unavailable,
-                    "the in-memory source's held write stopped",
+                    "the in-memory source was dropped while it held this write",
                 )),
                 Err(_) => Err(StoreError::new(
                     StoreErrorKind::Timeout,

@@ -5,6 +5,21 @@
 //! to arrive starts the fill; the others wait for its outcome. The fill runs
 //! as a task of its own, so a request that gives up never strands the
 //! others.
+//!
+//! # Fencing (async mode)
+//! A write round may still be on its way to the source when Redis loses the
+//! user (a flush): the fill then seeds a new lineage from the source's older
+//! state, the late write lands, and the new lineage's first round is refused
+//! and dropped, taking with it charges that were answered after the loss.
+//! Async mode answers charges before they are written, so there a new
+//! lineage first **stamps** the source: it writes the state it was seeded
+//! from, under its own lineage, on condition that the source still holds
+//! that state. The late write then finds a lineage it does not descend from
+//! and is refused: what is lost is what async mode may lose (the changes
+//! not yet written when Redis lost them), never a charge made after. A
+//! stamp the source refuses means the source moved on: Redis's new state is
+//! dropped, and the next request loads again. (Sync mode needs no stamp: a
+//! change there is answered only once the source holds it.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,10 +28,14 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::redis_state::RedisState;
-use crate::store::source::SourceOfTruth;
+use super::redis_state::{RedisState, RoundEnd};
+use crate::store::source::{Origins, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
 use crate::store::{StoreError, StoreErrorKind};
 use crate::uid::Uid;
+
+/// How many times a fill reads the source when its stamp keeps being
+/// refused (the source moving on under it).
+const FILL_ATTEMPTS: usize = 3;
 
 /// A fill's outcome, once known.
 type Outcome = Option<Result<(), Arc<StoreError>>>;
@@ -30,15 +49,20 @@ pub(crate) struct Hydration {
 struct Shared {
     state: Arc<RedisState>,
     source: Arc<dyn SourceOfTruth>,
+    /// Whether a new lineage stamps the source (async mode).
+    fence: bool,
     in_progress: Mutex<HashMap<Uid, watch::Receiver<Outcome>>>,
 }
 
 impl Hydration {
-    pub(crate) fn new(state: Arc<RedisState>, source: Arc<dyn SourceOfTruth>) -> Self {
+    /// `fence`: whether a new lineage stamps the source (async mode; see
+    /// the module docs).
+    pub(crate) fn new(state: Arc<RedisState>, source: Arc<dyn SourceOfTruth>, fence: bool) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state,
                 source,
+                fence,
                 in_progress: Mutex::default(),
             }),
         }
@@ -76,11 +100,63 @@ impl Hydration {
     }
 }
 
+impl Hydration {
+    /// Makes Redis hold `stored`, just read from the source (see
+    /// [`RedisState::seed`]), stamping the source with a lineage it starts
+    /// when fencing. If the source moved on meanwhile, Redis is left
+    /// without the user: the caller reads again.
+    pub(crate) async fn seed(&self, uid: &Uid, stored: &UserSnapshot) -> Result<(), StoreError> {
+        self.shared.seed(uid, stored).await.map(drop)
+    }
+}
+
 impl Shared {
+    /// Seeds, and stamps when fencing; `false` when the source refused the
+    /// stamp (it moved on) and Redis's new state was dropped.
+    async fn seed(&self, uid: &Uid, stored: &UserSnapshot) -> Result<bool, StoreError> {
+        let seeded = self.state.seed(uid, stored).await?;
+        if !self.fence || !seeded.started {
+            return Ok(true);
+        }
+        let stamp = UserSnapshot {
+            version: seeded.held.version,
+            lineage: seeded.held.lineage,
+            origins: Origins::seeded_from(stored),
+            balances: stored.balances.clone(),
+        };
+        let condition = WriteCondition {
+            point: seeded.held,
+            seeded_from: stored.point(),
+        };
+        match self.source.write(uid, &stamp, condition).await {
+            Ok(WriteOutcome::Written) => Ok(true),
+            Ok(WriteOutcome::Refused { .. }) => {
+                self.state
+                    .settle(uid, seeded.held, 0, RoundEnd::Discard)
+                    .await?;
+                Ok(false)
+            }
+            // Without the stamp, a late write may still win over this
+            // lineage (the changes made on it are then lost, as before).
+            Err(error) => {
+                tracing::warn!(%uid, %error, "could not stamp the source with a new lineage");
+                Ok(true)
+            }
+        }
+    }
+
     async fn run(self: Arc<Self>, uid: Uid, now: DateTime<Utc>, done: watch::Sender<Outcome>) {
         let result = async {
-            let stored = self.source.load_or_create(&uid, now).await?;
-            self.state.seed(&uid, &stored).await.map(drop)
+            for _ in 0..FILL_ATTEMPTS {
+                let stored = self.source.load_or_create(&uid, now).await?;
+                if self.seed(&uid, &stored).await? {
+                    return Ok(());
+                }
+            }
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("user {uid} kept changing in the source of truth while Redis loaded it"),
+            ))
         }
         .await;
         self.in_progress.lock().remove(&uid);

@@ -160,7 +160,7 @@ impl WriteThrough {
             timing.lease,
             timing.write_interval,
         ));
-        let hydration = Hydration::new(state.clone(), source.clone());
+        let hydration = Hydration::new(state.clone(), source.clone(), mode == WriteMode::Async);
         let writer = GroupCommit::new(
             state.clone(),
             source.clone(),
@@ -407,7 +407,7 @@ impl Shared {
             }
             match self.source.load(uid, now).await? {
                 Some(stored) => {
-                    self.state.seed(uid, &stored).await?;
+                    self.hydration.seed(uid, &stored).await?;
                 }
                 // No state in the source: the balances a new user would
                 // start with; reading creates nothing.
@@ -452,7 +452,7 @@ impl Shared {
         now: DateTime<Utc>,
     ) -> Result<Vec<KindBalance>, StoreError> {
         let stored = self.source.load_or_create(uid, now).await?;
-        self.state.seed(uid, &stored).await?;
+        self.hydration.seed(uid, &stored).await?;
         self.balances(uid, kinds, now).await
     }
 
