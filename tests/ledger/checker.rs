@@ -1,18 +1,23 @@
 //! The checks' bookkeeping and the failure report: a failing seed prints
 //! itself, how to replay it, and the history of the user concerned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 
 use chrono::{DateTime, Utc};
 use tower_tickets::store::{KindBalance, UserSnapshot};
+
+/// How many notes the failure report keeps.
+const LOG_KEPT: usize = 50_000;
 
 /// Records the history and the monotonic facts of one run.
 pub struct Checker {
     test: &'static str,
     seed: u64,
     /// `(operation index, user concerned, line)`.
-    log: Vec<(usize, Option<usize>, String)>,
+    /// The latest notes, for the failure report (bounded: a long run
+    /// reports the end of its history).
+    log: VecDeque<(usize, Option<usize>, String)>,
     /// The latest refill each (user, kind) was answered with.
     refills: HashMap<(String, usize), DateTime<Utc>>,
     /// The highest version and refills each user's document showed.
@@ -24,14 +29,17 @@ impl Checker {
         Self {
             test,
             seed,
-            log: Vec::new(),
+            log: VecDeque::new(),
             refills: HashMap::new(),
             documents: HashMap::new(),
         }
     }
 
     pub fn note(&mut self, index: usize, user: Option<usize>, line: String) {
-        self.log.push((index, user, line));
+        if self.log.len() == LOG_KEPT {
+            self.log.pop_front();
+        }
+        self.log.push_back((index, user, line));
     }
 
     /// Fails the run: the seed, the replay command, and the operations that

@@ -168,6 +168,15 @@ impl RedisFaults {
             .expect("HEXISTS")
     }
 
+    /// Whether a write-through store has changes of the user that the
+    /// source does not hold yet (its pending key, in `RedisState`'s layout).
+    pub fn pending(&self, uid: &str) -> bool {
+        redis::cmd("EXISTS")
+            .arg(format!("{}{{{uid}}}:w", self.prefix))
+            .query(&mut self.connection())
+            .expect("EXISTS")
+    }
+
     /// Reads fields `n:<kind>` and `r:<kind>` of the user's hash.
     pub fn fields(&self, uid: &str, kinds: &[&str]) -> Vec<(Option<u32>, Option<i64>)> {
         let mut command = redis::cmd("HMGET");

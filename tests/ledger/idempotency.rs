@@ -57,6 +57,9 @@ impl Keys {
                 cost: cost.to_vec(),
                 until: now + ttl,
             };
+            // Expired keys are as good as absent: dropping them keeps a long
+            // run's model (cloned for every answer it weighs) small.
+            self.paid.retain(|_, paid| paid.until > now);
             self.paid.insert(key.to_string(), paid);
         }
     }

@@ -102,7 +102,7 @@ impl Truth {
     /// rate to respect, so that sync charges do not wait for it.
     fn write_interval(&self) -> Duration {
         match self {
-            Truth::Firestore { .. } => Duration::from_millis(50),
+            Truth::Firestore { .. } => Duration::from_millis(10),
             Truth::Memory(_) => Duration::from_millis(2),
         }
     }
