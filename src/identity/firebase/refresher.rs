@@ -45,9 +45,14 @@ impl Refresher {
     }
 }
 
-/// An HTTP client for the key server.
+/// An HTTP client for the key server. It keeps no idle connection: fetches
+/// come hours apart, and each one then finds out afresh whether the server
+/// can be reached.
 pub(super) fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder().timeout(FETCH_TIMEOUT).build()
+    reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .pool_max_idle_per_host(0)
+        .build()
 }
 
 /// One fetch of the key document.
