@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::{Value, json};
 use support::eventually::eventually;
-use support::key_server::{KeyServer, TestKey, id_token_claims};
+use support::key_server::{KeyServer, TestKey, emulator_token, id_token_claims};
 use tower_tickets::UidPolicy;
 use tower_tickets::identity::{FirebaseIdentity, FirebaseIdentityBuilder};
 
@@ -253,19 +253,11 @@ async fn tokens_firebase_would_refuse_are_401s_that_charge_nothing() {
             with(&|c| c["pad"] = json!("x".repeat(9 * 1024))),
             "at most 8192",
         ),
-        (unsigned(&claims(&app, "bob")), "not signed"),
+        (emulator_token(&claims(&app, "bob")), "not signed"),
     ];
     for (token, why) in &cases {
         assert_refused(&app, token, why).await;
     }
-}
-
-/// A token as the Firebase Auth emulator issues them: `alg` `none`.
-fn unsigned(claims: &Value) -> String {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
-    format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims.to_string()))
 }
 
 #[tokio::test]

@@ -297,12 +297,14 @@ impl JwtIdentity {
 pub struct JwtIssuer {
     key: EncodingKey,
     issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl fmt::Debug for JwtIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtIssuer")
             .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
             .finish_non_exhaustive()
     }
 }
@@ -314,6 +316,8 @@ struct IssuedClaims<'a> {
     exp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 impl JwtIssuer {
@@ -323,12 +327,19 @@ impl JwtIssuer {
         Self {
             key: EncodingKey::from_secret(secret),
             issuer: None,
+            audience: None,
         }
     }
 
     /// Puts `issuer` in the `iss` claim.
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Puts `audience` in the `aud` claim.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
         self
     }
 
@@ -340,6 +351,7 @@ impl JwtIssuer {
             iat: now.timestamp(),
             exp: now.timestamp().saturating_add(ttl),
             iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
         };
         // HS256 over a serializable struct cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()

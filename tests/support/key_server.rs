@@ -56,9 +56,20 @@ impl TestKey {
 
     /// A token with `header` and `claims`, signed RS256 by this key.
     pub fn sign_with(self, header: Header, claims: &Value) -> String {
+        // In case this process has not picked jsonwebtoken's crypto yet.
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
         let key = EncodingKey::from_rsa_pem(self.private_pem().as_bytes()).unwrap();
         jsonwebtoken::encode(&header, claims, &key).unwrap()
     }
+}
+
+/// A token with `claims` as the Firebase Auth emulator issues them:
+/// unsigned (`alg` `none`).
+pub fn emulator_token(claims: &Value) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims.to_string()))
 }
 
 /// The claims of a Firebase ID token of `project` for `sub`, issued and
