@@ -106,7 +106,11 @@ impl KeyCache {
             .kid_refetch
             .as_ref()
             .filter(|r| now.signed_duration_since(r.asked_at) < interval);
-        match recent.map(|r| (r.outcome, r.asked_at + interval)) {
+        let next_refetch = |r: &KidRefetch| {
+            let next = r.asked_at.checked_add_signed(interval);
+            (r.outcome, next.unwrap_or(DateTime::<Utc>::MAX_UTC))
+        };
+        match recent.map(next_refetch) {
             Some((Outcome::Fetched, _)) => Err(IdentityError::Invalid {
                 reason: "the token is signed by a key Firebase does not publish".into(),
             }),
@@ -325,5 +329,15 @@ mod tests {
         clock.advance(Duration::from_secs(2));
         assert_eq!(status(cache.key("k2", clock.now())), "503 after 3s");
         assert_eq!(status(cache.key("k1", clock.now())), "key");
+    }
+
+    #[test]
+    fn a_clock_at_the_end_of_time_does_not_panic() {
+        let cache = KeyCache::default();
+        cache.fetched(fetched(&["k1"], Some(600)));
+        let end = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(status(cache.key("k2", end)), "503 after 1s");
+        cache.fetched(Err("down".into()));
+        assert_eq!(status(cache.key("k2", end)), "503 after 1s");
     }
 }
