@@ -161,6 +161,10 @@ impl JwtIdentity {
     /// Google's `keys` (`(kid, PEM)` pairs, as Google publishes them): RS256
     /// with `iss` `https://securetoken.google.com/<project_id>` and `aud`
     /// `<project_id>`.
+    ///
+    /// The keys are fixed: Google rotates its keys every few hours, after
+    /// which tokens are refused. A real app uses `FirebaseIdentity` (feature
+    /// `firebase`), which fetches them as they change.
     pub fn firebase<I, K, P>(project_id: &str, keys: I) -> Result<Self, InvalidKey>
     where
         I: IntoIterator<Item = (K, P)>,
