@@ -45,4 +45,4 @@ pub use self::rejection::{
 };
 pub use self::service::TicketService;
 pub use self::tickets::{AdminError, Tickets, TicketsBuilder};
-pub use self::uid::{MAX_UID_LEN, Uid, UidError};
+pub use self::uid::{MAX_UID_LEN, Uid, UidError, UidPolicy};

@@ -38,6 +38,9 @@ pub enum Message<'a> {
     },
     /// The store cannot decide (503).
     StoreUnavailable,
+    /// The identity cannot be checked yet, e.g. the keys that sign tokens
+    /// are still being fetched (503).
+    IdentityUnavailable,
     /// The request cannot be priced or carries a bad header (400).
     BadRequest {
         /// What is wrong, in English.
@@ -109,6 +112,15 @@ impl Messages for DefaultMessages {
             Message::StoreUnavailable => Rendered {
                 title: "Temporarily unavailable".into(),
                 detail: "Your tickets cannot be checked right now. Try again in a few seconds."
+                    .into(),
+            },
+            Message::IdentityUnavailable if french => Rendered {
+                title: "Identification momentanément impossible".into(),
+                detail: "Votre identité ne peut pas être vérifiée pour le moment. Réessayez dans quelques secondes.".into(),
+            },
+            Message::IdentityUnavailable => Rendered {
+                title: "Sign-in temporarily unavailable".into(),
+                detail: "Your sign-in cannot be checked right now. Try again in a few seconds."
                     .into(),
             },
             Message::AlreadyProcessed if french => Rendered {

@@ -47,7 +47,8 @@ const RETRY_AFTER_SECS: u64 = 1;
 pub enum Rejection {
     /// A kind cannot pay (429).
     QuotaExceeded(QuotaExceeded),
-    /// No usable identity (401).
+    /// No usable identity (401), or one that cannot be checked yet
+    /// ([`IdentityError::Unavailable`]: 503 with `Retry-After`).
     Unauthenticated(IdentityError),
     /// The store cannot decide and a kind fails closed (503).
     StoreUnavailable(Arc<StoreError>),
@@ -221,6 +222,9 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthenticated(IdentityError::Unavailable { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -332,6 +336,11 @@ impl Rejection {
                     _ => render(),
                 };
                 return self.answer(status, headers, language, body);
+            }
+            Self::Unauthenticated(IdentityError::Unavailable { retry_after, .. }) => {
+                let secs = retry_after.as_secs().max(1);
+                headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+                Message::IdentityUnavailable
             }
             Self::Unauthenticated(e) => {
                 headers.insert(

@@ -14,7 +14,7 @@ use tower_tickets::store::source::{Origins, Point};
 use tower_tickets::store::{
     FirestoreSource, KindBalance, StoreErrorKind, UserSnapshot, WriteCondition, WriteOutcome,
 };
-use tower_tickets::{TicketKind, Uid};
+use tower_tickets::{TicketKind, Uid, UidPolicy};
 
 use support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator};
 
@@ -351,4 +351,20 @@ async fn custom_collection_and_field_names() {
             .unwrap(),
         Some(state)
     );
+}
+
+#[tokio::test]
+async fn a_custom_token_uid_lives_under_its_encoded_document_id() {
+    let (source, db) = connect("wide-uids").await;
+    let now = t("2026-03-01T08:00:00Z");
+    for (raw, id) in [("auth0|123", "auth0%7C123"), ("../admin", "%2E%2E%2Fadmin")] {
+        let uid = Uid::parse_with(raw, UidPolicy::Firebase).unwrap();
+        source.load_or_create(&uid, now).await.unwrap();
+        let document = raw_document(&db, id)
+            .await
+            .expect("created under the encoded id");
+        assert_eq!(field(&document, "ticketCount"), &ValueType::IntegerValue(5));
+        assert!(source.load(&uid, now).await.unwrap().is_some(), "{raw}");
+    }
+    assert!(raw_document(&db, "auth0|123").await.is_none());
 }

@@ -14,7 +14,7 @@ use http::request::Parts;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tower_tickets::identity::{IdentityError, IdentityExtractor, JwtIdentity};
-use tower_tickets::{Tickets, Uid};
+use tower_tickets::{Tickets, Uid, UidPolicy};
 
 fn hs256(claims: serde_json::Value, secret: &[u8]) -> String {
     jsonwebtoken::encode(
@@ -438,4 +438,48 @@ fn a_stricter_copy_forgets_what_the_looser_one_verified() {
     assert!(strict.identify(&token, now()).is_err(), "no iss claim");
     let forgetful = JwtIdentity::hs256(b"secret").remember(0);
     assert!(forgetful.identify(&token, now()).is_ok());
+}
+
+#[test]
+fn oversized_tokens_and_crit_headers_are_refused_before_decoding() {
+    let verify = JwtIdentity::hs256(b"secret");
+    let exp = now().timestamp() + 60;
+    let padded = hs256(
+        json!({"sub": "alice", "exp": exp, "pad": "x".repeat(9 * 1024)}),
+        b"secret",
+    );
+    let error = verify.identify(&parts(&format!("Bearer {padded}")), now());
+    let error = error.unwrap_err().to_string();
+    assert!(error.contains("at most 8192 are accepted"), "{error}");
+
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["exp".into()]);
+    let critical = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "alice", "exp": exp}),
+        &EncodingKey::from_secret(b"secret"),
+    )
+    .unwrap();
+    let error = verify.identify(&parts(&format!("Bearer {critical}")), now());
+    let error = error.unwrap_err().to_string();
+    assert!(error.contains("critical extensions (crit)"), "{error}");
+    // The same claims without `crit` verify: the header alone refused it.
+    let plain = format!("Bearer {}", alice_for_a_minute());
+    assert!(verify.identify(&parts(&plain), now()).is_ok());
+}
+
+#[test]
+fn custom_token_uids_need_the_wider_uid_policy() {
+    let exp = now().timestamp() + 60;
+    let token = hs256(json!({"sub": "auth0|123", "exp": exp}), b"secret");
+    let request = parts(&format!("Bearer {token}"));
+    let strict = JwtIdentity::hs256(b"secret");
+    assert!(matches!(
+        strict.identify(&request, now()),
+        Err(IdentityError::InvalidUid(_))
+    ));
+    let wide = JwtIdentity::hs256(b"secret").uid_policy(UidPolicy::Firebase);
+    let uid = wide.identify(&request, now()).unwrap();
+    assert_eq!(uid.as_str(), "auth0|123");
+    assert_eq!(uid.encoded(), "auth0%7C123");
 }

@@ -1,9 +1,11 @@
 //! Who is calling: a signed-up user (their JWT), or the administrator (the
 //! admin token).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::Response;
@@ -14,21 +16,42 @@ use tower_tickets::identity::IdentityError;
 
 use crate::problem::Problems;
 
+/// The shortest admin token not warned about: it should resist guessing
+/// as well as a 128-bit key, e.g. 32 random hex digits.
+const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
 /// The admin token the server was started with, if any.
 #[derive(Clone)]
 pub struct AdminToken(Option<Arc<str>>);
 
 impl AdminToken {
     /// Guards the admin routes with `token`; without one they always
-    /// answer 401.
+    /// answer 401. A short token is warned about: it grants tickets to
+    /// whoever guesses it.
     pub fn new(token: Option<String>) -> Self {
-        if token.is_none() {
-            tracing::warn!(
+        match &token {
+            None => tracing::warn!(
                 "no --admin-token given: /api/admin/* answer 401 to everyone \
                  (start with --admin-token <secret> or TICKETS_ADMIN_TOKEN=<secret> to enable them)"
-            );
+            ),
+            Some(token) if token.len() < MIN_ADMIN_TOKEN_LEN => tracing::warn!(
+                "the admin token is {} characters long: whoever guesses it can grant any user \
+                 tickets; use at least {MIN_ADMIN_TOKEN_LEN} random characters \
+                 (e.g. `openssl rand -hex 16`)",
+                token.len()
+            ),
+            Some(_) => {}
         }
         Self(token.map(Arc::from))
+    }
+
+    /// Whether a request from `peer` with `headers` may read the metrics:
+    /// from this machine, or with the admin token.
+    pub fn may_read_metrics(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), IdentityError> {
+        if peer.to_canonical().is_loopback() {
+            return Ok(());
+        }
+        check_admin(headers, self.0.as_deref())
     }
 }
 
@@ -46,25 +69,22 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
         let AdminToken(expected) = AdminToken::from_ref(state);
-        match check_admin(parts, expected.as_deref()) {
+        match check_admin(&parts.headers, expected.as_deref()) {
             Ok(()) => Ok(Self),
             Err(e) => Err(Problems::new(Tickets::from_ref(state), &parts.headers).unauthorized(e)),
         }
     }
 }
 
-fn check_admin(parts: &Parts, expected: Option<&str>) -> Result<(), IdentityError> {
+fn check_admin(headers: &HeaderMap, expected: Option<&str>) -> Result<(), IdentityError> {
     let Some(expected) = expected else {
         return Err(IdentityError::Invalid {
             reason: "admin routes are disabled; start the demo with --admin-token".into(),
         });
     };
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or(IdentityError::Missing {
-            expected: "an Authorization: Bearer <admin token> header",
-        })?;
+    let header = headers.get(AUTHORIZATION).ok_or(IdentityError::Missing {
+        expected: "an Authorization: Bearer <admin token> header",
+    })?;
     let given = match header.as_bytes().split_at_checked(7) {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"Bearer ") => token,
         _ => b"",
@@ -78,5 +98,41 @@ fn check_admin(parts: &Parts, expected: Option<&str>) -> Result<(), IdentityErro
         Err(IdentityError::Invalid {
             reason: "the admin token does not match".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn metrics_are_for_this_machine_or_the_admin() {
+        let admin = AdminToken::new(Some(TOKEN.into()));
+        let none = HeaderMap::new();
+        let mut with_token = HeaderMap::new();
+        let bearer = HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap();
+        with_token.insert(AUTHORIZATION, bearer);
+        let mut wrong = HeaderMap::new();
+        wrong.insert(AUTHORIZATION, HeaderValue::from_static("Bearer guess"));
+        for local in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            let local: IpAddr = local.parse().unwrap();
+            assert!(admin.may_read_metrics(local, &none).is_ok(), "{local}");
+        }
+        for remote in ["192.0.2.7", "2001:db8::7", "::ffff:192.0.2.7"] {
+            let remote: IpAddr = remote.parse().unwrap();
+            assert!(admin.may_read_metrics(remote, &none).is_err(), "{remote}");
+            assert!(admin.may_read_metrics(remote, &wrong).is_err(), "{remote}");
+            assert!(
+                admin.may_read_metrics(remote, &with_token).is_ok(),
+                "{remote}"
+            );
+        }
+        let disabled = AdminToken::new(None);
+        let remote = "192.0.2.7".parse().unwrap();
+        assert!(disabled.may_read_metrics(remote, &with_token).is_err());
     }
 }

@@ -40,8 +40,19 @@ pub struct Cli {
     )]
     pub jwt_secret: Option<String>,
 
-    /// Bearer token that /api/admin/* require. Without it the admin routes
-    /// answer 401 to everyone.
+    /// Longest wait for a request's headers; a client that sends less in
+    /// that time is disconnected.
+    #[arg(
+        long,
+        env = "TICKETS_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub header_read_timeout: Duration,
+
+    /// Bearer token that /api/admin/* require (and /metrics from another
+    /// machine). Without it the admin routes answer 401 to everyone. Use 32
+    /// or more random characters.
     #[arg(
         long,
         env = "TICKETS_ADMIN_TOKEN",
@@ -50,10 +61,31 @@ pub struct Cli {
     )]
     pub admin_token: Option<String>,
 
+    /// Who the users are: the demo's own tokens, or Firebase Auth's.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
     /// Where balances live (listed last: its help heading applies to the
     /// flags after it).
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// The identity flags, read by `identity::install`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Identity")]
+pub struct IdentityArgs {
+    /// Firebase project whose ID tokens the priced and balance routes take
+    /// instead of the demo's own (POST /api/signup then answers 404); needs
+    /// the `firebase` feature. With FIREBASE_AUTH_EMULATOR_HOST set, the
+    /// Firebase Auth emulator's tokens are accepted.
+    #[arg(long, env = "TICKETS_FIREBASE_AUTH", value_name = "PROJECT")]
+    pub firebase_auth: Option<String>,
+
+    /// Where --firebase-auth fetches the keys that sign ID tokens (default:
+    /// Google's); for tests.
+    #[arg(long, env = "TICKETS_FIREBASE_KEYS_URL", requires = "firebase_auth")]
+    pub firebase_keys_url: Option<String>,
 }
 
 /// The store flags, read by `store::open`.

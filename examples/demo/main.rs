@@ -20,12 +20,15 @@ mod auth;
 mod balances;
 mod cli;
 mod first_answers;
+mod identity;
 mod ids;
 mod metrics;
 mod page;
 mod problem;
 mod routes;
+mod serve;
 mod signup;
+mod signup_limit;
 mod store;
 mod uploads;
 
@@ -35,7 +38,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use tower_tickets::identity::{JwtIdentity, JwtIssuer};
 use tower_tickets::{Refill, TicketKind, Tickets};
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +45,7 @@ use crate::auth::AdminToken;
 use crate::cli::Cli;
 use crate::first_answers::FirstAnswers;
 use crate::routes::AppState;
+use crate::signup_limit::SignupLimit;
 use crate::uploads::Uploads;
 
 #[tokio::main]
@@ -77,13 +80,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             .refill(refill),
     ];
     let store = store::open(&cli.store, &kinds).await?;
-    let secret = jwt_secret(cli.jwt_secret);
-    let tickets = kinds
+    let builder = kinds
         .into_iter()
         .fold(Tickets::builder(), |builder, kind| builder.kind(kind))
-        .store(store)
-        .identity(JwtIdentity::hs256(&secret))
-        .build()?;
+        .store(store);
+    let (builder, issuer) = identity::install(builder, &cli.identity, cli.jwt_secret)?;
+    let tickets = builder.build()?;
     tracing::info!(
         store = %cli.store.describe(),
         refill_period = %humantime::format_duration(cli.refill_period),
@@ -91,10 +93,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
     );
     let state = AppState {
         tickets,
-        issuer: JwtIssuer::hs256(&secret),
+        issuer,
         admin: AdminToken::new(cli.admin_token),
         uploads: Uploads::default(),
         first_answers: FirstAnswers::default(),
+        signup_limit: SignupLimit::default(),
         metrics,
     };
     let app = routes::router(state)?;
@@ -104,25 +107,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         .map_err(|e| format!("cannot listen on {}: {e}", cli.bind))?;
     // Tests start the demo with `--bind 127.0.0.1:0` and read this line.
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve::serve(listener, app, cli.header_read_timeout, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The secret that signs and verifies tokens: the one given, or a random one.
-fn jwt_secret(given: Option<String>) -> Vec<u8> {
-    match given {
-        Some(secret) => secret.into_bytes(),
-        None => {
-            tracing::warn!(
-                "no --jwt-secret given: using a random one, so tokens stop working when the \
-                 server restarts (set --jwt-secret or TICKETS_JWT_SECRET to keep them)"
-            );
-            rand::random::<[u8; 32]>().to_vec()
-        }
-    }
 }
 
 /// Resolves on Ctrl-C (or SIGTERM on Unix): in-flight requests finish first.

@@ -1,8 +1,16 @@
 //! `GET /metrics`: the crate's metrics (see `tower_tickets::telemetry`) in
-//! Prometheus text format.
+//! Prometheus text format, for a scraper on this machine or one that sends
+//! the admin token: they tell who uses the service and how much.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::auth::AdminToken;
+use crate::problem::Problems;
 
 /// Store latencies from 100 µs to 2.5 s: the memory store answers in
 /// microseconds, Redis in about a millisecond, Firestore in tens.
@@ -20,7 +28,16 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .install_recorder()
 }
 
-/// `GET /metrics`.
-pub async fn render(State(handle): State<PrometheusHandle>) -> String {
-    handle.render()
+/// `GET /metrics`: 401 to a client elsewhere without the admin token.
+pub async fn render(
+    State(handle): State<PrometheusHandle>,
+    State(admin): State<AdminToken>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    problems: Problems,
+    headers: HeaderMap,
+) -> Response {
+    match admin.may_read_metrics(peer.ip(), &headers) {
+        Ok(()) => handle.render().into_response(),
+        Err(e) => problems.unauthorized(e),
+    }
 }

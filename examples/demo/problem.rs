@@ -4,10 +4,11 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
-use axum::http::header::{CONTENT_LANGUAGE, CONTENT_TYPE};
+use axum::http::header::{CONTENT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -69,6 +70,25 @@ impl Problems {
     /// 500: the demo failed on its side.
     pub fn internal(&self) -> Response {
         self.own(StatusCode::INTERNAL_SERVER_ERROR, Words::Internal)
+    }
+
+    /// 429: this client address made too many accounts lately; it may
+    /// make another after `retry_after`.
+    pub fn too_many_signups(&self, retry_after: Duration) -> Response {
+        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = self.own(
+            StatusCode::TOO_MANY_REQUESTS,
+            Words::TooManySignups { secs },
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+        response
+    }
+
+    /// 404: accounts are made with Firebase Auth, not here.
+    pub fn signup_with_firebase(&self) -> Response {
+        self.own(StatusCode::NOT_FOUND, Words::SignUpWithFirebase)
     }
 
     /// 404: no route for this path.
@@ -194,6 +214,8 @@ enum Words<'a> {
     MethodNotAllowed { method: &'a str, path: &'a str },
     TooLarge,
     Internal,
+    TooManySignups { secs: u64 },
+    SignUpWithFirebase,
 }
 
 impl Words<'_> {
@@ -227,6 +249,33 @@ impl Words<'_> {
             (Self::Internal, false) => (
                 "Internal error",
                 "Something went wrong on our side; try again.".into(),
+            ),
+            (Self::TooManySignups { secs }, false) => (
+                "Too many sign-ups",
+                format!(
+                    "Too many accounts were made from your address lately; \
+                     try again in {secs} s."
+                ),
+            ),
+            (Self::TooManySignups { secs }, true) => (
+                "Trop d'inscriptions",
+                format!(
+                    "Trop de comptes ont été créés depuis votre adresse récemment ; \
+                     réessayez dans {secs} s."
+                ),
+            ),
+            (Self::SignUpWithFirebase, false) => (
+                "Sign up with Firebase Auth",
+                "This server takes Firebase ID tokens: sign up and sign in with Firebase \
+                 Auth, then send your ID token as Authorization: Bearer <token>."
+                    .into(),
+            ),
+            (Self::SignUpWithFirebase, true) => (
+                "Inscrivez-vous avec Firebase Auth",
+                "Ce serveur accepte les jetons d'identité Firebase : inscrivez-vous et \
+                 connectez-vous avec Firebase Auth, puis envoyez votre jeton en \
+                 Authorization: Bearer <jeton>."
+                    .into(),
             ),
             (Self::Internal, true) => (
                 "Erreur interne",

@@ -13,6 +13,7 @@ use tower_tickets::{ConfigError, Cost, Replays, TicketLayer, Tickets};
 use crate::auth::AdminToken;
 use crate::first_answers::FirstAnswers;
 use crate::problem::Problems;
+use crate::signup_limit::SignupLimit;
 use crate::uploads::{MAX_UPLOAD_BYTES, Uploads};
 use crate::{admin, ai, balances, first_answers, metrics, page, signup, uploads};
 
@@ -21,14 +22,17 @@ use crate::{admin, ai, balances, first_answers, metrics, page, signup, uploads};
 pub struct AppState {
     /// The ticket registry (also read by the `Balances` extractor).
     pub tickets: Tickets,
-    /// Mints the tokens /api/signup hands out.
-    pub issuer: JwtIssuer,
+    /// Mints the tokens /api/signup hands out; `None` when Firebase Auth
+    /// does (`--firebase-auth`).
+    pub issuer: Option<JwtIssuer>,
     /// Guards /api/admin/*.
     pub admin: AdminToken,
     /// What users uploaded.
     pub uploads: Uploads,
     /// The answers retries of a paid request get.
     pub first_answers: FirstAnswers,
+    /// Sign-ups left per client address.
+    pub signup_limit: SignupLimit,
     /// Renders `GET /metrics`.
     pub metrics: PrometheusHandle,
 }
@@ -42,11 +46,15 @@ pub struct AppState {
 /// running the handler again for free.
 pub fn router(state: AppState) -> Result<Router, ConfigError> {
     let tickets = &state.tickets;
+    let signup = match state.issuer {
+        Some(_) => post(signup::signup),
+        None => post(signup::with_firebase),
+    };
     Ok(Router::new()
         .merge(page::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::render))
-        .route("/api/signup", post(signup::signup))
+        .route("/api/signup", signup)
         .route("/api/tickets", get(balances::balances))
         .route(
             "/api/uploads",

@@ -1,9 +1,10 @@
 //! `POST /api/signup`: a new user with a fresh balance and a token.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use tower_tickets::identity::JwtIssuer;
 
 use crate::ids::new_uid;
 use crate::problem::{Payload, Problems};
+use crate::signup_limit::SignupLimit;
 
 /// How long a sign-up token stays valid.
 const TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -32,14 +34,23 @@ pub struct SignedUp {
 
 /// Creates a user holding every kind's initial tickets (5 upload, 3 AI) and
 /// answers 201 with their uid and a bearer token. The email is only checked
-/// for shape: each sign-up is a new user.
+/// for shape: each sign-up is a new user, so sign-ups are limited per client
+/// address (429 past the limit). With `--firebase-auth`, accounts are made
+/// with Firebase Auth instead: 404.
 pub async fn signup(
     State(tickets): State<Tickets>,
-    State(issuer): State<JwtIssuer>,
+    State(issuer): State<Option<JwtIssuer>>,
+    State(limit): State<SignupLimit>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     problems: Problems,
     Payload(Json(request)): Payload<Json<SignupRequest>>,
 ) -> Result<(StatusCode, Json<SignedUp>), Response> {
+    // The router sends sign-ups to `with_firebase` when there is no issuer.
+    let issuer = issuer.ok_or_else(|| problems.signup_with_firebase())?;
     check_email(&request.email).map_err(|reason| problems.bad_request(reason))?;
+    limit
+        .take(peer.ip(), Instant::now())
+        .map_err(|wait| problems.too_many_signups(wait))?;
     let uid = new_uid();
     tickets
         .ensure_user(&uid)
@@ -54,6 +65,12 @@ pub async fn signup(
             token,
         }),
     ))
+}
+
+/// `POST /api/signup` with `--firebase-auth`: 404, whatever the body, saying
+/// to sign up with Firebase Auth.
+pub async fn with_firebase(problems: Problems) -> Response {
+    problems.signup_with_firebase()
 }
 
 /// A loose check: something on each side of an `@`, at most 254

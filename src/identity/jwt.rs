@@ -4,15 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use http::header::AUTHORIZATION;
 use http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::jwt_verification::verify;
+use super::bearer::bearer_token;
+use super::jwt_verification::{TokenHeader, decode, read_header};
 use super::verified_tokens::{Verified, VerifiedTokens};
-use super::{IdentityError, IdentityExtractor, only_header};
-use crate::uid::Uid;
+use super::{IdentityError, IdentityExtractor};
+use crate::uid::{Uid, UidPolicy};
 
 /// Verifies an `Authorization: Bearer <JWT>` token; its `sub` claim is the
 /// uid.
@@ -21,8 +21,11 @@ use crate::uid::Uid;
 /// public keys, chosen by the token's `kid` when there are several), that
 /// `exp` is present and in the future and `nbf`, if present, in the past
 /// (read against the layer's clock, with a small leeway), and `iss`/`aud`
-/// (always with RS256, when configured with HS256). A request with more than
-/// one `Authorization` header is refused. Any failure is a 401.
+/// (always with RS256, when configured with HS256), all through
+/// `jsonwebtoken::decode`. Tokens over 8 KiB, unsigned tokens and tokens
+/// whose header lists critical extensions (`crit`) are refused before
+/// anything is decoded. A request with more than one `Authorization` header
+/// is refused. Any failure is a 401.
 ///
 /// A token that verified is remembered (up to 10,000 by default, see
 /// [`JwtIdentity::remember`]), so a client sending the same token again pays
@@ -41,6 +44,7 @@ pub struct JwtIdentity {
     keys: Keys,
     validation: Validation,
     leeway_secs: i64,
+    uid_policy: UidPolicy,
     /// Shared by clones: they verify alike. Every setter starts a new one.
     verified: Arc<VerifiedTokens>,
 }
@@ -101,7 +105,7 @@ impl std::error::Error for InvalidKey {
 /// another crate of the app enables its `aws_lc_rs` feature next to our
 /// `rust_crypto` (Google's auth crates do, under the `firestore` feature):
 /// every signature would then panic. Installing one makes the choice.
-fn select_jwt_crypto() {
+pub(super) fn select_jwt_crypto() {
     // Err: a provider is installed already, the app's or ours; keep it.
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
 }
@@ -118,6 +122,7 @@ impl JwtIdentity {
             keys,
             validation,
             leeway_secs: 30,
+            uid_policy: UidPolicy::Strict,
             verified: Arc::new(VerifiedTokens::new(REMEMBERED_TOKENS)),
         }
     }
@@ -156,6 +161,10 @@ impl JwtIdentity {
     /// Google's `keys` (`(kid, PEM)` pairs, as Google publishes them): RS256
     /// with `iss` `https://securetoken.google.com/<project_id>` and `aud`
     /// `<project_id>`.
+    ///
+    /// The keys are fixed: Google rotates its keys every few hours, after
+    /// which tokens are refused. A real app uses `FirebaseIdentity` (feature
+    /// `firebase`), which fetches them as they change.
     pub fn firebase<I, K, P>(project_id: &str, keys: I) -> Result<Self, InvalidKey>
     where
         I: IntoIterator<Item = (K, P)>,
@@ -209,19 +218,19 @@ impl JwtIdentity {
         self.reconfigured()
     }
 
+    /// Which `sub` claims are uids (default [`UidPolicy::Strict`];
+    /// [`UidPolicy::Firebase`] for uids such as `auth0|123`).
+    pub fn uid_policy(mut self, policy: UidPolicy) -> Self {
+        self.uid_policy = policy;
+        self.reconfigured()
+    }
+
     /// Tolerance for clock differences when checking `exp` and `nbf`
     /// (default 30 s, at most 5 min: a longer one is cut to 5 min, since a
     /// leeway of hours would accept tokens long expired).
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway_secs = leeway.min(MAX_LEEWAY).as_secs() as i64;
         self
-    }
-
-    /// What `verify` checks claims against; the tests hold it to
-    /// `jsonwebtoken::decode` with the same.
-    #[cfg(test)]
-    pub(super) fn validation(&self) -> &Validation {
-        &self.validation
     }
 
     /// The key that signed a token with this header.
@@ -242,63 +251,47 @@ impl JwtIdentity {
     }
 }
 
+/// The claims a [`JwtIdentity`] reads; `decode` checked `sub` and `exp`
+/// are there.
+#[derive(Deserialize)]
+pub(super) struct Claims {
+    sub: String,
+    exp: i64,
+    /// Any JSON, so that a malformed `nbf` gets an error that names it.
+    #[serde(default)]
+    nbf: Option<serde_json::Value>,
+}
+
 impl IdentityExtractor for JwtIdentity {
     fn identify(&self, request: &Parts, now: DateTime<Utc>) -> Result<Uid, IdentityError> {
-        let header = only_header(
-            request,
-            &AUTHORIZATION,
-            "an Authorization: Bearer <token> header",
-        )?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_at_checked(BEARER.len()))
-            // The scheme is case-insensitive (RFC 9110, section 11.1).
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(BEARER))
-            .map(|(_, token)| token.trim())
-            .filter(|t| !t.is_empty())
-            .ok_or(IdentityError::Invalid {
-                reason: "the Authorization header is not of the form 'Bearer <token>'".into(),
-            })?;
-        if let Some(verified) = self.verified.get(token) {
-            self.check_validity(&verified, now)?;
-            return Ok(verified.uid);
-        }
-        let claims = verify(token, &self.validation, |header| self.key_for(header))?;
-        let verified = Verified {
-            uid: Uid::parse(&claims.sub)?,
-            exp: claims.exp,
-            nbf: claims.not_before()?,
-        };
-        // Only a token valid now is remembered.
-        self.check_validity(&verified, now)?;
-        self.verified.insert(token, verified.clone());
-        Ok(verified.uid)
+        let token = bearer_token(request)?;
+        self.verified
+            .uid_of(token, now, self.leeway_secs, |token| self.verify(token))
     }
 }
 
-/// The authentication scheme, with the space that ends it.
-const BEARER: &str = "Bearer ";
-
 impl JwtIdentity {
-    /// Whether the token is valid at `now`: not expired, and not before its
-    /// `nbf`, each give or take the leeway.
-    fn check_validity(&self, verified: &Verified, now: DateTime<Utc>) -> Result<(), IdentityError> {
-        let now = now.timestamp();
-        if verified.exp.saturating_add(self.leeway_secs) <= now {
+    /// Verifies a token not met before: its signature and claims, by
+    /// `jsonwebtoken::decode`; `exp` and `nbf` are then checked against the
+    /// layer's clock by the caller.
+    fn verify(&self, token: &str) -> Result<Verified, IdentityError> {
+        let TokenHeader::Signed(header) = read_header(token)? else {
             return Err(IdentityError::Invalid {
-                reason: "the token has expired".into(),
+                reason: "the token is not signed".into(),
             });
-        }
-        if verified
-            .nbf
-            .is_some_and(|nbf| nbf.saturating_sub(self.leeway_secs) > now)
-        {
-            return Err(IdentityError::Invalid {
-                reason: "the token is not valid yet (nbf)".into(),
-            });
-        }
-        Ok(())
+        };
+        let claims: Claims = decode(token, self.key_for(&header)?, &self.validation)?;
+        let nbf = match claims.nbf {
+            None => None,
+            Some(nbf) => Some(nbf.as_i64().ok_or_else(|| IdentityError::Invalid {
+                reason: "the token's nbf claim is not a number of seconds".into(),
+            })?),
+        };
+        Ok(Verified {
+            uid: Uid::parse_with(&claims.sub, self.uid_policy)?,
+            exp: claims.exp,
+            nbf,
+        })
     }
 }
 
@@ -308,12 +301,14 @@ impl JwtIdentity {
 pub struct JwtIssuer {
     key: EncodingKey,
     issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl fmt::Debug for JwtIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtIssuer")
             .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
             .finish_non_exhaustive()
     }
 }
@@ -325,6 +320,8 @@ struct IssuedClaims<'a> {
     exp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 impl JwtIssuer {
@@ -334,12 +331,19 @@ impl JwtIssuer {
         Self {
             key: EncodingKey::from_secret(secret),
             issuer: None,
+            audience: None,
         }
     }
 
     /// Puts `issuer` in the `iss` claim.
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Puts `audience` in the `aud` claim.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
         self
     }
 
@@ -351,6 +355,7 @@ impl JwtIssuer {
             iat: now.timestamp(),
             exp: now.timestamp().saturating_add(ttl),
             iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
         };
         // HS256 over a serializable struct cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()

@@ -2,7 +2,8 @@
 //!
 //! The layer calls an [`IdentityExtractor`] first. No identity, an invalid
 //! one, or an identity that is not a valid uid is answered with 401 before
-//! any store is touched.
+//! any store is touched; an identity that cannot be checked yet (no signing
+//! key fetched so far) with 503 and `Retry-After`.
 //!
 //! Built-ins:
 //! - [`ExtensionIdentity`]: a uid that an authentication layer in front of
@@ -10,21 +11,31 @@
 //!   behind an auth middleware);
 //! - [`JwtIdentity`]: a verified JWT bearer token (HS256 or RS256), its `sub`
 //!   claim being the uid;
+//! - [`FirebaseIdentity`] (feature `firebase`): a Firebase Auth ID token,
+//!   verified with Google's rotating keys, fetched in the background;
 //! - [`HeaderIdentity`]: a plain header, **trusted blindly: development only**.
 
+mod bearer;
 mod extension;
+#[cfg(feature = "firebase")]
+mod firebase;
 mod header;
 mod jwt;
 mod jwt_verification;
 mod verified_tokens;
 
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue};
 
 pub use self::extension::ExtensionIdentity;
+#[cfg(feature = "firebase")]
+pub use self::firebase::{
+    FirebaseIdentity, FirebaseIdentityBuilder, FirebaseSetupError, GOOGLE_SECURETOKEN_KEYS_URL,
+};
 pub use self::header::HeaderIdentity;
 pub use self::jwt::{JwtIdentity, JwtIssuer};
 use crate::uid::{Uid, UidError};
@@ -36,7 +47,8 @@ pub trait IdentityExtractor: Send + Sync + 'static {
     fn identify(&self, request: &Parts, now: DateTime<Utc>) -> Result<Uid, IdentityError>;
 }
 
-/// Why a request has no usable identity; answered with 401.
+/// Why a request has no usable identity; answered with 401, except
+/// [`IdentityError::Unavailable`] (503).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IdentityError {
@@ -53,6 +65,16 @@ pub enum IdentityError {
     },
     /// The identity verified but is not a valid uid.
     InvalidUid(UidError),
+    /// The credentials cannot be checked yet: the key that signed them is
+    /// still being fetched (a cold start, or a key new to this process).
+    /// Answered with 503 and `Retry-After`, since the same request may
+    /// succeed in a moment.
+    Unavailable {
+        /// What is missing, in words fit for the client.
+        reason: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
 }
 
 impl fmt::Display for IdentityError {
@@ -61,6 +83,9 @@ impl fmt::Display for IdentityError {
             Self::Missing { expected } => write!(f, "no credentials: expected {expected}"),
             Self::Invalid { reason } => write!(f, "invalid credentials: {reason}"),
             Self::InvalidUid(e) => write!(f, "invalid user id: {e}"),
+            Self::Unavailable { reason, .. } => {
+                write!(f, "credentials cannot be checked yet: {reason}")
+            }
         }
     }
 }

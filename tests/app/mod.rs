@@ -15,7 +15,7 @@ use axum::http::{Request, Response, StatusCode};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use tower::ServiceExt;
-use tower_tickets::identity::{JwtIdentity, JwtIssuer};
+use tower_tickets::identity::{IdentityExtractor, JwtIdentity, JwtIssuer};
 use tower_tickets::store::{
     Adjustment, ChargeOutcome, ChargeRequest, KindBalance, MemoryStore, Receipt, RefundOutcome,
     StoreFuture, TicketStore,
@@ -132,6 +132,11 @@ impl Reply {
 
 impl App {
     pub fn new() -> Self {
+        Self::with_identity(JwtIdentity::hs256(SECRET))
+    }
+
+    /// The app with another identity extractor.
+    pub fn with_identity(identity: impl IdentityExtractor) -> Self {
         let clock = FakeClock::at("2026-06-01T10:00:00Z".parse().unwrap());
         let store = CountingStore::default();
         let tickets = Tickets::builder()
@@ -139,7 +144,7 @@ impl App {
             .kind(TicketKind::new("ai", 3).label("AI").label_in("fr", "IA"))
             .store(store.clone())
             .clock(clock.clone())
-            .identity(JwtIdentity::hs256(SECRET))
+            .identity(identity)
             .build()
             .unwrap();
         let handled = Arc::new(AtomicUsize::new(0));

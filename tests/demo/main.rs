@@ -5,6 +5,7 @@
 //! a child process runs on the wall clock.
 #![cfg(feature = "axum")]
 
+mod hardening;
 #[allow(dead_code)] // Helpers for the full-stack demo tests too.
 mod server;
 

@@ -59,6 +59,8 @@ impl Demo {
             .expect("start the demo");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
+        // The log from the start: warnings come before "listening on".
+        let mut early = VecDeque::new();
         let address = loop {
             line.clear();
             let read = stdout.read_line(&mut line).expect("read the demo's log");
@@ -66,13 +68,15 @@ impl Demo {
                 let status = child.wait().expect("wait for the demo");
                 panic!("the demo exited ({status}) before listening");
             }
+            early.push_back(line.trim_end().to_string());
             if let Some((_, rest)) = line.split_once("listening on http://") {
                 break rest.trim().to_string();
             }
         };
         // Keep reading the log so the server never blocks on a full pipe,
         // and keep its end for a failing test to show.
-        let log = Arc::new(Mutex::new(VecDeque::new()));
+        early.truncate(LOG_LINES);
+        let log = Arc::new(Mutex::new(early));
         let kept = log.clone();
         std::thread::spawn(move || {
             for line in stdout.lines() {
@@ -127,15 +131,20 @@ impl Demo {
 
     /// Signs a new user up; their `(uid, token)`.
     pub async fn sign_up(&self) -> (String, String) {
-        let reply = self
-            .call(Method::POST, "/api/signup")
-            .json(r#"{"email":"ada@example.com"}"#)
-            .send()
-            .await;
+        let reply = self.try_sign_up().await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
         let body = reply.json();
         let field = |name: &str| body[name].as_str().expect(name).to_string();
         (field("uid"), field("token"))
+    }
+
+    /// `POST /api/signup` with a well-formed body; the answer, whatever
+    /// it is.
+    pub async fn try_sign_up(&self) -> Reply {
+        self.call(Method::POST, "/api/signup")
+            .json(r#"{"email":"ada@example.com"}"#)
+            .send()
+            .await
     }
 
     /// The user's `(upload, ai)` remaining tickets, from `GET /api/tickets`.
@@ -212,7 +221,8 @@ impl Drop for Demo {
 }
 
 /// The demo binary, with a clean environment: no `TICKETS_*` variable of
-/// the shell running the tests leaks in.
+/// the shell running the tests leaks in, nor `FIREBASE_AUTH_EMULATOR_HOST`
+/// (which would make `--firebase-auth` take unsigned tokens).
 pub fn demo_command() -> Command {
     let mut command = Command::new(demo_binary());
     for (name, _) in std::env::vars_os() {
@@ -220,6 +230,7 @@ pub fn demo_command() -> Command {
             command.env_remove(name);
         }
     }
+    command.env_remove("FIREBASE_AUTH_EMULATOR_HOST");
     command.env("RUST_LOG", "info");
     command
 }
@@ -231,6 +242,7 @@ fn demo_binary() -> &'static PathBuf {
             ("axum", cfg!(feature = "axum")),
             ("redis", cfg!(feature = "redis")),
             ("firestore", cfg!(feature = "firestore")),
+            ("firebase", cfg!(feature = "firebase")),
         ]
         .into_iter()
         .filter_map(|(name, on)| on.then_some(name))

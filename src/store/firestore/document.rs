@@ -47,9 +47,10 @@ pub(super) struct StoredDocument {
 }
 
 impl DocumentLayout {
-    /// The user's document path relative to the database's documents.
+    /// The user's document path relative to the database's documents; its
+    /// id is the uid's safe encoding (see [`Uid::encoded`]).
     pub(super) fn path(&self, uid: &Uid) -> String {
-        format!("{}/{uid}", self.collection)
+        format!("{}/{}", self.collection, uid.encoded())
     }
 
     /// A new user's balances: each kind's initial balance, refilled `now`.

@@ -254,7 +254,7 @@ impl FirestoreSource {
             .fluent()
             .select()
             .by_id_in(&self.layout.collection)
-            .one(uid.as_str())
+            .one(uid.encoded())
             .await
             .map_err(|e| failed("read", &self.layout.path(uid), e))?;
         document

@@ -1,4 +1,5 @@
-//! Where a user's values live: key names under one hash tag `{uid}`.
+//! Where a user's values live: key names under one hash tag `{uid}`, the
+//! uid in its safe encoding (see [`Uid::encoded`]).
 
 use crate::idempotency::IdempotencyKey;
 use crate::uid::Uid;
@@ -38,26 +39,26 @@ impl KeyLayout {
 
     /// The hash of `uid`'s balances.
     pub(crate) fn balances(&self, uid: &Uid) -> String {
-        format!("{}{{{uid}}}:t", self.prefix)
+        format!("{}{{{}}}:t", self.prefix, uid.encoded())
     }
 
     /// The record of `uid`'s charged idempotency key. The key's own braces,
     /// if any, come after the hash tag and so do not move it.
     pub(crate) fn idempotency(&self, uid: &Uid, key: &IdempotencyKey) -> String {
-        format!("{}{{{uid}}}:i:{}", self.prefix, key.as_str())
+        format!("{}{{{}}}:i:{}", self.prefix, uid.encoded(), key.as_str())
     }
 
     /// The write-through's high-water mark of `uid`: the lineage and
     /// version of the latest state the source took, kept apart from the
     /// balances so that a hash restored from an old dump is seen as stale.
     pub(crate) fn high_water(&self, uid: &Uid) -> String {
-        format!("{}{{{uid}}}:h", self.prefix)
+        format!("{}{{{}}}:h", self.prefix, uid.encoded())
     }
 
     /// The write-through's count of `uid`'s changes that Firestore may not
     /// hold yet.
     pub(crate) fn pending(&self, uid: &Uid) -> String {
-        format!("{}{{{uid}}}:w", self.prefix)
+        format!("{}{{{}}}:w", self.prefix, uid.encoded())
     }
 
     /// A `SCAN MATCH` pattern for every user's [`Self::pending`] key.
@@ -71,7 +72,7 @@ impl KeyLayout {
             .strip_prefix(&*self.prefix)?
             .strip_prefix('{')?
             .strip_suffix("}:w")?;
-        Uid::parse(uid).ok()
+        Uid::from_encoded(uid)
     }
 }
 
@@ -117,5 +118,13 @@ mod tests {
         assert_eq!(keys.pending_uid(&keys.pending(&uid)), Some(uid));
         assert_eq!(keys.pending_uid("a*:{u1}:t"), None);
         assert_eq!(keys.pending_uid("a*:{a}b}:w"), None, "not a uid");
+    }
+
+    #[test]
+    fn a_uid_of_the_wider_policy_is_encoded_inside_its_hash_tag() {
+        let keys = KeyLayout::new("app:").unwrap();
+        let uid = Uid::parse_with("a}{b|c", crate::UidPolicy::Firebase).unwrap();
+        assert_eq!(keys.balances(&uid), "app:{a%7D%7Bb%7Cc}:t");
+        assert_eq!(keys.pending_uid(&keys.pending(&uid)), Some(uid));
     }
 }
