@@ -24,6 +24,9 @@ use tower_tickets::{Cost, TicketKind, Tickets, Uid};
 const JWT_SECRET: &[u8] = b"benchmark secret, at least 32 bytes long";
 /// Users of the many-users benchmark, charged in turn.
 const MANY_USERS: usize = 10_000;
+/// Users of the random-users benchmark (as in `benches/peers.rs`): more
+/// than the caches hold, so each charge meets a cold record.
+const RANDOM_USERS: usize = 100_000;
 
 /// The handler: answers at once, so what is measured is the layer.
 fn handler() -> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible> + Clone {
@@ -112,6 +115,23 @@ fn allowed(c: &mut Criterion) {
         "allowed/memory, 10k users in turn",
         layered(&rt, ExtensionIdentity, &users, u32::MAX),
         || identified(turn.next().expect("a cycle never ends")),
+    );
+    let users: Vec<Uid> = (0..RANDOM_USERS)
+        .map(|i| uid(&format!("user-{i}")))
+        .collect();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    bench_service(
+        c,
+        &rt,
+        "allowed/memory, 100k users at random",
+        layered(&rt, ExtensionIdentity, &users, u32::MAX),
+        || {
+            // xorshift64: cheap next to what is measured.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            identified(&users[(state % RANDOM_USERS as u64) as usize])
+        },
     );
 }
 
