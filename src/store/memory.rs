@@ -23,8 +23,9 @@ const SHARDS: usize = 64;
 /// when forgetting changes nothing (as the Redis store's idle expiry).
 const IDLE_PERIODS: u32 = 3;
 
-/// One stripe is swept for forgettable users every this many changes, in
-/// turn: each stripe every 16,384 changes.
+/// One stripe is visited for forgettable users every this many changes, in
+/// turn: each stripe every 16,384 changes. A visit sweeps the stripe only
+/// once one of its users may be forgettable (see [`Stripe::sweep_from`]).
 const SWEEP_EVERY: u64 = 256;
 
 /// An in-process store, for one-node apps, the demo and examples.
@@ -46,16 +47,96 @@ pub struct MemoryStore {
 
 struct Shared {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<Uid, UserRecord>>]>,
-    /// Changes made so far: every `SWEEP_EVERY`-th sweeps the next stripe.
+    shards: Box<[Mutex<Stripe>]>,
+    /// Changes made so far: every `SWEEP_EVERY`-th visits the next stripe.
     changes: AtomicU64,
+}
+
+/// The users of one lock stripe.
+struct Stripe {
+    users: HashMap<Uid, UserRecord>,
+    /// No user of the stripe is forgettable before this instant: the least
+    /// [`UserRecord::forgettable_from`] of its users, lowered by every
+    /// change. A sweep that would find nothing is skipped: with many active
+    /// users, sweeping a stripe costs a cache miss per user.
+    sweep_from: DateTime<Utc>,
+}
+
+impl Default for Stripe {
+    fn default() -> Self {
+        Self {
+            users: HashMap::new(),
+            sweep_from: DateTime::<Utc>::MAX_UTC,
+        }
+    }
+}
+
+impl Stripe {
+    /// Forgets the users whom forgetting at `now` changes nothing, if any
+    /// may be; then raises `sweep_from` to the least bound of those kept.
+    fn sweep(&mut self, now: DateTime<Utc>) {
+        if now < self.sweep_from {
+            return;
+        }
+        self.users.retain(|_, user| !user.forgettable(now));
+        self.sweep_from = self
+            .users
+            .values()
+            .map(UserRecord::forgettable_from)
+            .min()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    }
 }
 
 #[derive(Default)]
 struct UserRecord {
-    balances: Vec<(Arc<TicketKind>, KindBalance)>,
+    balances: KindBalances,
     /// Idempotency keys already charged.
     charged_keys: HashMap<IdempotencyKey, KeyRecord>,
+}
+
+/// A user's balance in each kind they used. The first kind lives in the
+/// record itself: most users use one or two kinds, and a charge of a user
+/// met at random then reads no other heap block (with many users, each
+/// block read is a cache miss).
+#[derive(Default)]
+struct KindBalances {
+    first: Option<(Arc<TicketKind>, KindBalance)>,
+    more: Vec<(Arc<TicketKind>, KindBalance)>,
+}
+
+impl KindBalances {
+    fn iter(&self) -> impl Iterator<Item = &(Arc<TicketKind>, KindBalance)> {
+        self.first.iter().chain(&self.more)
+    }
+
+    /// `kind`'s stored balance, if any.
+    fn get(&self, kind: &TicketKind) -> Option<KindBalance> {
+        self.iter()
+            .find(|(k, _)| same_kind(k, kind))
+            .map(|(_, balance)| *balance)
+    }
+
+    /// `kind`'s balance, stored as `fresh` if absent.
+    fn entry(&mut self, kind: &Arc<TicketKind>, fresh: KindBalance) -> &mut KindBalance {
+        if !matches!(&self.first, Some((k, _)) if !same_kind(k, kind)) {
+            return &mut self.first.get_or_insert_with(|| (kind.clone(), fresh)).1;
+        }
+        let index = match self.more.iter().position(|(k, _)| same_kind(k, kind)) {
+            Some(index) => index,
+            None => {
+                self.more.push((kind.clone(), fresh));
+                self.more.len() - 1
+            }
+        };
+        &mut self.more[index].1
+    }
+}
+
+/// Whether two kinds are the same: usually the registry's one `Arc`, so the
+/// pointers tell before the names.
+fn same_kind(a: &TicketKind, b: &TicketKind) -> bool {
+    std::ptr::eq(a, b) || a.name() == b.name()
 }
 
 /// What a charged idempotency key is bound to, and how far its request got.
@@ -94,12 +175,12 @@ impl MemoryStore {
         self.shared
             .shards
             .iter()
-            .map(|shard| shard.lock().len())
+            .map(|shard| shard.lock().users.len())
             .sum()
     }
 
     /// The lock stripe that holds `uid`.
-    fn shard(&self, uid: &Uid) -> &Mutex<HashMap<Uid, UserRecord>> {
+    fn shard(&self, uid: &Uid) -> &Mutex<Stripe> {
         &self.shared.shards[self.shared.hasher.hash_one(uid) as usize % SHARDS]
     }
 
@@ -111,26 +192,38 @@ impl MemoryStore {
         now: DateTime<Utc>,
         f: impl FnOnce(&mut UserRecord) -> T,
     ) -> T {
-        let result = f(self.shard(uid).lock().entry(uid.clone()).or_default());
+        let result = {
+            let mut stripe = self.shard(uid).lock();
+            // Looked up before inserting: the usual hit clones no uid.
+            let user = match stripe.users.get_mut(uid) {
+                Some(user) => user,
+                None => stripe.users.entry(uid.clone()).or_default(),
+            };
+            let result = f(user);
+            let from = user.forgettable_from();
+            stripe.sweep_from = stripe.sweep_from.min(from);
+            result
+        };
         let change = self.shared.changes.fetch_add(1, Ordering::Relaxed);
         if change.is_multiple_of(SWEEP_EVERY) {
             let stripe = (change / SWEEP_EVERY) as usize % SHARDS;
-            self.shared.shards[stripe]
-                .lock()
-                .retain(|_, user| !user.forgettable(now));
+            self.shared.shards[stripe].lock().sweep(now);
         }
         result
     }
 
     /// Reads `uid`'s record if present, without creating it.
     fn peek_user<T>(&self, uid: &Uid, f: impl FnOnce(Option<&UserRecord>) -> T) -> T {
-        f(self.shard(uid).lock().get(uid))
+        f(self.shard(uid).lock().users.get(uid))
     }
 
     /// Changes `uid`'s record if present, without creating it.
     fn peek_user_mut(&self, uid: &Uid, f: impl FnOnce(&mut UserRecord)) {
-        if let Some(user) = self.shard(uid).lock().get_mut(uid) {
+        let mut stripe = self.shard(uid).lock();
+        if let Some(user) = stripe.users.get_mut(uid) {
             f(user);
+            let from = user.forgettable_from();
+            stripe.sweep_from = stripe.sweep_from.min(from);
         }
     }
 }
@@ -143,34 +236,37 @@ impl UserRecord {
         self.charged_keys.retain(|_, record| record.expires > now);
         self.charged_keys.is_empty()
             && self.balances.iter().all(|(kind, balance)| {
-                let idle = TimeDelta::seconds(
-                    i64::try_from(kind.refill_schedule().window_secs() * u64::from(IDLE_PERIODS))
-                        .unwrap_or(i64::MAX),
-                );
                 kind.initial_balance() == kind.capacity()
                     && balance.remaining <= kind.capacity()
-                    && balance.last_refill + idle <= now
+                    && idle_until(kind, balance.last_refill) <= now
             })
+    }
+
+    /// The earliest instant at which [`UserRecord::forgettable`] may hold,
+    /// as long as the record does not change: once every kind has been idle
+    /// long enough and every idempotency key has expired; never while a
+    /// kind's balance is one that forgetting would change.
+    fn forgettable_from(&self) -> DateTime<Utc> {
+        let mut from = DateTime::<Utc>::MIN_UTC;
+        for (kind, balance) in self.balances.iter() {
+            if kind.initial_balance() != kind.capacity() || balance.remaining > kind.capacity() {
+                return DateTime::<Utc>::MAX_UTC;
+            }
+            from = from.max(idle_until(kind, balance.last_refill));
+        }
+        self.charged_keys
+            .values()
+            .map(|record| record.expires)
+            .fold(from, DateTime::max)
     }
 
     /// The kind's balance with a due refill applied, created on first use.
     fn refreshed(&mut self, kind: &Arc<TicketKind>, now: DateTime<Utc>) -> &mut KindBalance {
-        let index = match self
-            .balances
-            .iter()
-            .position(|(k, _)| k.name() == kind.name())
-        {
-            Some(index) => index,
-            None => {
-                let fresh = KindBalance {
-                    remaining: kind.initial_balance(),
-                    last_refill: now,
-                };
-                self.balances.push((kind.clone(), fresh));
-                self.balances.len() - 1
-            }
+        let fresh = KindBalance {
+            remaining: kind.initial_balance(),
+            last_refill: now,
         };
-        let balance = &mut self.balances[index].1;
+        let balance = self.balances.entry(kind, fresh);
         *balance = refreshed(*balance, kind, now);
         balance
     }
@@ -197,6 +293,16 @@ impl UserRecord {
             ChargeOutcome::InProgress
         })
     }
+}
+
+/// When a user refilled at `last_refill` has been idle in `kind` long
+/// enough to be forgettable: [`IDLE_PERIODS`] of its refill windows later.
+fn idle_until(kind: &TicketKind, last_refill: DateTime<Utc>) -> DateTime<Utc> {
+    i64::try_from(kind.refill_schedule().window_secs() * u64::from(IDLE_PERIODS))
+        .ok()
+        .and_then(TimeDelta::try_seconds)
+        .and_then(|idle| last_refill.checked_add_signed(idle))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// `balance` with a due refill applied: topped up to capacity, never lowered.
@@ -323,12 +429,7 @@ impl TicketStore for MemoryStore {
             kinds
                 .iter()
                 .map(|kind| {
-                    let stored = user.and_then(|u| {
-                        u.balances
-                            .iter()
-                            .find(|(k, _)| k.name() == kind.name())
-                            .map(|(_, b)| *b)
-                    });
+                    let stored = user.and_then(|u| u.balances.get(kind));
                     match stored {
                         Some(balance) => refreshed(balance, kind, now),
                         None => KindBalance {
