@@ -326,16 +326,23 @@ impl Settle {
         } else {
             self.span.record("outcome", "replayed");
         }
-        self.ratelimit = Some(self.ratelimit_value(&balances));
+        let views: Vec<BalanceView> = self
+            .cost
+            .items()
+            .iter()
+            .zip(&balances)
+            .map(|(item, balance)| BalanceView::new(&item.kind, *balance))
+            .collect();
+        // Each next refill computed once, for the header and the extension.
+        self.ratelimit = Some(ratelimit_headers::remaining(
+            views
+                .iter()
+                .map(|view| (&*view.kind, view.remaining, view.refill_at)),
+            self.now,
+        ));
         request.extensions_mut().insert(Charged {
             uid: self.uid.clone(),
-            balances: self
-                .cost
-                .items()
-                .iter()
-                .zip(&balances)
-                .map(|(item, balance)| BalanceView::new(&item.kind, *balance))
-                .collect(),
+            balances: views,
             charged: receipt.is_some(),
         });
         Decision::Call { receipt }

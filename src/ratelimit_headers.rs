@@ -42,7 +42,7 @@ pub(crate) fn policy<'a>(kinds: impl IntoIterator<Item = &'a TicketKind>) -> Hea
             [("q", kind.capacity().into()), ("w", window)],
         );
     }
-    header_value(&value)
+    header_value(value)
 }
 
 /// The `RateLimit` value: `(kind, remaining, next refill)` per kind.
@@ -55,7 +55,7 @@ pub(crate) fn remaining<'a>(
         let seconds = seconds_until(refill_at, now);
         push_item(&mut value, kind, [("r", remaining.into()), ("t", seconds)]);
     }
-    header_value(&value)
+    header_value(value)
 }
 
 /// Appends the list item `"<kind>";<param>=<number>;...` to `value`.
@@ -78,9 +78,11 @@ fn push_item(value: &mut String, kind: &TicketKind, params: [(&str, u64); 2]) {
     }
 }
 
-fn header_value(value: &str) -> HeaderValue {
+/// `value` as a header value, its buffer handed over rather than copied.
+fn header_value(value: String) -> HeaderValue {
     // Kind names are checked to be [a-z0-9_-] when the registry is built.
-    HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static(""))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
 #[cfg(test)]
