@@ -13,7 +13,9 @@
 //! - the ticket layer on Redis alone (`RefusalCache<RedisStore>`, Redis
 //!   `TIME`: the defaults), users with tickets (**redis allowed**), users at
 //!   zero (**redis refused, many users**), and one user at zero (**redis
-//!   refused, one user**: answered by the refusal cache).
+//!   refused, one user**: answered by the refusal cache);
+//! - no layer, but a handler that answers with the bytes of one refusal
+//!   taken beforehand (**canned 429**): the floor of the refused path.
 //!
 //! Run with `cargo bench --bench peers` (about 3 min); append path names
 //! (`-- bare governor memory`) to run only those. It starts its own
@@ -61,6 +63,7 @@ use hyper_util::rt::TokioIo;
 use redis_server::RedisServer;
 use support::{Error, load_average, median, runtime, serve};
 use tokio::net::TcpStream;
+use tower::ServiceExt;
 use tower_governor::GovernorLayer;
 use tower_governor::errors::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -156,9 +159,12 @@ fn main() -> Result<(), Error> {
         .collect();
     let server = runtime(SERVER_THREADS)?;
     let redis = RedisServer::start();
-    let paths = server.block_on(paths(&redis, schedule.users, |name: &str| {
-        chosen.is_empty() || chosen.iter().any(|c| name.starts_with(c))
+    let chosen_path = |name: &str| chosen.is_empty() || chosen.iter().any(|c| name.starts_with(c));
+    // A set-up serves several paths: it runs when any of them is chosen.
+    let mut paths = server.block_on(paths(&redis, schedule.users, |set_up: &str| {
+        chosen_path(set_up) || chosen.iter().any(|c| c.starts_with(set_up))
     }))?;
+    paths.retain(|path| path.name == "bare" || chosen_path(path.name));
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let redis_version = Command::new("redis-server").arg("--version").output()?;
@@ -370,7 +376,9 @@ async fn paths(
             .store(on_redis("refused:").await?)
             .build()?;
         create_users(&refused, &uids).await?;
-        let address = serve(handler().route_layer(refused.layer(cost())?)).await?;
+        let refused_router = handler().route_layer(refused.layer(cost())?);
+        let canned = canned_refusal(refused_router.clone()).await?;
+        let address = serve(refused_router).await?;
         let refusal = StatusCode::TOO_MANY_REQUESTS;
         paths.push(Path {
             redis: true,
@@ -382,8 +390,31 @@ async fn paths(
             redis: true,
             ..path("redis refused, one user", address, refusal)
         });
+        paths.push(Path {
+            users: 1,
+            ..path("canned 429", serve(canned).await?, refusal)
+        });
     }
     Ok(paths)
+}
+
+/// The floor of the refused path: a handler that answers every request,
+/// with no layer, with the very status, headers and body `priced` gave
+/// user 0 (one refusal taken beforehand). What is left between it and
+/// bare is the cost of the larger answer, for the server and the load
+/// generator alike; between it and the refused path, the layer's work.
+async fn canned_refusal(priced: Router) -> Result<Router, Error> {
+    let request = Request::get(format!("/u/{}", user(0))).body(axum::body::Body::empty())?;
+    let refusal = priced.oneshot(request).await?;
+    let status = refusal.status();
+    let mut headers = refusal.headers().clone();
+    headers.remove(http::header::CONTENT_LENGTH);
+    let body = refusal.into_body().collect().await?.to_bytes();
+    let answer = move || {
+        let (headers, body) = (headers.clone(), body.clone());
+        async move { (status, headers, body) }
+    };
+    Ok(Router::new().route("/u/{id}", get(answer)))
 }
 
 /// Creates every user in `tickets`' store, 64 at a time. A call that fails
