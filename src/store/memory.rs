@@ -92,7 +92,7 @@ impl Stripe {
 struct UserRecord {
     balances: KindBalances,
     /// Idempotency keys already charged.
-    charged_keys: HashMap<IdempotencyKey, KeyRecord>,
+    charged_keys: ChargedKeys,
 }
 
 /// A user's balance in each kind they used. The first kind lives in the
@@ -137,6 +137,55 @@ impl KindBalances {
 /// pointers tell before the names.
 fn same_kind(a: &TicketKind, b: &TicketKind) -> bool {
     std::ptr::eq(a, b) || a.name() == b.name()
+}
+
+/// The idempotency keys a user charged with, the map allocated on first
+/// use: most users never send one, and without the map's 48 bytes a
+/// user's entry fits in one cache line.
+#[derive(Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "the box is the point: 8 bytes in the entry instead of the map's 48"
+)]
+struct ChargedKeys(Option<Box<HashMap<IdempotencyKey, KeyRecord>>>);
+
+impl ChargedKeys {
+    fn forget_expired(&mut self, now: DateTime<Utc>) {
+        if let Some(keys) = &mut self.0 {
+            keys.retain(|_, record| record.expires > now);
+            if keys.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|keys| keys.is_empty())
+    }
+
+    fn expiries(&self) -> impl Iterator<Item = DateTime<Utc>> {
+        self.0
+            .iter()
+            .flat_map(|keys| keys.values().map(|record| record.expires))
+    }
+
+    fn get(&self, key: &IdempotencyKey) -> Option<&KeyRecord> {
+        self.0.as_ref()?.get(key)
+    }
+
+    fn get_mut(&mut self, key: &IdempotencyKey) -> Option<&mut KeyRecord> {
+        self.0.as_mut()?.get_mut(key)
+    }
+
+    fn insert(&mut self, key: IdempotencyKey, record: KeyRecord) {
+        self.0.get_or_insert_default().insert(key, record);
+    }
+
+    fn remove(&mut self, key: &IdempotencyKey) {
+        if let Some(keys) = &mut self.0 {
+            keys.remove(key);
+        }
+    }
 }
 
 /// What a charged idempotency key is bound to, and how far its request got.
@@ -233,7 +282,7 @@ impl UserRecord {
     /// [`IDLE_PERIODS`] of every kind, each starting at its capacity and
     /// holding no more, no idempotency key remembered.
     fn forgettable(&mut self, now: DateTime<Utc>) -> bool {
-        self.charged_keys.retain(|_, record| record.expires > now);
+        self.charged_keys.forget_expired(now);
         self.charged_keys.is_empty()
             && self.balances.iter().all(|(kind, balance)| {
                 kind.initial_balance() == kind.capacity()
@@ -254,10 +303,7 @@ impl UserRecord {
             }
             from = from.max(idle_until(kind, balance.last_refill));
         }
-        self.charged_keys
-            .values()
-            .map(|record| record.expires)
-            .fold(from, DateTime::max)
+        self.charged_keys.expiries().fold(from, DateTime::max)
     }
 
     /// The kind's balance with a due refill applied, created on first use.
@@ -281,7 +327,7 @@ impl UserRecord {
         now: DateTime<Utc>,
         balances: &[KindBalance],
     ) -> Option<ChargeOutcome> {
-        self.charged_keys.retain(|_, record| record.expires > now);
+        self.charged_keys.forget_expired(now);
         let record = self.charged_keys.get(key)?;
         Some(if record.fingerprint != *fingerprint {
             ChargeOutcome::KeyReused
