@@ -244,12 +244,13 @@ fn main() -> Result<(), Error> {
                      server CPU per request {:.2} of {reference}'s",
                     path.name,
                     if measured >= goal { "met" } else { "not met" },
-                    server_cpu_ratio(&paths, &rounds, p, reference).unwrap_or(f64::NAN),
+                    cpu_ratio(&paths, &rounds, path.name, reference, |r| r.server_cpu)
+                        .unwrap_or(f64::NAN),
                 ));
             }
         }
     }
-    if let Some(cpu) = redis_cpu_ratio(&paths, &rounds) {
+    if let Some(cpu) = cpu_ratio(&paths, &rounds, "redis allowed", "naive", |r| r.redis_cpu) {
         verdicts.push(format!(
             "Redis CPU per decision, redis allowed / naive: {cpu:.2} (goal ≤ 0.60): {}",
             if cpu <= 0.6 { "met" } else { "not met" }
@@ -587,26 +588,20 @@ fn ratios(paths: &[Path], runs: &[Run], path: &Path, run: &Run) -> (f64, Option<
     (to_bare, to_peer)
 }
 
-/// The median over rounds of the server's CPU per request, path `p` over
-/// path `reference`.
-fn server_cpu_ratio(paths: &[Path], rounds: &[Vec<Run>], p: usize, reference: &str) -> Option<f64> {
-    let reference = paths.iter().position(|path| path.name == reference)?;
+/// The median over rounds of `pick`'s figure, path `name` over path
+/// `reference`, when both ran.
+fn cpu_ratio(
+    paths: &[Path],
+    rounds: &[Vec<Run>],
+    name: &str,
+    reference: &str,
+    pick: fn(&Run) -> Duration,
+) -> Option<f64> {
+    let index = |name: &str| paths.iter().position(|path| path.name == name);
+    let (p, reference) = (index(name)?, index(reference)?);
     let per_round = rounds
         .iter()
-        .map(|runs| runs[p].server_cpu.as_secs_f64() / runs[reference].server_cpu.as_secs_f64())
-        .filter(|r| r.is_finite())
-        .collect::<Vec<_>>();
-    (!per_round.is_empty()).then(|| median(per_round))
-}
-
-/// The median over rounds of Redis CPU per decision, redis allowed over
-/// naive, when both ran.
-fn redis_cpu_ratio(paths: &[Path], rounds: &[Vec<Run>]) -> Option<f64> {
-    let index = |name: &str| paths.iter().position(|p| p.name == name);
-    let (layer, naive) = (index("redis allowed")?, index("naive")?);
-    let per_round = rounds
-        .iter()
-        .map(|runs| runs[layer].redis_cpu.as_secs_f64() / runs[naive].redis_cpu.as_secs_f64())
+        .map(|runs| pick(&runs[p]).as_secs_f64() / pick(&runs[reference]).as_secs_f64())
         .filter(|r| r.is_finite())
         .collect::<Vec<_>>();
     (!per_round.is_empty()).then(|| median(per_round))
