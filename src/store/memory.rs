@@ -102,12 +102,19 @@ struct UserRecord {
 #[derive(Default)]
 struct KindBalances {
     first: Option<(Arc<TicketKind>, KindBalance)>,
-    more: Vec<(Arc<TicketKind>, KindBalance)>,
+    /// The other kinds: a boxed slice (8 bytes smaller than a `Vec`), grown
+    /// only when a user meets a kind for the first time.
+    more: Box<[(Arc<TicketKind>, KindBalance)]>,
 }
+
+// A user's entry in a stripe's map fits in 64 bytes, one cache line when the
+// table happens to align it (the key and its record; see `KindBalances` and
+// `ChargedKeys`).
+const _: () = assert!(std::mem::size_of::<(Uid, UserRecord)>() <= 64);
 
 impl KindBalances {
     fn iter(&self) -> impl Iterator<Item = &(Arc<TicketKind>, KindBalance)> {
-        self.first.iter().chain(&self.more)
+        self.first.iter().chain(self.more.iter())
     }
 
     /// `kind`'s stored balance, if any.
@@ -125,7 +132,9 @@ impl KindBalances {
         let index = match self.more.iter().position(|(k, _)| same_kind(k, kind)) {
             Some(index) => index,
             None => {
-                self.more.push((kind.clone(), fresh));
+                let mut more = std::mem::take(&mut self.more).into_vec();
+                more.push((kind.clone(), fresh));
+                self.more = more.into_boxed_slice();
                 self.more.len() - 1
             }
         };
@@ -140,8 +149,7 @@ fn same_kind(a: &TicketKind, b: &TicketKind) -> bool {
 }
 
 /// The idempotency keys a user charged with, the map allocated on first
-/// use: most users never send one, and without the map's 48 bytes a
-/// user's entry fits in one cache line.
+/// use: most users never send one, and the map itself takes 48 bytes.
 #[derive(Default)]
 #[expect(
     clippy::box_collection,
