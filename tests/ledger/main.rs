@@ -589,9 +589,9 @@ impl Run {
         // abandoned one, if Redis got it.
         let now = self.now();
         let kinds = self.model.kinds().to_vec();
-        let _ = self.target.instances[instance]
-            .balances(&uid, &kinds, now)
-            .await;
+        // (A write-through store may have dropped the user: this reloads it,
+        // waiting out a breaker that the fault left open.)
+        read_balances(&self.target.instances[instance], &uid, &kinds, now).await;
         let Some(mut raw) = self.target.raw(uid.as_str(), &kinds) else {
             self.checker.fail(
                 index,

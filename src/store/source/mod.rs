@@ -159,6 +159,24 @@ impl UserSnapshot {
         }
     }
 
+    /// This state's balances under a new lineage `lineage` seeded from it,
+    /// and the condition to write it on: that the source still holds this
+    /// state. Once written, no write of another lineage that was on its way
+    /// can land over it (see [`WriteCondition`]).
+    pub fn stamped(&self, lineage: u64) -> (UserSnapshot, WriteCondition) {
+        let stamp = UserSnapshot {
+            version: self.version,
+            lineage,
+            origins: Origins::seeded_from(self),
+            balances: self.balances.clone(),
+        };
+        let condition = WriteCondition {
+            point: stamp.point(),
+            seeded_from: self.point(),
+        };
+        (stamp, condition)
+    }
+
     /// This state's own point.
     pub fn point(&self) -> Point {
         Point {

@@ -334,17 +334,26 @@ impl Shared {
         receipt: Receipt,
         now: DateTime<Utc>,
     ) -> Result<RefundOutcome, StoreError> {
-        let (outcome, written) = self.refund_once(&receipt, now).await?;
-        if let Err(error) = written {
+        let (outcome, made_at, written) = self.refund_once(&receipt, now).await?;
+        if let (Err(error), Some(made_at)) = (written, made_at) {
             tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying in the background");
             tokio::spawn(async move {
                 let mut pause = REFUND_RETRY;
                 for _ in 0..REFUND_ATTEMPTS {
                     tokio::time::sleep(pause).await;
                     pause *= 2;
+                    // Redis remembers which charges it refunded only as long
+                    // as it keeps the user's state: once the source holds
+                    // the refund, applying it again to a reloaded state
+                    // would give the ticket back twice.
+                    if let Ok(Some(held)) = self.source.load(&receipt.uid, now).await
+                        && held.includes(made_at)
+                    {
+                        return;
+                    }
                     match self.refund_once(&receipt, now).await {
-                        Ok((_, Ok(()))) => return,
-                        Ok((_, Err(error))) | Err(error) => {
+                        Ok((_, _, Ok(()))) => return,
+                        Ok((_, _, Err(error))) | Err(error) => {
                             tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying");
                         }
                     }
@@ -355,13 +364,14 @@ impl Shared {
         Ok(outcome)
     }
 
-    /// Applies a refund in Redis (`Err` when that fails), and says whether
-    /// the source took it.
+    /// Applies a refund in Redis (`Err` when that fails), and says where
+    /// (the point of the change, if it changed anything) and whether the
+    /// source took it.
     async fn refund_once(
         &self,
         receipt: &Receipt,
         now: DateTime<Utc>,
-    ) -> Result<(RefundOutcome, Result<(), StoreError>), StoreError> {
+    ) -> Result<(RefundOutcome, Option<Point>, Result<(), StoreError>), StoreError> {
         let uid = &receipt.uid;
         for _ in 0..ATTEMPTS {
             let (outcome, point) = match self.redis.refund_cached(receipt.clone(), now).await? {
@@ -374,7 +384,7 @@ impl Shared {
             // Even a refund that gave nothing back may have applied a due
             // refill: the source must hold what Redis does.
             let Some(point) = point else {
-                return Ok((outcome, Ok(())));
+                return Ok((outcome, None, Ok(())));
             };
             let written = match self.mode {
                 WriteMode::Sync => {
@@ -388,7 +398,7 @@ impl Shared {
                 }
                 WriteMode::Async => self.mark_pending(uid, point, now).await,
             };
-            return Ok((outcome, written));
+            return Ok((outcome, Some(point), written));
         }
         Err(unsettled(uid))
     }

@@ -165,7 +165,7 @@ impl RedisState {
 
     /// A lineage id no other seeding is likely to draw: random, non-zero,
     /// below 2^53.
-    fn new_lineage(&self) -> u64 {
+    pub(crate) fn new_lineage(&self) -> u64 {
         self.random(LINEAGE_BITS).max(1)
     }
 
