@@ -1,7 +1,7 @@
 //! What the layer does when its store cannot answer: 503 problem+json for
 //! kinds that fail closed (the default), an uncharged pass for kinds that
 //! fail open. (Real outages of real backends are tested with each backend.)
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "jwt"))]
 
 use std::sync::Arc;
 

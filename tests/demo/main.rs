@@ -3,7 +3,7 @@
 //!
 //! Refill timing is left to the library's tests, which drive a `FakeClock`:
 //! a child process runs on the wall clock.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "jwt"))]
 
 mod hardening;
 #[allow(dead_code)] // Helpers for the full-stack demo tests too.

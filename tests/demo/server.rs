@@ -240,6 +240,7 @@ fn demo_binary() -> &'static PathBuf {
     BINARY.get_or_init(|| {
         let features: Vec<&str> = [
             ("axum", cfg!(feature = "axum")),
+            ("jwt", cfg!(feature = "jwt")),
             ("redis", cfg!(feature = "redis")),
             ("firestore", cfg!(feature = "firestore")),
             ("firebase", cfg!(feature = "firebase")),
