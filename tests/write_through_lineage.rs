@@ -321,3 +321,34 @@ async fn a_source_with_other_kinds_than_the_registry_is_a_config_error() {
     );
     assert_eq!(source.kinds().len(), 1);
 }
+
+/// Async mode: an edit made straight to the source while Redis holds the
+/// user with nothing left to write. The next round (a refill written, a
+/// charge) is refused, Redis reloads the edit, and the source keeps it plus
+/// what came after, never Redis's older state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_to_the_source_is_never_undone_by_redis() {
+    let f = Fixture::new(WriteMode::Async).await;
+    assert!(allowed(&f.charge().await));
+    eventually("the charge is written", || async { f.in_source() == 4 }).await;
+    let mut edited = f.source.stored(&f.uid).unwrap().balances;
+    edited[0].remaining = 2;
+    f.source.edit(&f.uid, edited);
+
+    let _ = f.charge().await;
+    eventually("Redis reloads the edit", || async {
+        f.answered().await <= 2
+    })
+    .await;
+    assert!(
+        f.in_source() <= 2,
+        "Redis's older state was written over the edit"
+    );
+    assert!(allowed(&f.charge().await));
+    eventually(
+        "the source holds the edit and the charges after it",
+        || async { f.in_source() == f.answered().await },
+    )
+    .await;
+    assert!(f.in_source() <= 1);
+}

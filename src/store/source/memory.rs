@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome, finished};
+use super::{Origins, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome, finished};
 use crate::kind::TicketKind;
-use crate::store::{StoreError, StoreErrorKind, StoreFuture};
+use crate::store::{KindBalance, StoreError, StoreErrorKind, StoreFuture};
 use crate::uid::Uid;
 
 /// How long an operation may wait for a held write by default.
@@ -109,6 +109,24 @@ impl MemorySource {
                 let _ = write.outcome.send(outcome);
             }
         }
+    }
+
+    /// Replaces what is stored for `uid` as an edit made straight to the
+    /// document would (the Firebase console, another backend): `balances`
+    /// (one per kind), absolute, as a state of no lineage and a new version,
+    /// which no write of a lineage seeded before it may replace.
+    pub fn edit(&self, uid: &Uid, balances: Vec<KindBalance>) {
+        let mut users = self.shared.users.lock();
+        let version = users.get(uid).map_or(0, |stored| stored.version) + 1;
+        users.insert(
+            uid.clone(),
+            UserSnapshot {
+                version,
+                lineage: 0,
+                origins: Origins::none(),
+                balances,
+            },
+        );
     }
 
     /// How many writes are held, waiting for release.
