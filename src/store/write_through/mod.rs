@@ -51,6 +51,7 @@
 //!   a new request.
 
 mod builder;
+mod edits;
 mod group_commit;
 mod hydration;
 mod recovery;
@@ -63,6 +64,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use self::builder::{WriteMode, WriteThroughBuilder};
+use self::edits::EditFollower;
 use self::group_commit::GroupCommit;
 use self::hydration::Hydration;
 use self::recovery::Recovery;
@@ -120,6 +122,8 @@ struct Shared {
     /// Changes under way (see [`WriteThrough::settled`]).
     changes: Arc<tokio::sync::watch::Sender<usize>>,
     _recovery: Recovery,
+    /// Follows the source's change feed, if it has one.
+    _edits: Option<EditFollower>,
 }
 
 /// The write-through's intervals.
@@ -173,6 +177,9 @@ impl WriteThrough {
             timing.recovery_interval,
             clock,
         );
+        let edits = source
+            .edits()
+            .map(|feed| EditFollower::start(state.clone(), feed));
         Self {
             shared: Arc::new(Shared {
                 redis,
@@ -183,6 +190,7 @@ impl WriteThrough {
                 mode,
                 changes: Arc::new(tokio::sync::watch::channel(0).0),
                 _recovery: recovery,
+                _edits: edits,
             }),
         }
     }
