@@ -10,6 +10,8 @@ use http::{HeaderMap, HeaderName, Method};
 use sha2::{Digest, Sha256};
 
 use crate::cost::CheckedCost;
+use crate::kind::TicketKind;
+use crate::store::Adjustment;
 
 /// The request header naming a retry-safe request.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -77,6 +79,28 @@ impl RequestFingerprint {
             digest.update([0]);
             digest.update(item.amount.to_be_bytes());
         }
+        Self::from_digest(digest)
+    }
+
+    /// The fingerprint of administrative `changes` (see
+    /// [`AdjustRequest`](crate::store::AdjustRequest)): each kind, its
+    /// operation and amount. It starts with a NUL, where a request's starts
+    /// with its method (never empty), so that no change and no request share
+    /// one.
+    pub(crate) fn of_adjustments(changes: &[(Arc<TicketKind>, Adjustment)]) -> Self {
+        let mut digest = Sha256::new();
+        digest.update([0]);
+        for (kind, adjustment) in changes {
+            for part in [kind.name(), adjustment.operation()] {
+                digest.update(part.as_bytes());
+                digest.update([0]);
+            }
+            digest.update(adjustment.amount().to_be_bytes());
+        }
+        Self::from_digest(digest)
+    }
+
+    fn from_digest(digest: Sha256) -> Self {
         Self(URL_SAFE_NO_PAD.encode(digest.finalize()).into())
     }
 
