@@ -169,6 +169,8 @@ test("the Auth emulator's tokens are refused without FIREBASE_AUTH_EMULATOR_HOST
 });
 
 test('the rules let a client read its document and create it at sign-up, never write its tickets', async () => {
+  const page = readFileSync(join(REPO, 'docs', 'firebase.md'), 'utf8');
+  assert.ok(page.includes(RULES), 'docs/firebase.md shows docs/firestore.rules as it is');
   // The SDK logs every write the rules deny; here they are the point.
   setLogLevel('silent');
   const { db, user } = await signUp('grace');
