@@ -337,6 +337,14 @@ pub enum AdjustOutcome {
     },
     /// The idempotency key already made these changes, which a store in
     /// front of a source of truth is still writing; nothing changed again.
+    ///
+    /// Such a store records the key as running when Redis makes the
+    /// changes, finishes it once the source holds them, and forgets it when
+    /// the source did not take them (so that a retry makes them). Two edges
+    /// follow: an instance that stops in between leaves the key running
+    /// until it expires, its retries answered `InProgress`; and a write that
+    /// timed out yet landed in the source is forgotten like one that did
+    /// not land, so its retry changes the balance again.
     InProgress,
     /// The idempotency key already served another request (other changes,
     /// or a charge); nothing changed.
