@@ -171,3 +171,30 @@ impl fmt::Debug for IdempotencyKey {
         fmt::Debug::fmt(&*self.0, f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adjustment_is_bound_to_each_kind_operation_and_amount() {
+        let upload = Arc::new(TicketKind::new("upload", 5));
+        let ai = Arc::new(TicketKind::new("ai", 3));
+        let of = |changes: &[(&Arc<TicketKind>, Adjustment)]| {
+            let changes: Vec<_> = changes.iter().map(|(k, a)| ((*k).clone(), *a)).collect();
+            RequestFingerprint::of_adjustments(&changes)
+        };
+        let grant = of(&[(&upload, Adjustment::Grant(10))]);
+        assert_eq!(grant, of(&[(&upload, Adjustment::Grant(10))]));
+        assert_eq!(grant.as_str().len(), 43);
+        for other in [
+            of(&[(&upload, Adjustment::Grant(11))]),
+            of(&[(&upload, Adjustment::Set(10))]),
+            of(&[(&ai, Adjustment::Grant(10))]),
+            of(&[(&upload, Adjustment::Grant(10)), (&ai, Adjustment::Reset)]),
+            RequestFingerprint::default(),
+        ] {
+            assert_ne!(grant, other);
+        }
+    }
+}

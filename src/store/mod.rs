@@ -452,3 +452,29 @@ impl<S: TicketStore + ?Sized> TicketStore for Arc<S> {
         (**self).check_kinds(kinds)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_named_twice_in_an_adjustment_keeps_its_last_change() {
+        let upload = Arc::new(TicketKind::new("upload", 5));
+        let ai = Arc::new(TicketKind::new("ai", 3));
+        let changes = [
+            (upload.clone(), Adjustment::Grant(1)),
+            (ai, Adjustment::Reset),
+            (upload, Adjustment::Set(2)),
+        ];
+        let request = AdjustRequest::new(Uid::parse("u1").unwrap(), changes, DateTime::UNIX_EPOCH);
+        let kept: Vec<_> = request
+            .changes
+            .iter()
+            .map(|(kind, adjustment)| (kind.name(), *adjustment))
+            .collect();
+        assert_eq!(
+            kept,
+            [("ai", Adjustment::Reset), ("upload", Adjustment::Set(2))]
+        );
+    }
+}
