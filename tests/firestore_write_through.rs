@@ -23,8 +23,8 @@ use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use support::eventually::eventually;
 use tower_tickets::identity::HeaderIdentity;
 use tower_tickets::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, FirestoreSource, KindBalance, RedisStore,
-    TicketStore, TimeSource, WriteMode, WriteThrough,
+    AdjustRequest, Adjustment, ChargeOutcome, ChargeRequest, FirestoreSource, KindBalance,
+    RedisStore, TicketStore, TimeSource, WriteMode, WriteThrough,
 };
 use tower_tickets::{Clock, Cost, FakeClock, TicketKind, Tickets, Uid};
 
@@ -135,7 +135,11 @@ impl App {
     async fn grant(&self, uid: &Uid, kind: &str, amount: u32) {
         let kind = self.tickets.kind(kind).unwrap().clone();
         self.store
-            .adjust(uid, &kind, Adjustment::Grant(amount), self.tickets.now())
+            .adjust(AdjustRequest::new(
+                uid.clone(),
+                [(kind, Adjustment::Grant(amount))],
+                self.tickets.now(),
+            ))
             .await
             .expect("the store answers");
     }
@@ -425,12 +429,14 @@ async fn a_delayed_write_never_undoes_a_grant_made_meanwhile() {
             fast.tickets.kind("upload").unwrap().clone(),
             fast.tickets.now(),
         );
-        tokio::spawn(async move { store.adjust(&erin, &kind, Adjustment::Grant(10), now).await })
+        let request = AdjustRequest::new(erin.clone(), [(kind, Adjustment::Grant(10))], now);
+        tokio::spawn(async move { store.adjust(request).await })
     };
 
     gate.release();
     assert_eq!(charge.await.unwrap().status, StatusCode::CREATED);
-    assert_eq!(grant.await.unwrap().unwrap().remaining, 14);
+    let granted = grant.await.unwrap().unwrap();
+    assert_eq!(granted.balances().unwrap()[0].remaining, 14);
     let stored = fast.document(&erin).await.unwrap();
     assert_eq!(
         stored.upload.0, 14,

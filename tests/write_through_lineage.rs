@@ -16,10 +16,10 @@ mod support {
 use std::time::Duration;
 
 use tower_tickets::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, MemorySource, RedisStore, SourceOfTruth, StoreError,
-    TicketStore, WriteMode, WriteThrough,
+    AdjustOutcome, AdjustRequest, Adjustment, ChargeOutcome, ChargeRequest, MemorySource,
+    RedisStore, SourceOfTruth, StoreError, TicketStore, WriteMode, WriteThrough,
 };
-use tower_tickets::{ConfigError, Cost, TicketKind, Tickets, Uid};
+use tower_tickets::{ConfigError, Cost, IdempotencyKey, TicketKind, Tickets, Uid};
 
 use support::eventually::eventually;
 use support::redis_server::RedisServer;
@@ -298,12 +298,58 @@ async fn a_grant_the_source_does_not_take_is_an_error_and_not_kept() {
     let upload = f.tickets.kind("upload").unwrap().clone();
     let granted = f
         .store()
-        .adjust(&f.uid, &upload, Adjustment::Grant(10), f.tickets.now())
+        .adjust(AdjustRequest::new(
+            f.uid.clone(),
+            [(upload, Adjustment::Grant(10))],
+            f.tickets.now(),
+        ))
         .await;
     assert!(granted.is_err(), "{granted:?}");
     f.source.set_reachable(true);
     assert_eq!(f.answered().await, 5);
     assert_eq!(f.in_source(), 5);
+}
+
+/// Sync mode: a keyed grant (a payment webhook's) that the source does not
+/// take is not remembered, so its retry grants; while a grant's write is
+/// under way its retry is in progress; once written, a retry gets the first
+/// answer and grants nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_grant_is_granted_once_the_source_holds_it_and_only_once() {
+    let f = Fixture::new(WriteMode::Sync).await;
+    let upload = f.tickets.kind("upload").unwrap().clone();
+    let key = IdempotencyKey::parse("payment-1").unwrap();
+    let grant = || {
+        let change = [(upload.clone(), Adjustment::Grant(10))];
+        let request = AdjustRequest::new(f.uid.clone(), change, f.tickets.now());
+        f.store()
+            .adjust(request.with_idempotency_key(Some(key.clone())))
+    };
+    f.source.set_reachable(false);
+    let refused = grant().await;
+    assert!(refused.is_err(), "{refused:?}");
+    f.source.set_reachable(true);
+    assert_eq!(f.answered().await, 5);
+
+    f.source.hold_writes(true);
+    let first = tokio::spawn(grant());
+    eventually("the grant's write is held", || async {
+        f.source.held_writes() > 0
+    })
+    .await;
+    assert_eq!(grant().await.unwrap(), AdjustOutcome::InProgress);
+    f.source.hold_writes(false);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.balances().unwrap()[0].remaining, 15);
+    let retry = grant().await.unwrap();
+    assert_eq!(
+        retry,
+        AdjustOutcome::Replayed {
+            balances: first.balances().unwrap().to_vec()
+        }
+    );
+    assert_eq!(f.in_source(), 15, "granted once");
+    assert_eq!(f.answered().await, 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveTime, Utc};
 use http::Method;
 use tower_tickets::store::{
-    ChargeOutcome, ChargeRequest, KindBalance, Receipt, StoreError, TicketStore, WriteMode,
+    AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, StoreError, TicketStore,
+    WriteMode,
 };
 use tower_tickets::{
     Cost, FakeClock, IdempotencyKey, Refill, RequestFingerprint, TicketKind, Tickets, Uid,
@@ -368,16 +369,14 @@ impl Run {
                 instance,
             } => {
                 let now = self.now();
+                let change = [(self.model.kinds()[kind].clone(), adjustment)];
+                let request = AdjustRequest::new(self.uids[user].clone(), change, now);
                 let answer = self.target.instances[instance]
-                    .adjust(
-                        &self.uids[user],
-                        &self.model.kinds()[kind].clone(),
-                        adjustment,
-                        now,
-                    )
-                    .await;
+                    .adjust(request)
+                    .await
+                    .map(|outcome| outcome.balances().map(|balances| balances[0]));
                 let mut adjusted = self.model.clone();
-                let want = adjusted.adjust(self.uids[user].as_str(), kind, adjustment, now);
+                let want = Some(adjusted.adjust(self.uids[user].as_str(), kind, adjustment, now));
                 match answer {
                     Ok(got) => {
                         self.checker

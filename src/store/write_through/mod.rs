@@ -75,8 +75,8 @@ use crate::kind::TicketKind;
 use crate::store::redis::Cached;
 use crate::store::source::{DURABLE, Point, SourceOfTruth};
 use crate::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore, RedisStoreBuilder,
-    RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
+    AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore,
+    RedisStoreBuilder, RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
 };
 use crate::uid::Uid;
 
@@ -299,7 +299,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Makes an administrative change (a grant, a set) made at
+    /// Makes an administrative change (a grant, a set, a reset) made at
     /// `point` reach the source as the mode says. In sync mode, a change
     /// the source does not take is not left in Redis alone: Redis's state
     /// of the user is dropped (the next request reloads the source's) and
@@ -443,21 +443,34 @@ impl Shared {
         Err(unsettled(uid))
     }
 
-    async fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> Result<KindBalance, StoreError> {
+    /// Adjusts in Redis, then carries the change to the source as the mode
+    /// says. An idempotency key is recorded running by the script, then
+    /// finished once the change is carried (a retry meanwhile is
+    /// [`InProgress`](AdjustOutcome::InProgress)), or forgotten when the
+    /// source did not take it, so that a retry makes it again.
+    async fn adjust(&self, request: AdjustRequest) -> Result<AdjustOutcome, StoreError> {
+        let (uid, now) = (&request.uid, request.now);
         for _ in 0..ATTEMPTS {
-            match self.redis.adjust_cached(uid, kind, adjustment, now).await? {
+            match self.redis.adjust_cached(&request).await? {
                 Cached::Unseeded => self.fill(uid, now).await?,
-                Cached::Seeded { value, point } => {
+                Cached::Seeded {
+                    value: value @ AdjustOutcome::Applied { .. },
+                    point,
+                } => {
                     let point = point.ok_or_else(|| lost(uid))?;
-                    self.persist_change(uid, point, now).await?;
-                    return Ok(value);
+                    let persisted = self.persist_change(uid, point, now).await;
+                    if let Some(key) = &request.idempotency_key {
+                        let concluded = match persisted {
+                            Ok(()) => self.redis.finish_key(uid, key).await,
+                            Err(_) => self.redis.forget_key(uid, key).await,
+                        };
+                        if let Err(error) = concluded {
+                            tracing::error!(%uid, %error, "could not conclude an adjustment's idempotency key; its retries answer in progress until it expires");
+                        }
+                    }
+                    return persisted.map(|()| value);
                 }
+                Cached::Seeded { value, .. } => return Ok(value),
             }
         }
         Err(unsettled(uid))
@@ -597,15 +610,9 @@ impl TicketStore for WriteThrough {
         Box::pin(async move { shared.balances(&uid, &kinds, now).await })
     }
 
-    fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
-        let (shared, uid, kind) = (self.shared.clone(), uid.clone(), kind.clone());
-        self.detached(async move { shared.adjust(&uid, &kind, adjustment, now).await })
+    fn adjust(&self, request: AdjustRequest) -> StoreFuture<AdjustOutcome> {
+        let shared = self.shared.clone();
+        self.detached(async move { shared.adjust(request).await })
     }
 
     fn ensure_user(
