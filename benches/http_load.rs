@@ -137,7 +137,7 @@ async fn start_servers() -> Result<(SocketAddr, SocketAddr, HeaderValue), Error>
         .identity(JwtIdentity::hs256(JWT_SECRET))
         .build()?;
     let uid = Uid::parse("load-user")?;
-    tickets.set(&uid, "upload", u32::MAX).await?;
+    tickets.set(&uid, "upload", u32::MAX, None).await?;
     let token = JwtIssuer::hs256(JWT_SECRET).issue(&uid, Utc::now(), Duration::from_secs(3600));
     let token = HeaderValue::from_str(&format!("Bearer {token}"))?;
 

@@ -50,7 +50,7 @@ fn layered(
         .build()
         .expect("the benchmark's registry is valid");
     for user in users {
-        rt.block_on(tickets.set(user, "upload", balance))
+        rt.block_on(tickets.set(user, "upload", balance, None))
             .expect("the memory store sets balances");
     }
     let layer = tickets.layer(Cost::of("upload", 1)).expect("a valid cost");

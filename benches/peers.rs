@@ -17,8 +17,8 @@
 //! - no layer, but a handler that answers with the bytes of one refusal
 //!   taken beforehand (**canned 429**): the floor of the refused path.
 //!
-//! Run with `cargo bench --bench peers` (about 3 min); append path names
-//! (`-- bare governor memory`) to run only those. It starts its own
+//! Run with `cargo bench --features redis --bench peers` (about 3 min);
+//! append path names (`-- governor memory`) to run only those. It starts its own
 //! `redis-server` on a free 127.0.0.1 port (the tests' harness) and stops
 //! it by pid. Every user is created before the first round (each path's
 //! store holds all 100,000), so no round measures first sight.
@@ -154,7 +154,7 @@ fn main() -> Result<(), Error> {
     } else {
         Schedule::SMOKE
     };
-    // `cargo bench --bench peers -- memory governor` runs only those paths
+    // `cargo bench ... --bench peers -- memory governor` runs only those paths
     // (and bare, the reference).
     let chosen: Vec<&str> = args
         .iter()

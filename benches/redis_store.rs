@@ -157,7 +157,7 @@ async fn set_balances(
     balance: u32,
 ) -> Result<(), Error> {
     for uid in users {
-        tickets.set(&uid, "upload", balance).await?;
+        tickets.set(&uid, "upload", balance, None).await?;
     }
     Ok(())
 }

@@ -49,7 +49,7 @@ if [ "$redis_ok" != PONG ] || [ "$firestore_ok" != Ok ]; then
   exit 1
 fi
 
-cargo build --release --example demo
+cargo build --release --features redis,firestore --example demo
 FIRESTORE_EMULATOR_HOST=127.0.0.1:$firestore_port target/release/examples/demo \
   --store redis --redis-url "redis://127.0.0.1:$redis_port" \
   --firestore-project tower-tickets-demo "$@" &

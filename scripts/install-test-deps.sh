@@ -26,11 +26,19 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "installing chromium (Debian package chromium)"
   apt_install chromium
 fi
+# The Firebase Web SDK test (same directory): firebase-tools (its Auth
+# emulator) and firebase (the Web SDK). All are kept in tests/browser/
+# node_modules, installed again only when one is missing or the lock file
+# changed since.
 browser_tests="$(dirname "$0")/../tests/browser"
-if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
-  echo "installing the browser test's npm packages (tests/browser/package-lock.json)"
-  (cd "$browser_tests" && npm ci --no-audit --no-fund)
-fi
+installed="$browser_tests/node_modules/.package-lock.json"
+for package in playwright-core firebase firebase-tools; do
+  if [ ! -d "$browser_tests/node_modules/$package" ] || [ "$browser_tests/package-lock.json" -nt "$installed" ]; then
+    echo "installing the node tests' npm packages (tests/browser/package-lock.json)"
+    (cd "$browser_tests" && npm ci --no-audit --no-fund)
+    break
+  fi
+done
 
 # The Firestore tests start Google's Firestore emulator (a jar run by java);
 # it cannot be fetched from here, so say what to install.

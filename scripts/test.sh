@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 cargo test --all-features --locked "$@"
 
-# The demo's page in headless Chromium (tests/browser/): reuses the demo that
-# cargo test just built; screenshots and logs in target/browser-screenshots/.
+# The node tests (tests/browser/), reusing the demo that cargo test just
+# built: the demo's page in headless Chromium (screenshots and logs in
+# target/browser-screenshots/), and the Firebase Web SDK against the Auth and
+# Firestore emulators (logs in target/firebase-web-sdk/).
 (cd tests/browser && node --test)

@@ -10,6 +10,8 @@ use http::{HeaderMap, HeaderName, Method};
 use sha2::{Digest, Sha256};
 
 use crate::cost::CheckedCost;
+use crate::kind::TicketKind;
+use crate::store::Adjustment;
 
 /// The request header naming a retry-safe request.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -77,6 +79,28 @@ impl RequestFingerprint {
             digest.update([0]);
             digest.update(item.amount.to_be_bytes());
         }
+        Self::from_digest(digest)
+    }
+
+    /// The fingerprint of administrative `changes` (see
+    /// [`AdjustRequest`](crate::store::AdjustRequest)): each kind, its
+    /// operation and amount. It starts with a NUL, where a request's starts
+    /// with its method (never empty), so that no change and no request share
+    /// one.
+    pub(crate) fn of_adjustments(changes: &[(Arc<TicketKind>, Adjustment)]) -> Self {
+        let mut digest = Sha256::new();
+        digest.update([0]);
+        for (kind, adjustment) in changes {
+            for part in [kind.name(), adjustment.operation()] {
+                digest.update(part.as_bytes());
+                digest.update([0]);
+            }
+            digest.update(adjustment.amount().to_be_bytes());
+        }
+        Self::from_digest(digest)
+    }
+
+    fn from_digest(digest: Sha256) -> Self {
         Self(URL_SAFE_NO_PAD.encode(digest.finalize()).into())
     }
 
@@ -145,5 +169,32 @@ impl IdempotencyKey {
 impl fmt::Debug for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adjustment_is_bound_to_each_kind_operation_and_amount() {
+        let upload = Arc::new(TicketKind::new("upload", 5));
+        let ai = Arc::new(TicketKind::new("ai", 3));
+        let of = |changes: &[(&Arc<TicketKind>, Adjustment)]| {
+            let changes: Vec<_> = changes.iter().map(|(k, a)| ((*k).clone(), *a)).collect();
+            RequestFingerprint::of_adjustments(&changes)
+        };
+        let grant = of(&[(&upload, Adjustment::Grant(10))]);
+        assert_eq!(grant, of(&[(&upload, Adjustment::Grant(10))]));
+        assert_eq!(grant.as_str().len(), 43);
+        for other in [
+            of(&[(&upload, Adjustment::Grant(11))]),
+            of(&[(&upload, Adjustment::Set(10))]),
+            of(&[(&ai, Adjustment::Grant(10))]),
+            of(&[(&upload, Adjustment::Grant(10)), (&ai, Adjustment::Reset)]),
+            RequestFingerprint::default(),
+        ] {
+            assert_ne!(grant, other);
+        }
     }
 }

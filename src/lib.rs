@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod admin;
 mod balances;
 mod charged;
 mod clock;
@@ -25,6 +26,7 @@ mod tickets;
 mod uid;
 mod unanswered;
 
+pub use self::admin::{Adjusted, AdminError};
 pub use self::balances::{BalanceView, Balances};
 pub use self::charged::Charged;
 pub use self::clock::{Clock, FakeClock, SystemClock};
@@ -44,5 +46,5 @@ pub use self::rejection::{
     QuotaItem, REQUEST_IN_PROGRESS_TYPE, Rejection,
 };
 pub use self::service::TicketService;
-pub use self::tickets::{AdminError, Tickets, TicketsBuilder};
+pub use self::tickets::{Tickets, TicketsBuilder};
 pub use self::uid::{MAX_UID_LEN, Uid, UidError, UidPolicy};

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use http::request::Parts;
 use http::{HeaderMap, Response};
 
-use crate::balances::{BalanceView, Balances};
+use crate::balances::Balances;
 use crate::clock::{Clock, SystemClock, now_millis};
 use crate::config_error::ConfigError;
 use crate::cost::{CheckedCost, Cost, CostFn};
@@ -20,7 +20,7 @@ use crate::messages::{DefaultMessages, Messages};
 use crate::refill::Refill;
 use crate::refusal_bodies::RefusalBodies;
 use crate::rejection::Rejection;
-use crate::store::{Adjustment, MemoryStore, StoreError, TicketStore};
+use crate::store::{MemoryStore, StoreError, TicketStore};
 use crate::uid::Uid;
 
 /// The ticket registry. Build it once at start-up, then make one
@@ -166,40 +166,6 @@ fn check_kind(kind: &TicketKind) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// An administrative operation could not be done.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum AdminError {
-    /// The kind is not registered.
-    UnknownKind(String),
-    /// The store could not do it.
-    Store(StoreError),
-}
-
-impl fmt::Display for AdminError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::UnknownKind(kind) => write!(f, "unknown ticket kind {kind:?}"),
-            Self::Store(e) => write!(f, "ticket store error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for AdminError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::UnknownKind(_) => None,
-            Self::Store(e) => Some(e),
-        }
-    }
-}
-
-impl From<StoreError> for AdminError {
-    fn from(e: StoreError) -> Self {
-        Self::Store(e)
-    }
-}
-
 impl Tickets {
     /// Starts a registry.
     pub fn builder() -> TicketsBuilder {
@@ -296,42 +262,5 @@ impl Tickets {
             .ensure_user(uid, &self.shared.kinds, now)
             .await?;
         Ok(Balances::new(&self.shared.kinds, &balances, now))
-    }
-
-    /// Adds `amount` tickets of `kind` to `uid`'s balance.
-    pub async fn grant(
-        &self,
-        uid: &Uid,
-        kind: &str,
-        amount: u32,
-    ) -> Result<BalanceView, AdminError> {
-        self.adjust(uid, kind, Adjustment::Grant(amount)).await
-    }
-
-    /// Sets `uid`'s balance of `kind` to `balance`.
-    pub async fn set(
-        &self,
-        uid: &Uid,
-        kind: &str,
-        balance: u32,
-    ) -> Result<BalanceView, AdminError> {
-        self.adjust(uid, kind, Adjustment::Set(balance)).await
-    }
-
-    async fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &str,
-        adjustment: Adjustment,
-    ) -> Result<BalanceView, AdminError> {
-        let kind = self
-            .kind(kind)
-            .ok_or_else(|| AdminError::UnknownKind(kind.into()))?;
-        let balance = self
-            .shared
-            .store
-            .adjust(uid, kind, adjustment, self.now())
-            .await?;
-        Ok(BalanceView::new(kind, balance))
     }
 }

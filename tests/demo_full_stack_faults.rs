@@ -10,7 +10,7 @@
 //! holds the network between instance B and Firestore, and reads the
 //! documents. Its choices come from a seed it prints (`DEMO_FAULTS_SEED=<n>`
 //! replays them; the timing of a concurrent run is not replayed).
-#![cfg(all(feature = "axum", feature = "firestore"))]
+#![cfg(all(feature = "axum", feature = "jwt", feature = "firestore"))]
 
 #[allow(dead_code)] // This binary uses part of the support code.
 mod support {

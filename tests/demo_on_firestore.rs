@@ -1,6 +1,6 @@
 //! The demo server on the full stack: Redis decides, Firestore holds
 //! `users/{uid}` (sync write-through), both real servers started here.
-#![cfg(all(feature = "axum", feature = "firestore"))]
+#![cfg(all(feature = "axum", feature = "jwt", feature = "firestore"))]
 
 #[allow(dead_code)] // This binary uses part of the support code.
 mod support {

@@ -1,6 +1,6 @@
 //! The demo server with `--store redis`: two instances on one Redis share
 //! one truth, and an unreachable Redis stops the server at start-up.
-#![cfg(all(feature = "axum", feature = "redis"))]
+#![cfg(all(feature = "axum", feature = "jwt", feature = "redis"))]
 
 #[allow(dead_code)] // The cluster half of the harness is for other tests.
 #[path = "support/redis_server.rs"]

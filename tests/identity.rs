@@ -1,7 +1,7 @@
 //! Every way a request can fail to identify its user is a 401 that touches no
 //! store; the built-in JWT extractor checks signature, expiry, issuer and
 //! audience.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "jwt"))]
 
 mod app;
 

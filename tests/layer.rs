@@ -1,6 +1,6 @@
 //! The layer in front of axum routes: the reference app's rules, end to end
 //! through HTTP, with the embedded store and a fake clock.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "jwt"))]
 
 mod app;
 

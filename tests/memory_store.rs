@@ -11,7 +11,7 @@ mod idle_users {
     use std::time::Duration;
 
     use tower_tickets::store::{
-        Adjustment, ChargeOutcome, ChargeRequest, MemoryStore, TicketStore,
+        AdjustRequest, Adjustment, ChargeOutcome, ChargeRequest, MemoryStore, TicketStore,
     };
     use tower_tickets::{Cost, FakeClock, TicketKind, Tickets, Uid};
 
@@ -37,7 +37,11 @@ mod idle_users {
         }
         let granted = Uid::parse("granted").unwrap();
         store
-            .adjust(&granted, &upload, Adjustment::Set(50), tickets.now())
+            .adjust(AdjustRequest::new(
+                granted.clone(),
+                [(upload.clone(), Adjustment::Set(50))],
+                tickets.now(),
+            ))
             .await
             .unwrap();
         assert_eq!(store.users(), 2001);

@@ -32,8 +32,8 @@ mod focused {
     use std::sync::Arc;
 
     use tower_tickets::store::{
-        Adjustment, ChargeOutcome, ChargeRequest, KindBalance, RedisStore, RefusalCache,
-        StoreErrorKind, TicketStore, TimeSource,
+        AdjustRequest, Adjustment, ChargeOutcome, ChargeRequest, KindBalance, RedisStore,
+        RefusalCache, StoreErrorKind, TicketStore, TimeSource,
     };
     use tower_tickets::{Cost, FakeClock, IdempotencyKey, TicketKind, Tickets, Uid};
 
@@ -212,7 +212,11 @@ mod focused {
         // A grant through this instance is seen at once.
         let ai = tickets.kind("ai").unwrap();
         store
-            .adjust(&uid, ai, Adjustment::Grant(1), tickets.now())
+            .adjust(AdjustRequest::new(
+                uid.clone(),
+                [(ai.clone(), Adjustment::Grant(1))],
+                tickets.now(),
+            ))
             .await
             .unwrap();
         assert!(matches!(
@@ -381,11 +385,16 @@ mod focused {
         let granted = fresh_uid("granted");
         charge_upload(&granted).await.unwrap();
         assert!(ttl_of(&granted) > 0, "a user at capacity expires");
-        let balance = store
-            .adjust(&granted, upload, Adjustment::Grant(3), tickets.now())
+        let granted_to = [(upload.clone(), Adjustment::Grant(3))];
+        let outcome = store
+            .adjust(AdjustRequest::new(
+                granted.clone(),
+                granted_to,
+                tickets.now(),
+            ))
             .await
             .unwrap();
-        assert_eq!(balance.remaining, 7);
+        assert_eq!(outcome.balances().unwrap()[0].remaining, 7);
         assert_eq!(ttl_of(&granted), -1, "a grant above capacity is kept");
         charge_upload(&granted).await.unwrap();
         assert_eq!(ttl_of(&granted), -1, "still above capacity");
@@ -402,11 +411,12 @@ mod focused {
             -1,
             "a forgotten user would come back with 1 welcome ticket, not 3"
         );
-        let balance = store
-            .adjust(&welcomed, upload, Adjustment::Set(2), tickets.now())
+        let set = [(upload.clone(), Adjustment::Set(2))];
+        let outcome = store
+            .adjust(AdjustRequest::new(welcomed.clone(), set, tickets.now()))
             .await
             .unwrap();
-        assert_eq!(balance.remaining, 2);
+        assert_eq!(outcome.balances().unwrap()[0].remaining, 2);
         assert_eq!(
             ttl_of(&welcomed),
             -1,

@@ -1,7 +1,7 @@
 //! What the layer does when its store cannot answer: 503 problem+json for
 //! kinds that fail closed (the default), an uncharged pass for kinds that
 //! fail open. (Real outages of real backends are tested with each backend.)
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "jwt"))]
 
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ use axum::routing::post;
 use chrono::{DateTime, Utc};
 use tower::ServiceExt;
 use tower_tickets::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreError,
-    StoreErrorKind, StoreFuture, TicketStore,
+    AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt,
+    RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
 };
 use tower_tickets::{Charged, Cost, FailMode, TicketKind, Tickets, Uid};
 
@@ -46,13 +46,7 @@ impl TicketStore for Down {
     ) -> StoreFuture<Vec<KindBalance>> {
         down()
     }
-    fn adjust(
-        &self,
-        _: &Uid,
-        _: &Arc<TicketKind>,
-        _: Adjustment,
-        _: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
+    fn adjust(&self, _: AdjustRequest) -> StoreFuture<AdjustOutcome> {
         down()
     }
     fn ensure_user(

@@ -16,10 +16,10 @@ mod support {
 use std::time::Duration;
 
 use tower_tickets::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, MemorySource, RedisStore, SourceOfTruth, StoreError,
-    TicketStore, WriteMode, WriteThrough,
+    AdjustOutcome, AdjustRequest, Adjustment, ChargeOutcome, ChargeRequest, MemorySource,
+    RedisStore, SourceOfTruth, StoreError, TicketStore, WriteMode, WriteThrough,
 };
-use tower_tickets::{ConfigError, Cost, TicketKind, Tickets, Uid};
+use tower_tickets::{ConfigError, Cost, IdempotencyKey, TicketKind, Tickets, Uid};
 
 use support::eventually::eventually;
 use support::redis_server::RedisServer;
@@ -298,12 +298,58 @@ async fn a_grant_the_source_does_not_take_is_an_error_and_not_kept() {
     let upload = f.tickets.kind("upload").unwrap().clone();
     let granted = f
         .store()
-        .adjust(&f.uid, &upload, Adjustment::Grant(10), f.tickets.now())
+        .adjust(AdjustRequest::new(
+            f.uid.clone(),
+            [(upload, Adjustment::Grant(10))],
+            f.tickets.now(),
+        ))
         .await;
     assert!(granted.is_err(), "{granted:?}");
     f.source.set_reachable(true);
     assert_eq!(f.answered().await, 5);
     assert_eq!(f.in_source(), 5);
+}
+
+/// Sync mode: a keyed grant (a payment webhook's) that the source does not
+/// take is not remembered, so its retry grants; while a grant's write is
+/// under way its retry is in progress; once written, a retry gets the first
+/// answer and grants nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_grant_is_granted_once_the_source_holds_it_and_only_once() {
+    let f = Fixture::new(WriteMode::Sync).await;
+    let upload = f.tickets.kind("upload").unwrap().clone();
+    let key = IdempotencyKey::parse("payment-1").unwrap();
+    let grant = || {
+        let change = [(upload.clone(), Adjustment::Grant(10))];
+        let request = AdjustRequest::new(f.uid.clone(), change, f.tickets.now());
+        f.store()
+            .adjust(request.with_idempotency_key(Some(key.clone())))
+    };
+    f.source.set_reachable(false);
+    let refused = grant().await;
+    assert!(refused.is_err(), "{refused:?}");
+    f.source.set_reachable(true);
+    assert_eq!(f.answered().await, 5);
+
+    f.source.hold_writes(true);
+    let first = tokio::spawn(grant());
+    eventually("the grant's write is held", || async {
+        f.source.held_writes() > 0
+    })
+    .await;
+    assert_eq!(grant().await.unwrap(), AdjustOutcome::InProgress);
+    f.source.hold_writes(false);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.balances().unwrap()[0].remaining, 15);
+    let retry = grant().await.unwrap();
+    assert_eq!(
+        retry,
+        AdjustOutcome::Replayed {
+            balances: first.balances().unwrap().to_vec()
+        }
+    );
+    assert_eq!(f.in_source(), 15, "granted once");
+    assert_eq!(f.answered().await, 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,4 +366,36 @@ async fn a_source_with_other_kinds_than_the_registry_is_a_config_error() {
         "{built:?}"
     );
     assert_eq!(source.kinds().len(), 1);
+}
+
+/// An edit made straight to the source while Redis holds the user (async
+/// mode, nothing left to write): the change feed drops Redis's copy, the
+/// next request loads the edit, and charges apply on top of it; nothing
+/// writes Redis's older state over it. The same for a deleted user, who
+/// starts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_to_the_source_is_seen_at_once_and_never_undone() {
+    let f = Fixture::new(WriteMode::Async).await;
+    assert!(allowed(&f.charge().await));
+    eventually("the charge is written", || async { f.in_source() == 4 }).await;
+    let mut edited = f.source.stored(&f.uid).unwrap().balances;
+    edited[0].remaining = 2;
+    f.source.edit(&f.uid, edited);
+    eventually("Redis reloads the edit", || async {
+        f.answered().await == 2
+    })
+    .await;
+    assert!(allowed(&f.charge().await));
+    eventually(
+        "the source holds the edit and the charge after it",
+        || async { f.in_source() == 1 },
+    )
+    .await;
+    assert_eq!(f.answered().await, 1);
+
+    f.source.delete(&f.uid);
+    eventually("a deleted user starts over", || async {
+        f.answered().await == 5
+    })
+    .await;
 }

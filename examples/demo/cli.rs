@@ -107,7 +107,7 @@ pub struct StoreArgs {
 
     /// Google Cloud project whose Firestore holds users/{uid}, written
     /// through from Redis (--redis-url), which decides; needs the `firestore`
-    /// feature (on by default). Set FIRESTORE_EMULATOR_HOST=host:port to use
+    /// feature (`--features firestore`). Set FIRESTORE_EMULATOR_HOST=host:port to use
     /// the emulator; otherwise Google's usual credential discovery applies.
     #[arg(long, env = "TICKETS_FIRESTORE_PROJECT")]
     pub firestore_project: Option<String>,

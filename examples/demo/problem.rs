@@ -67,6 +67,17 @@ impl Problems {
         self.rejection(Rejection::AlreadyProcessed)
     }
 
+    /// 422: the request's `Idempotency-Key` already served another request.
+    pub fn key_reused(&self) -> Response {
+        self.rejection(Rejection::KeyReused)
+    }
+
+    /// 409 with `Retry-After`: the request's `Idempotency-Key` already made
+    /// this change, which is still being written.
+    pub fn in_progress(&self) -> Response {
+        self.rejection(Rejection::InProgress)
+    }
+
     /// 500: the demo failed on its side.
     pub fn internal(&self) -> Response {
         self.own(StatusCode::INTERNAL_SERVER_ERROR, Words::Internal)

@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Result<Router, ConfigError> {
         )
         .route("/api/admin/grant", post(admin::grant))
         .route("/api/admin/set", post(admin::set))
+        .route("/api/admin/reset", post(admin::reset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state))

@@ -36,7 +36,8 @@ async fn redis(url: &str) -> Result<Arc<dyn TicketStore>, String> {
 async fn redis(url: &str) -> Result<Arc<dyn TicketStore>, String> {
     Err(format!(
         "--store redis --redis-url {url}: this demo was built without the `redis` feature; \
-         rebuild it with the default features (or --features redis)"
+         rebuild it with `--features redis` (`--features redis,firestore,firebase` has every \
+         flag)"
     ))
 }
 
@@ -68,6 +69,7 @@ async fn firestore(
 ) -> Result<Arc<dyn TicketStore>, String> {
     Err(format!(
         "--firestore-project {project}: this demo was built without the `firestore` feature; \
-         rebuild it with the default features (or --features firestore)"
+         rebuild it with `--features firestore` (`--features redis,firestore,firebase` has \
+         every flag)"
     ))
 }

@@ -9,19 +9,23 @@
 //! - [`ExtensionIdentity`]: a uid that an authentication layer in front of
 //!   this one placed in the request's extensions (the usual production set-up
 //!   behind an auth middleware);
-//! - [`JwtIdentity`]: a verified JWT bearer token (HS256 or RS256), its `sub`
-//!   claim being the uid;
+//! - `JwtIdentity` (feature `jwt`, on by default): a verified JWT bearer
+//!   token (HS256 or RS256), its `sub` claim being the uid;
 //! - [`FirebaseIdentity`] (feature `firebase`): a Firebase Auth ID token,
 //!   verified with Google's rotating keys, fetched in the background;
 //! - [`HeaderIdentity`]: a plain header, **trusted blindly: development only**.
 
+#[cfg(feature = "jwt")]
 mod bearer;
 mod extension;
 #[cfg(feature = "firebase")]
 mod firebase;
 mod header;
+#[cfg(feature = "jwt")]
 mod jwt;
+#[cfg(feature = "jwt")]
 mod jwt_verification;
+#[cfg(feature = "jwt")]
 mod verified_tokens;
 
 use std::fmt;
@@ -37,6 +41,7 @@ pub use self::firebase::{
     FirebaseIdentity, FirebaseIdentityBuilder, FirebaseSetupError, GOOGLE_SECURETOKEN_KEYS_URL,
 };
 pub use self::header::HeaderIdentity;
+#[cfg(feature = "jwt")]
 pub use self::jwt::{JwtIdentity, JwtIssuer};
 use crate::uid::{Uid, UidError};
 

@@ -9,8 +9,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use parking_lot::Mutex;
 
 use super::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreFuture,
-    TicketStore, refund_across_refill,
+    AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt,
+    RefundOutcome, StoreFuture, TicketStore, refund_across_refill,
 };
 use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey, RequestFingerprint};
 use crate::kind::TicketKind;
@@ -91,7 +91,7 @@ impl Stripe {
 #[derive(Default)]
 struct UserRecord {
     balances: KindBalances,
-    /// Idempotency keys already charged.
+    /// Idempotency keys already used, by charges and adjustments.
     charged_keys: ChargedKeys,
 }
 
@@ -148,8 +148,9 @@ fn same_kind(a: &TicketKind, b: &TicketKind) -> bool {
     std::ptr::eq(a, b) || a.name() == b.name()
 }
 
-/// The idempotency keys a user charged with, the map allocated on first
-/// use: most users never send one, and the map itself takes 48 bytes.
+/// The idempotency keys a user's charges and adjustments used, the map
+/// allocated on first use: most users never send one, and the map itself
+/// takes 48 bytes.
 #[derive(Default)]
 #[expect(
     clippy::box_collection,
@@ -196,11 +197,13 @@ impl ChargedKeys {
     }
 }
 
-/// What a charged idempotency key is bound to, and how far its request got.
+/// What a used idempotency key is bound to, and how far its request got.
 struct KeyRecord {
     expires: DateTime<Utc>,
     fingerprint: RequestFingerprint,
     finished: bool,
+    /// An adjustment's first answer (empty for a charge).
+    answer: Vec<KindBalance>,
 }
 
 impl Default for MemoryStore {
@@ -325,6 +328,46 @@ impl UserRecord {
         balance
     }
 
+    /// Records that `key` served `fingerprint` at `now`: an adjustment's,
+    /// finished with its `answer`, or a charge's, running.
+    fn remember_key(
+        &mut self,
+        key: &IdempotencyKey,
+        fingerprint: RequestFingerprint,
+        now: DateTime<Utc>,
+        answer: Option<Vec<KindBalance>>,
+    ) {
+        let ttl = TimeDelta::from_std(IDEMPOTENCY_TTL).unwrap_or(TimeDelta::MAX);
+        let record = KeyRecord {
+            expires: now
+                .checked_add_signed(ttl)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            fingerprint,
+            finished: answer.is_some(),
+            answer: answer.unwrap_or_default(),
+        };
+        self.charged_keys.insert(key.clone(), record);
+    }
+
+    /// What an adjustment under `key` for `fingerprint` must answer instead
+    /// of changing anything, if the key already served and has not expired.
+    fn already_adjusted(
+        &mut self,
+        key: &IdempotencyKey,
+        fingerprint: &RequestFingerprint,
+        now: DateTime<Utc>,
+    ) -> Option<AdjustOutcome> {
+        self.charged_keys.forget_expired(now);
+        let record = self.charged_keys.get(key)?;
+        Some(if record.fingerprint != *fingerprint {
+            AdjustOutcome::KeyReused
+        } else {
+            AdjustOutcome::Replayed {
+                balances: record.answer.clone(),
+            }
+        })
+    }
+
     /// What a charge under `key` for `fingerprint` must answer instead of
     /// charging, if the key already paid and has not expired; forgets
     /// expired keys.
@@ -410,15 +453,7 @@ impl TicketStore for MemoryStore {
                 *balance = *stored;
             }
             if let Some(key) = &idempotency_key {
-                let ttl = TimeDelta::from_std(IDEMPOTENCY_TTL).unwrap_or(TimeDelta::MAX);
-                user.charged_keys.insert(
-                    key.clone(),
-                    KeyRecord {
-                        expires: now + ttl,
-                        fingerprint,
-                        finished: false,
-                    },
-                );
+                user.remember_key(key, fingerprint, now, None);
             }
             ChargeOutcome::Allowed {
                 receipt: Receipt {
@@ -497,22 +532,31 @@ impl TicketStore for MemoryStore {
         ready(balances)
     }
 
-    fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
-        let balance = self.with_user(uid, now, |user| {
-            let balance = user.refreshed(kind, now);
-            balance.remaining = match adjustment {
-                Adjustment::Grant(amount) => balance.remaining.saturating_add(amount),
-                Adjustment::Set(value) => value,
-            };
-            *balance
+    fn adjust(&self, request: AdjustRequest) -> StoreFuture<AdjustOutcome> {
+        let now = request.now;
+        let outcome = self.with_user(&request.uid, now, |user| {
+            let key = request.idempotency_key.as_ref();
+            let fingerprint = key.map(|_| request.fingerprint());
+            if let (Some(key), Some(fingerprint)) = (key, &fingerprint)
+                && let Some(replay) = user.already_adjusted(key, fingerprint, now)
+            {
+                return replay;
+            }
+            let balances: Vec<KindBalance> = request
+                .changes
+                .iter()
+                .map(|(kind, adjustment)| {
+                    let balance = user.refreshed(kind, now);
+                    *balance = adjustment.apply(*balance, kind, now);
+                    *balance
+                })
+                .collect();
+            if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
+                user.remember_key(key, fingerprint, now, Some(balances.clone()));
+            }
+            AdjustOutcome::Applied { balances }
         });
-        ready(balance)
+        ready(outcome)
     }
 
     fn ensure_user(

@@ -36,7 +36,7 @@ pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource
 pub use self::refusal_cache::RefusalCache;
 #[cfg(feature = "redis")]
 pub use self::source::MemorySource;
-pub use self::source::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
+pub use self::source::{Edit, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
 #[cfg(feature = "redis")]
 pub use self::write_through::{WriteMode, WriteThrough, WriteThroughBuilder};
 use crate::config_error::ConfigError;
@@ -213,6 +213,153 @@ pub enum Adjustment {
     Grant(u32),
     /// Sets the balance.
     Set(u32),
+    /// Refills now: the balance becomes at least the capacity (a granted
+    /// balance above it is kept), and the last refill becomes the decision
+    /// instant (never earlier than it was).
+    Reset,
+}
+
+impl Adjustment {
+    /// The operation's name, as the Redis script and the idempotency
+    /// fingerprint take it.
+    pub(crate) fn operation(self) -> &'static str {
+        match self {
+            Self::Grant(_) => "grant",
+            Self::Set(_) => "set",
+            Self::Reset => "reset",
+        }
+    }
+
+    /// The operation's amount (none for a reset).
+    pub(crate) fn amount(self) -> u32 {
+        match self {
+            Self::Grant(amount) | Self::Set(amount) => amount,
+            Self::Reset => 0,
+        }
+    }
+
+    /// `balance` changed as this adjustment says, at `now`, for `kind`
+    /// (the due refill already applied).
+    pub(crate) fn apply(
+        self,
+        balance: KindBalance,
+        kind: &TicketKind,
+        now: DateTime<Utc>,
+    ) -> KindBalance {
+        match self {
+            Self::Grant(amount) => KindBalance {
+                remaining: balance.remaining.saturating_add(amount),
+                ..balance
+            },
+            Self::Set(value) => KindBalance {
+                remaining: value,
+                ..balance
+            },
+            Self::Reset => KindBalance {
+                remaining: balance.remaining.max(kind.capacity()),
+                last_refill: balance.last_refill.max(now),
+            },
+        }
+    }
+}
+
+/// Administrative changes to decide atomically; made by
+/// [`AdjustRequest::new`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AdjustRequest {
+    /// Whose tickets.
+    pub uid: Uid,
+    /// One change per kind, each kind at most once.
+    pub changes: Vec<(Arc<TicketKind>, Adjustment)>,
+    /// The instant of the decision.
+    pub now: DateTime<Utc>,
+    /// A retry-safe key (a payment webhook retried grants once): a second
+    /// adjustment with the same key (same user, within
+    /// [`IDEMPOTENCY_TTL`](crate::idempotency::IDEMPOTENCY_TTL)) changes
+    /// nothing. It is [`Replayed`](AdjustOutcome::Replayed) with the first
+    /// answer when it asks for the same changes,
+    /// [`KeyReused`](AdjustOutcome::KeyReused) otherwise (charges and
+    /// adjustments share a user's keys).
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+impl AdjustRequest {
+    /// The `changes` to `uid`'s balances at `now`, without an idempotency
+    /// key. A kind named twice keeps its last change.
+    pub fn new(
+        uid: Uid,
+        changes: impl IntoIterator<Item = (Arc<TicketKind>, Adjustment)>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut kept: Vec<(Arc<TicketKind>, Adjustment)> = Vec::new();
+        for (kind, adjustment) in changes {
+            kept.retain(|(k, _)| k.name() != kind.name());
+            kept.push((kind, adjustment));
+        }
+        Self {
+            uid,
+            changes: kept,
+            now,
+            idempotency_key: None,
+        }
+    }
+
+    /// Makes the changes retry-safe under `key` (see
+    /// [`idempotency_key`](Self::idempotency_key)).
+    #[must_use]
+    pub fn with_idempotency_key(mut self, key: Option<IdempotencyKey>) -> Self {
+        self.idempotency_key = key;
+        self
+    }
+
+    /// What the idempotency key is bound to: the changes asked for.
+    pub fn fingerprint(&self) -> RequestFingerprint {
+        RequestFingerprint::of_adjustments(&self.changes)
+    }
+}
+
+/// The store's decision on an [`AdjustRequest`]. Balances are given for
+/// the request's kinds, in its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdjustOutcome {
+    /// The changes were made (after any refill that was due).
+    Applied {
+        /// Balances after the changes.
+        balances: Vec<KindBalance>,
+    },
+    /// The idempotency key already made these changes; nothing changed
+    /// again.
+    Replayed {
+        /// The balances the first request was answered with.
+        balances: Vec<KindBalance>,
+    },
+    /// The idempotency key already made these changes, which a store in
+    /// front of a source of truth is still writing; nothing changed again.
+    ///
+    /// Such a store records the key as running when Redis makes the
+    /// changes, finishes it once the source holds them, and forgets it when
+    /// the source did not take them (so that a retry makes them). Two edges
+    /// follow: an instance that stops in between leaves the key running
+    /// until it expires, its retries answered `InProgress`; and a write that
+    /// timed out yet landed in the source is forgotten like one that did
+    /// not land, so its retry changes the balance again.
+    InProgress,
+    /// The idempotency key already served another request (other changes,
+    /// or a charge); nothing changed.
+    KeyReused,
+}
+
+impl AdjustOutcome {
+    /// The balances answered: those after the changes, or the first
+    /// answer's for a replay; `None` when nothing was answered.
+    pub fn balances(&self) -> Option<&[KindBalance]> {
+        match self {
+            Self::Applied { balances } | Self::Replayed { balances } => Some(balances),
+            Self::InProgress | Self::KeyReused => None,
+        }
+    }
 }
 
 /// A backend that keeps balances and decides charges atomically.
@@ -244,14 +391,9 @@ pub trait TicketStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreFuture<Vec<KindBalance>>;
 
-    /// Grants or sets one kind's balance, after applying a due refill.
-    fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance>;
+    /// Grants, sets or resets balances, after applying due refills, all
+    /// kinds at once, at most once per idempotency key.
+    fn adjust(&self, request: AdjustRequest) -> StoreFuture<AdjustOutcome>;
 
     /// Records a new user with the initial balances if the store does not
     /// know them yet; returns the balances either way.
@@ -293,14 +435,8 @@ impl<S: TicketStore + ?Sized> TicketStore for Arc<S> {
         (**self).balances(uid, kinds, now)
     }
 
-    fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
-        (**self).adjust(uid, kind, adjustment, now)
+    fn adjust(&self, request: AdjustRequest) -> StoreFuture<AdjustOutcome> {
+        (**self).adjust(request)
     }
 
     fn ensure_user(
@@ -314,5 +450,31 @@ impl<S: TicketStore + ?Sized> TicketStore for Arc<S> {
 
     fn check_kinds(&self, kinds: &[Arc<TicketKind>]) -> Result<(), ConfigError> {
         (**self).check_kinds(kinds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_named_twice_in_an_adjustment_keeps_its_last_change() {
+        let upload = Arc::new(TicketKind::new("upload", 5));
+        let ai = Arc::new(TicketKind::new("ai", 3));
+        let changes = [
+            (upload.clone(), Adjustment::Grant(1)),
+            (ai, Adjustment::Reset),
+            (upload, Adjustment::Set(2)),
+        ];
+        let request = AdjustRequest::new(Uid::parse("u1").unwrap(), changes, DateTime::UNIX_EPOCH);
+        let kept: Vec<_> = request
+            .changes
+            .iter()
+            .map(|(kind, adjustment)| (kind.name(), *adjustment))
+            .collect();
+        assert_eq!(
+            kept,
+            [("ai", Adjustment::Reset), ("upload", Adjustment::Set(2))]
+        );
     }
 }

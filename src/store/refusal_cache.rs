@@ -8,8 +8,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use parking_lot::Mutex;
 
 use super::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreFuture,
-    TicketStore,
+    AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt,
+    RefundOutcome, StoreFuture, TicketStore,
 };
 use crate::cost::CheckedCost;
 use crate::kind::TicketKind;
@@ -233,14 +233,9 @@ impl<S: TicketStore> TicketStore for RefusalCache<S> {
         self.inner.balances(uid, kinds, now)
     }
 
-    fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
-        self.changing(uid, self.inner.adjust(uid, kind, adjustment, now))
+    fn adjust(&self, request: AdjustRequest) -> StoreFuture<AdjustOutcome> {
+        let uid = request.uid.clone();
+        self.changing(&uid, self.inner.adjust(request))
     }
 
     fn ensure_user(

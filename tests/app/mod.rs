@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 use tower::ServiceExt;
 use tower_tickets::identity::{IdentityExtractor, JwtIdentity, JwtIssuer};
 use tower_tickets::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, MemoryStore, Receipt, RefundOutcome,
-    StoreFuture, TicketStore,
+    AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, MemoryStore, Receipt,
+    RefundOutcome, StoreFuture, TicketStore,
 };
 use tower_tickets::{
     Balances, Charged, Cost, CostRejection, FakeClock, Replays, TicketKind, Tickets, Uid,
@@ -82,15 +82,9 @@ impl TicketStore for CountingStore {
         self.inner.balances(uid, kinds, now)
     }
 
-    fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
+    fn adjust(&self, request: AdjustRequest) -> StoreFuture<AdjustOutcome> {
         self.count();
-        self.inner.adjust(uid, kind, adjustment, now)
+        self.inner.adjust(request)
     }
 
     fn ensure_user(

@@ -48,13 +48,13 @@ export class Demo {
     this.base = base;
   }
 
-  // Starts `executable` with `args` (besides `--bind 127.0.0.1:0`), its
-  // log going to `logPath` too, and resolves once it listens and answers
-  // `/healthz`.
-  static async start(executable, args, logPath) {
+  // Starts `executable` with `args` (besides `--bind 127.0.0.1:0`) and the
+  // variables of `env` besides this process's, its log going to `logPath`
+  // too, and resolves once it listens and answers `/healthz`.
+  static async start(executable, args, logPath, env = {}) {
     const child = spawn(executable, ['--bind', '127.0.0.1:0', ...args], {
       // The "listening on" line is logged at info level.
-      env: { ...process.env, RUST_LOG: 'info' },
+      env: { ...process.env, ...env, RUST_LOG: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     child.stdout.pipe(createWriteStream(logPath));

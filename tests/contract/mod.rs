@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveTime, Utc};
 use tower_tickets::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, TicketStore,
+    AdjustOutcome, AdjustRequest, Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt,
+    TicketStore,
 };
 use tower_tickets::{
     Cost, FakeClock, IdempotencyKey, Refill, RequestFingerprint, TicketKind, Tickets, Uid,
@@ -50,6 +51,9 @@ macro_rules! tower_tickets_contract {
             refund_forgets_the_idempotency_key,
             idempotency_key_expires_after_a_day,
             grant_and_set,
+            reset_refills_now_and_keeps_a_grant_above_capacity,
+            a_keyed_grant_retried_grants_once,
+            a_key_reused_for_another_change_changes_nothing,
             reading_balances_never_writes,
             ensure_user_never_resets_a_balance,
             thousand_concurrent_charges_on_balance_five_allow_five,
@@ -173,10 +177,26 @@ impl Fixture {
     }
 
     pub async fn adjust(&self, kind: &str, adjustment: Adjustment) -> KindBalance {
-        self.store
-            .adjust(&self.uid, &self.kind(kind), adjustment, self.now())
-            .await
-            .expect("store answers")
+        let outcome = self.adjust_as(&self.uid, &[(kind, adjustment)], None).await;
+        match outcome {
+            AdjustOutcome::Applied { balances } => balances[0],
+            other => panic!("expected an applied adjustment, got {other:?}"),
+        }
+    }
+
+    /// Makes `changes` to `uid`'s balances, under `key`.
+    pub async fn adjust_as(
+        &self,
+        uid: &Uid,
+        changes: &[(&str, Adjustment)],
+        key: Option<&str>,
+    ) -> AdjustOutcome {
+        let changes = changes
+            .iter()
+            .map(|(kind, adjustment)| (self.kind(kind), *adjustment));
+        let request = AdjustRequest::new(uid.clone(), changes, self.now())
+            .with_idempotency_key(key.map(|k| IdempotencyKey::parse(k).expect("valid key")));
+        self.store.adjust(request).await.expect("store answers")
     }
 
     pub fn advance(&self, by: Duration) {
@@ -528,6 +548,143 @@ pub async fn grant_and_set(store: Arc<dyn TicketStore>) {
     // A grant applies a due refill first, then adds.
     f.advance(DAY);
     assert_eq!(f.adjust("ai", Adjustment::Grant(1)).await.remaining, 4);
+}
+
+pub async fn reset_refills_now_and_keeps_a_grant_above_capacity(store: Arc<dyn TicketStore>) {
+    let f = Fixture::new(store, "reset");
+    for _ in 0..3 {
+        assert!(allowed(&f.charge_one("upload").await));
+    }
+    f.advance(Duration::from_secs(3600));
+    let reset = f.adjust("upload", Adjustment::Reset).await;
+    assert_eq!(reset.remaining, 5, "refilled to capacity");
+    assert_eq!(reset.last_refill, f.now(), "refilled now");
+    assert_eq!(f.balance("upload").await, reset);
+    // The next refill counts from the reset, not from the user's creation.
+    assert!(allowed(&f.charge_one("upload").await));
+    f.advance(DAY - Duration::from_millis(1));
+    assert_eq!(f.remaining("upload").await, 4);
+    f.advance(Duration::from_millis(1));
+    assert_eq!(f.remaining("upload").await, 5);
+    // A granted balance above capacity is kept; only its refill moves.
+    f.adjust("upload", Adjustment::Set(12)).await;
+    f.advance(Duration::from_secs(60));
+    let reset = f.adjust("upload", Adjustment::Reset).await;
+    assert_eq!(reset.remaining, 12);
+    assert_eq!(reset.last_refill, f.now());
+    // Every kind at once: each up to its own capacity.
+    f.adjust("ai", Adjustment::Set(0)).await;
+    f.charge_one("daily").await;
+    let all = f
+        .adjust_as(
+            &f.uid,
+            &[
+                ("upload", Adjustment::Reset),
+                ("ai", Adjustment::Reset),
+                ("daily", Adjustment::Reset),
+            ],
+            None,
+        )
+        .await;
+    let remaining: Vec<u32> = all
+        .balances()
+        .unwrap()
+        .iter()
+        .map(|b| b.remaining)
+        .collect();
+    assert_eq!(remaining, [12, 3, 2]);
+    assert!(
+        all.balances()
+            .unwrap()
+            .iter()
+            .all(|b| b.last_refill == f.now())
+    );
+    assert_eq!(
+        f.remaining("daily").await,
+        2,
+        "up to capacity, not to initial"
+    );
+}
+
+pub async fn a_keyed_grant_retried_grants_once(store: Arc<dyn TicketStore>) {
+    let f = Fixture::new(store, "admin-idem");
+    let grant = [("upload", Adjustment::Grant(10))];
+    let first = f.adjust_as(&f.uid, &grant, Some("payment-1")).await;
+    assert!(matches!(first, AdjustOutcome::Applied { .. }), "{first:?}");
+    assert_eq!(first.balances().unwrap()[0].remaining, 15);
+    assert!(allowed(&f.charge_one("upload").await));
+    f.advance(Duration::from_secs(60));
+    // The webhook retried: granted once, answered the first answer again.
+    for _ in 0..2 {
+        let retry = f.adjust_as(&f.uid, &grant, Some("payment-1")).await;
+        assert_eq!(
+            retry,
+            AdjustOutcome::Replayed {
+                balances: first.balances().unwrap().to_vec()
+            }
+        );
+    }
+    assert_eq!(f.remaining("upload").await, 14, "granted once");
+    // Another key is another payment; keys are per user.
+    f.adjust_as(&f.uid, &grant, Some("payment-2")).await;
+    assert_eq!(f.remaining("upload").await, 24);
+    let other = fresh_uid("admin-idem-other");
+    let theirs = f.adjust_as(&other, &grant, Some("payment-1")).await;
+    assert!(
+        matches!(theirs, AdjustOutcome::Applied { .. }),
+        "{theirs:?}"
+    );
+    // Sets and resets are made once per key too.
+    let set = [("ai", Adjustment::Set(1))];
+    f.adjust_as(&f.uid, &set, Some("set-1")).await;
+    f.adjust("ai", Adjustment::Grant(1)).await;
+    let retry = f.adjust_as(&f.uid, &set, Some("set-1")).await;
+    assert!(matches!(retry, AdjustOutcome::Replayed { .. }), "{retry:?}");
+    assert_eq!(f.remaining("ai").await, 2, "not set back to 1");
+    let reset = [("ai", Adjustment::Reset)];
+    f.adjust_as(&f.uid, &reset, Some("reset-1")).await;
+    assert!(allowed(&f.charge_one("ai").await));
+    let retry = f.adjust_as(&f.uid, &reset, Some("reset-1")).await;
+    assert!(matches!(retry, AdjustOutcome::Replayed { .. }), "{retry:?}");
+    assert_eq!(f.remaining("ai").await, 2, "not reset twice");
+    // A day later the key is forgotten: the same key grants again.
+    f.advance(DAY);
+    let later = f.adjust_as(&f.uid, &grant, Some("payment-1")).await;
+    assert!(matches!(later, AdjustOutcome::Applied { .. }), "{later:?}");
+}
+
+pub async fn a_key_reused_for_another_change_changes_nothing(store: Arc<dyn TicketStore>) {
+    let f = Fixture::new(store, "admin-reused");
+    f.adjust_as(&f.uid, &[("upload", Adjustment::Grant(10))], Some("k"))
+        .await;
+    for other in [
+        Adjustment::Grant(11),
+        Adjustment::Set(10),
+        Adjustment::Reset,
+    ] {
+        let reused = f.adjust_as(&f.uid, &[("upload", other)], Some("k")).await;
+        assert_eq!(reused, AdjustOutcome::KeyReused, "{other:?}");
+    }
+    let kind = f
+        .adjust_as(&f.uid, &[("ai", Adjustment::Grant(10))], Some("k"))
+        .await;
+    assert_eq!(kind, AdjustOutcome::KeyReused);
+    // Charges and adjustments share a user's keys.
+    let charge = f.charge_as(&f.uid, Cost::of("upload", 1), Some("k")).await;
+    assert!(matches!(charge, ChargeOutcome::KeyReused), "{charge:?}");
+    assert!(allowed(
+        &f.charge_as(&f.uid, Cost::of("upload", 1), Some("c")).await
+    ));
+    let grant = f
+        .adjust_as(&f.uid, &[("upload", Adjustment::Grant(10))], Some("c"))
+        .await;
+    assert_eq!(grant, AdjustOutcome::KeyReused);
+    assert_eq!(
+        f.remaining("upload").await,
+        14,
+        "granted once, charged once"
+    );
+    assert_eq!(f.remaining("ai").await, 3, "never granted");
 }
 
 pub async fn reading_balances_never_writes(store: Arc<dyn TicketStore>) {

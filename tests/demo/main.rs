@@ -3,7 +3,7 @@
 //!
 //! Refill timing is left to the library's tests, which drive a `FakeClock`:
 //! a child process runs on the wall clock.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "jwt"))]
 
 mod hardening;
 #[allow(dead_code)] // Helpers for the full-stack demo tests too.
@@ -354,6 +354,75 @@ async fn admins_grant_and_set_balances_with_the_admin_token() {
             .problem(StatusCode::BAD_REQUEST);
     }
     assert_eq!(demo.remaining(&token).await, (15, 0));
+}
+
+#[tokio::test]
+async fn admins_reset_balances_and_a_retried_webhook_grants_once() {
+    let demo = Demo::with_admin();
+    let (uid, token) = demo.sign_up().await;
+    let admin = |path: &str, body: String, key: Option<&str>| {
+        let call = demo
+            .call(Method::POST, path)
+            .json(&body)
+            .bearer(ADMIN_TOKEN);
+        match key {
+            Some(key) => call.header("idempotency-key", key),
+            None => call,
+        }
+        .send()
+    };
+    let grant = format!(r#"{{"uid":"{uid}","kind":"upload","amount":10}}"#);
+    let first = admin("/api/admin/grant", grant.clone(), Some("payment-1")).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(first.json()["upload"]["remaining"], 15);
+    // The webhook is retried: the first answer again, granted once.
+    let retry = admin("/api/admin/grant", grant.clone(), Some("payment-1")).await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text());
+    assert_eq!(retry.json(), first.json());
+    assert_eq!(demo.remaining(&token).await, (15, 3));
+    // The same key for another grant: 422, nothing granted.
+    let other = format!(r#"{{"uid":"{uid}","kind":"upload","amount":11}}"#);
+    let reused = admin("/api/admin/grant", other, Some("payment-1")).await;
+    let problem = reused.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        problem["type"],
+        tower_tickets::IDEMPOTENCY_KEY_REUSED_TYPE,
+        "{problem}"
+    );
+    admin("/api/admin/grant", grant, Some(""))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert_eq!(demo.remaining(&token).await, (15, 3));
+
+    // Reset one kind, then every kind: each at least its capacity.
+    for _ in 0..2 {
+        demo.call(Method::POST, "/api/ai/generate")
+            .bearer(&token)
+            .json(r#"{"prompt":"a cat"}"#)
+            .send()
+            .await;
+    }
+    let set = format!(r#"{{"uid":"{uid}","kind":"upload","balance":1}}"#);
+    admin("/api/admin/set", set, Some("set-1")).await;
+    assert_eq!(demo.remaining(&token).await, (1, 1));
+    let reset_ai = format!(r#"{{"uid":"{uid}","kind":"ai"}}"#);
+    let reset = admin("/api/admin/reset", reset_ai, None).await;
+    assert_eq!(reset.status, StatusCode::OK, "{}", reset.text());
+    assert_eq!(reset.json()["ai"]["remaining"], 3);
+    assert_eq!(reset.json()["upload"]["remaining"], 1, "only ai");
+    let reset_all = format!(r#"{{"uid":"{uid}"}}"#);
+    let reset = admin("/api/admin/reset", reset_all.clone(), Some("reset-1")).await;
+    assert_eq!(reset.status, StatusCode::OK, "{}", reset.text());
+    assert_eq!(demo.remaining(&token).await, (5, 3));
+    let unknown = format!(r#"{{"uid":"{uid}","kind":"gold"}}"#);
+    admin("/api/admin/reset", unknown, None)
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    demo.call(Method::POST, "/api/admin/reset")
+        .json(&reset_all)
+        .send()
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

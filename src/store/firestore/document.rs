@@ -5,8 +5,20 @@
 //! for the whole user, the state's version (`ticketsVersion`), lineage
 //! (`ticketsLineage`, an integer) and the lineage's origins
 //! (`ticketsOrigins`, a string of `lineage@version` points; see
-//! [`crate::store::source`]). Other fields of the document (the app's
-//! profile data) are never read or written.
+//! [`crate::store::source`]) and a digest of the state (`ticketsDigest`).
+//! Other fields of the document (the app's profile data) are never read or
+//! written.
+//!
+//! # Edits made straight to the document
+//! The digest is how a state this crate wrote is told from one somebody
+//! else wrote (the Firebase console, a Cloud Function, the app's own
+//! sign-up code): such an editor changes a count or a refill time and
+//! leaves the digest as it was. A document whose digest does not match what
+//! it holds is read as an **edit**: a state of no lineage, versioned by
+//! Firestore's update time, with no origins. No write of a Redis lineage is
+//! allowed over it (see [`WriteCondition`](crate::store::source::WriteCondition)):
+//! the lineage is refused, dropped and reloaded from the edit, so no later
+//! write of this crate undoes it (DESIGN.md §4).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +27,7 @@ use chrono::{DateTime, Utc};
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{Document, Value};
 use firestore::gcloud_sdk::prost_types::Timestamp;
+use sha2::{Digest, Sha256};
 
 use crate::kind::TicketKind;
 use crate::store::source::{Origins, UserSnapshot};
@@ -33,6 +46,8 @@ pub(super) struct DocumentLayout {
 const LINEAGE_FIELD: &str = "ticketsLineage";
 /// The field holding where that lineage came from.
 const ORIGINS_FIELD: &str = "ticketsOrigins";
+/// The field holding the digest of the state this crate wrote.
+const DIGEST_FIELD: &str = "ticketsDigest";
 
 /// A stored document, read through a [`DocumentLayout`].
 #[derive(Debug)]
@@ -102,7 +117,13 @@ impl DocumentLayout {
             })?,
             Some(other) => return Err(corrupt(ORIGINS_FIELD, other, "a string")),
         };
+        let digest = match field(DIGEST_FIELD) {
+            None => None,
+            Some(ValueType::StringValue(text)) => Some(text.as_str()),
+            Some(other) => return Err(corrupt(DIGEST_FIELD, other, "a string")),
+        };
         let mut complete = true;
+        let mut present = Vec::with_capacity(self.kinds.len());
         let mut balances = Vec::with_capacity(self.kinds.len());
         for kind in &self.kinds {
             let (count_name, refill_name) = (kind.count_field(), kind.refill_field());
@@ -139,15 +160,33 @@ impl DocumentLayout {
                     ));
                 }
             };
+            if field(count_name).is_some() {
+                present.push((kind.as_ref(), balance));
+            }
             balances.push(balance);
         }
-        Ok(StoredDocument {
-            snapshot: UserSnapshot {
+        let snapshot = if digest == Some(state_digest(version, lineage, &present).as_str()) {
+            UserSnapshot {
                 version,
                 lineage,
                 origins,
                 balances,
-            },
+            }
+        } else {
+            // An edit: absolute, as of its commit.
+            let committed = document.update_time.as_ref().map_or(0, |t| {
+                let micros = t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1_000);
+                u64::try_from(micros).unwrap_or(0)
+            });
+            UserSnapshot {
+                version: committed.max(version),
+                lineage: 0,
+                origins: Origins::none(),
+                balances,
+            }
+        };
+        Ok(StoredDocument {
+            snapshot,
             complete,
             update_time: document.update_time,
         })
@@ -163,12 +202,26 @@ impl DocumentLayout {
                 i64::try_from(n).unwrap_or(i64::MAX),
             ))
         };
-        let mut fields = HashMap::with_capacity(3 + 2 * self.kinds.len());
+        let mut fields = HashMap::with_capacity(4 + 2 * self.kinds.len());
         fields.insert(self.version_field.clone(), integer(snapshot.version));
         fields.insert(LINEAGE_FIELD.into(), integer(snapshot.lineage));
         fields.insert(
             ORIGINS_FIELD.into(),
             value(ValueType::StringValue(snapshot.origins.to_string())),
+        );
+        let present: Vec<(&TicketKind, KindBalance)> = self
+            .kinds
+            .iter()
+            .map(Arc::as_ref)
+            .zip(snapshot.balances.iter().copied())
+            .collect();
+        fields.insert(
+            DIGEST_FIELD.into(),
+            value(ValueType::StringValue(state_digest(
+                snapshot.version,
+                snapshot.lineage,
+                &present,
+            ))),
         );
         for (kind, balance) in self.kinds.iter().zip(&snapshot.balances) {
             fields.insert(
@@ -185,16 +238,42 @@ impl DocumentLayout {
 
     /// The field paths a write replaces: this crate's fields, nothing else.
     pub(super) fn field_mask(&self) -> Vec<String> {
-        [self.version_field.as_str(), LINEAGE_FIELD, ORIGINS_FIELD]
-            .into_iter()
-            .chain(
-                self.kinds
-                    .iter()
-                    .flat_map(|k| [k.count_field(), k.refill_field()]),
-            )
-            .map(field_path)
-            .collect()
+        [
+            self.version_field.as_str(),
+            LINEAGE_FIELD,
+            ORIGINS_FIELD,
+            DIGEST_FIELD,
+        ]
+        .into_iter()
+        .chain(
+            self.kinds
+                .iter()
+                .flat_map(|k| [k.count_field(), k.refill_field()]),
+        )
+        .map(field_path)
+        .collect()
     }
+}
+
+/// The digest of a state as this crate writes it: its point and, per kind
+/// the document holds, the kind's count and refill instant (to the
+/// millisecond). 16 hex digits of SHA-256: enough to tell an edit from a
+/// write, not a secret.
+fn state_digest(version: u64, lineage: u64, kinds: &[(&TicketKind, KindBalance)]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(format!("{version}/{lineage}"));
+    for (kind, balance) in kinds {
+        hasher.update(format!(
+            "/{}={}@{}",
+            kind.name(),
+            balance.remaining,
+            balance.last_refill.timestamp_millis()
+        ));
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// A field name as a Firestore field path: simple names as they are, others

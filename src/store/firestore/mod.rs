@@ -11,6 +11,7 @@
 
 mod attempts;
 mod document;
+mod edits;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreWritePrecondition};
 use self::attempts::{Attempts, WRITE_ATTEMPTS};
 use self::document::{DocumentLayout, StoredDocument};
 use super::breaker::Breaker;
-use super::source::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
+use super::source::{Edit, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
 use super::{StoreError, StoreErrorKind, StoreFuture};
 use crate::kind::TicketKind;
 use crate::telemetry;
@@ -63,6 +64,8 @@ pub struct FirestoreSource {
     timeout: Duration,
     /// Shared by clones: they call the same Firestore.
     breaker: Arc<Breaker>,
+    /// The client of the change feed, if followed.
+    feed: Option<FirestoreDb>,
 }
 
 impl std::fmt::Debug for FirestoreSource {
@@ -94,14 +97,20 @@ impl FirestoreSource {
         let options = FirestoreDbOptions::new(project_id.to_string())
             .with_request_timeout(DEFAULT_FIRESTORE_TIMEOUT)
             .with_max_retries(1);
-        let db = FirestoreDb::with_options(options).await.map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Unavailable,
-                format!("could not set up a Firestore client for project {project_id}"),
-            )
-            .with_source(e)
-        })?;
-        Ok(Self::new(db, kinds))
+        let client = || async {
+            FirestoreDb::with_options(options.clone())
+                .await
+                .map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!("could not set up a Firestore client for project {project_id}"),
+                    )
+                    .with_source(e)
+                })
+        };
+        let db = client().await?;
+        let feed = client().await?;
+        Ok(Self::new(db, kinds).follow_edits(feed))
     }
 
     /// Stores balances through `db`, a client you configured yourself.
@@ -114,12 +123,25 @@ impl FirestoreSource {
                 kinds: kinds.into_iter().map(Arc::new).collect(),
             }),
             timeout: DEFAULT_FIRESTORE_TIMEOUT,
+            feed: None,
             breaker: Arc::new(Breaker::new(
                 "Firestore",
                 BREAKER_FAILURES,
                 BREAKER_OPEN_FOR,
             )),
         }
+    }
+
+    /// Follows the users collection's changes through `db`, so that an edit
+    /// made straight to a document (the console, another backend) reaches
+    /// every cache at once (see [`SourceOfTruth::edits`]). `db` must be a
+    /// client of its own, not the one given to [`new`](Self::new): a listen
+    /// stream that closes must not share a connection with the store's
+    /// calls. [`connect`](Self::connect) does this by itself; without it,
+    /// an edit is found by the next write round that meets it.
+    pub fn follow_edits(mut self, db: FirestoreDb) -> Self {
+        self.feed = Some(db);
+        self
     }
 
     /// The collection of user documents (defaults to `users`).
@@ -339,6 +361,13 @@ impl FirestoreSource {
 }
 
 impl SourceOfTruth for FirestoreSource {
+    /// A listen stream on the users collection (see `edits.rs`), when
+    /// [followed](FirestoreSource::follow_edits).
+    fn edits(&self) -> Option<tokio::sync::broadcast::Receiver<Edit>> {
+        let db = self.feed.clone()?;
+        Some(edits::follow(db, self.layout.clone()))
+    }
+
     fn kinds(&self) -> &[Arc<TicketKind>] {
         &self.layout.kinds
     }

@@ -19,8 +19,8 @@ use crate::kind::TicketKind;
 use crate::store::breaker::Breaker;
 use crate::store::source::Point;
 use crate::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RefundOutcome, StoreError,
-    StoreErrorKind, StoreFuture, TicketStore,
+    AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt,
+    RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
 };
 use crate::uid::Uid;
 
@@ -557,39 +557,80 @@ impl RedisStore {
         })
     }
 
-    /// Grants or sets a balance; caching a source, says at which point, or
-    /// that the user is unseeded.
+    /// Grants, sets or resets balances; caching a source, says at which
+    /// point, or that the user is unseeded.
     pub(crate) fn adjust_cached(
         &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<Cached<KindBalance>> {
+        request: &AdjustRequest,
+    ) -> StoreFuture<Cached<AdjustOutcome>> {
         let context = &self.shared.context;
-        let (operation, amount) = match adjustment {
-            Adjustment::Grant(amount) => ("grant", amount),
-            Adjustment::Set(balance) => ("set", balance),
-        };
-        let mut call = ScriptCall::new(&context.scripts().adjust, &self.user_keys(uid, None));
-        call.arg(context.time_arg(now))
-            .arg(context.idle_ttl([&**kind]))
-            .arg(1)
-            .arg(operation)
-            .arg(amount);
-        push_kind(&mut call, kind, kind.initial_balance(), now);
-        let truth = context.truth;
-        let reply = self.call(operation, call);
+        let key = request.idempotency_key.as_ref();
+        let fingerprint = key.map(|_| request.fingerprint()).unwrap_or_default();
+        let changes = &request.changes;
+        let mut call = ScriptCall::new(
+            &context.scripts().adjust,
+            &self.user_keys(&request.uid, key),
+        );
+        call.arg(context.time_arg(request.now))
+            .arg(context.idle_ttl(changes.iter().map(|(kind, _)| &**kind)))
+            .arg(millis(IDEMPOTENCY_TTL))
+            .arg(fingerprint.as_str())
+            .arg(changes.len());
+        for (kind, adjustment) in changes {
+            call.arg(adjustment.operation()).arg(adjustment.amount());
+            push_kind(&mut call, kind, kind.initial_balance(), request.now);
+        }
+        let (truth, count) = (context.truth, changes.len());
+        let reply = self.call("adjust", call);
         Box::pin(async move {
             let reply = reply.await?;
-            let Some((point, reply)) = Cached::<()>::split(truth, operation, &reply, 0)? else {
+            let Some((point, reply)) = Cached::<()>::split(truth, "adjust", &reply, 1)? else {
                 return Ok(Cached::Unseeded);
             };
-            let balances = reply::balances(operation, &reply, 1)?;
-            Ok(Cached::Seeded {
-                value: balances[0],
-                point,
-            })
+            let Some((&outcome, rest)) = reply.split_first() else {
+                return Err(unexpected_reply("adjust", &reply));
+            };
+            let value = match outcome {
+                1 => AdjustOutcome::Applied {
+                    balances: reply::balances("adjust", rest, count)?,
+                },
+                2 => AdjustOutcome::Replayed {
+                    balances: reply::balances("adjust", rest, count)?,
+                },
+                3 => AdjustOutcome::InProgress,
+                4 => AdjustOutcome::KeyReused,
+                _ => return Err(unexpected_reply("adjust", &reply)),
+            };
+            Ok(Cached::Seeded { value, point })
+        })
+    }
+
+    /// Marks `uid`'s idempotency `key` finished (its request is done), as
+    /// [`TicketStore::finish`] does for a charge's.
+    pub(crate) fn finish_key(&self, uid: &Uid, key: &IdempotencyKey) -> StoreFuture<()> {
+        let call = ScriptCall::new(
+            &self.shared.context.scripts().finish,
+            &[self.shared.keys.idempotency(uid, key)],
+        );
+        let reply = self.call("finish", call);
+        Box::pin(async move {
+            match reply.await?.as_slice() {
+                [0 | 1] => Ok(()),
+                other => Err(unexpected_reply("finish", other)),
+            }
+        })
+    }
+
+    /// Forgets `uid`'s idempotency `key`, so that a retry of a change that
+    /// did not take is made again.
+    pub(crate) fn forget_key(&self, uid: &Uid, key: &IdempotencyKey) -> StoreFuture<()> {
+        let shared = self.shared.clone();
+        let mut command = redis::cmd("DEL");
+        command.arg(shared.keys.idempotency(uid, key));
+        Box::pin(async move {
+            let mut connection = shared.connection.clone();
+            let reply = std::pin::pin!(connection.query::<i64>(&command));
+            shared.bounded("forget key", reply, drop).await.map(drop)
         })
     }
 }
@@ -601,20 +642,10 @@ impl TicketStore for RedisStore {
     }
 
     fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
-        let Some(key) = &receipt.idempotency_key else {
-            return Box::pin(std::future::ready(Ok(())));
-        };
-        let call = ScriptCall::new(
-            &self.shared.context.scripts().finish,
-            &[self.shared.keys.idempotency(&receipt.uid, key)],
-        );
-        let reply = self.call("finish", call);
-        Box::pin(async move {
-            match reply.await?.as_slice() {
-                [0 | 1] => Ok(()),
-                other => Err(unexpected_reply("finish", other)),
-            }
-        })
+        match &receipt.idempotency_key {
+            Some(key) => self.finish_key(&receipt.uid, key),
+            None => Box::pin(std::future::ready(Ok(()))),
+        }
     }
 
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
@@ -632,14 +663,8 @@ impl TicketStore for RedisStore {
         Box::pin(async move { decided.await?.decided("balances") })
     }
 
-    fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
-        let decided = self.adjust_cached(uid, kind, adjustment, now);
+    fn adjust(&self, request: AdjustRequest) -> StoreFuture<AdjustOutcome> {
+        let decided = self.adjust_cached(&request);
         Box::pin(async move { decided.await?.decided("adjust") })
     }
 

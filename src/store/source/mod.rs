@@ -159,6 +159,24 @@ impl UserSnapshot {
         }
     }
 
+    /// This state's balances under a new lineage `lineage` seeded from it,
+    /// and the condition to write it on: that the source still holds this
+    /// state. Once written, no write of another lineage that was on its way
+    /// can land over it (see [`WriteCondition`]).
+    pub fn stamped(&self, lineage: u64) -> (UserSnapshot, WriteCondition) {
+        let stamp = UserSnapshot {
+            version: self.version,
+            lineage,
+            origins: Origins::seeded_from(self),
+            balances: self.balances.clone(),
+        };
+        let condition = WriteCondition {
+            point: stamp.point(),
+            seeded_from: self.point(),
+        };
+        (stamp, condition)
+    }
+
     /// This state's own point.
     pub fn point(&self) -> Point {
         Point {
@@ -244,6 +262,27 @@ pub trait SourceOfTruth: Send + Sync + 'static {
         state: &UserSnapshot,
         condition: WriteCondition,
     ) -> StoreFuture<WriteOutcome>;
+
+    /// The source's change feed: users whose state somebody other than a
+    /// cache changed (an [edit](Edit)), as they happen; `None` (the default)
+    /// when the source has none, and edits are then found only when a write
+    /// meets them. Called once per cache, within a Tokio runtime.
+    #[cfg(feature = "redis")]
+    fn edits(&self) -> Option<tokio::sync::broadcast::Receiver<Edit>> {
+        None
+    }
+}
+
+/// A user's state changed by somebody other than a cache: the Firebase
+/// console, another backend, the app's own sign-up code. DESIGN.md §4: it
+/// is the truth as of its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// Whose state.
+    pub uid: Uid,
+    /// The edited state's point (of no lineage); `None`: the user's state
+    /// was deleted (the user is new again).
+    pub point: Option<Point>,
 }
 
 impl<S: SourceOfTruth + ?Sized> SourceOfTruth for Arc<S> {
@@ -266,6 +305,11 @@ impl<S: SourceOfTruth + ?Sized> SourceOfTruth for Arc<S> {
         condition: WriteCondition,
     ) -> StoreFuture<WriteOutcome> {
         (**self).write(uid, state, condition)
+    }
+
+    #[cfg(feature = "redis")]
+    fn edits(&self) -> Option<tokio::sync::broadcast::Receiver<Edit>> {
+        (**self).edits()
     }
 }
 

@@ -40,6 +40,10 @@ use crate::uid::Uid;
 /// while the round itself usually takes one source write).
 const LEASE_POLL: Duration = Duration::from_millis(10);
 
+/// How many times a failed round's fence is tried while the source keeps
+/// changing under it.
+const FENCE_ATTEMPTS: usize = 3;
+
 /// Runs each user's write rounds. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct GroupCommit {
@@ -163,7 +167,11 @@ async fn run_rounds(shared: Arc<Shared>, uid: Uid) {
                 }
             }
         };
-        let round = shared.judged_round(&uid, now).await.map_err(Arc::new);
+        let made_at: Vec<Point> = waiting.iter().map(|waiter| waiter.made_at).collect();
+        let round = shared
+            .judged_round(&uid, now, &made_at)
+            .await
+            .map_err(Arc::new);
         for waiter in waiting {
             let answer = match &round {
                 Ok(Round { held, dropped }) => {
@@ -202,19 +210,68 @@ impl Shared {
     /// own write that landed after all, may hold the changes it took. So if
     /// the source answers, what it holds decides; only when it does not is
     /// the round an error.
-    async fn judged_round(&self, uid: &Uid, now: DateTime<Utc>) -> Result<Round, StoreError> {
+    ///
+    /// A write that timed out may still land after that read, though. When
+    /// callers wait on changes (`waiting`, sync mode) that the source does
+    /// not hold, the read is made final first: what the source holds is written again
+    /// under a new lineage ([`UserSnapshot::stamped`]), on condition that it
+    /// still holds it, so that the late write can never land. (Redis's
+    /// lineage is then refused at its next round and reloaded, as the sync
+    /// store drops a change the source did not take anyway.) Only if that
+    /// fails too is the outcome unknown, and the round an error.
+    async fn judged_round(
+        &self,
+        uid: &Uid,
+        now: DateTime<Utc>,
+        waiting: &[Point],
+    ) -> Result<Round, StoreError> {
         let error = match self.round(uid, now).await {
             Ok(round) => return Ok(round),
             Err(error) => error,
         };
         tracing::warn!(%uid, %error, "a write round failed; asking the source what it holds");
-        match self.source.load(uid, now).await {
-            Ok(held) => Ok(Round {
-                held,
-                dropped: None,
-            }),
-            Err(_) => Err(error),
+        let Ok(held) = self.source.load(uid, now).await else {
+            return Err(error);
+        };
+        let held = match held {
+            Some(held) if waiting.iter().any(|&made_at| !held.includes(made_at)) => {
+                Some(self.fence(uid, held).await.map_err(|_| error)?)
+            }
+            held => held,
+        };
+        Ok(Round {
+            held,
+            dropped: None,
+        })
+    }
+
+    /// Writes `held` again under a new lineage, on condition that the source
+    /// still holds it (or, if it moved on, what it holds then); returns the
+    /// state the source then holds, which no write on its way can replace.
+    async fn fence(&self, uid: &Uid, mut held: UserSnapshot) -> Result<UserSnapshot, StoreError> {
+        for _ in 0..FENCE_ATTEMPTS {
+            let (stamp, condition) = held.stamped(self.state.new_lineage());
+            let written =
+                tokio::time::timeout(self.lease, self.source.write(uid, &stamp, condition))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::new(
+                            StoreErrorKind::Timeout,
+                            format!("the fence of user {uid} outlasted the round's lease"),
+                        ))
+                    })?;
+            match written {
+                WriteOutcome::Written => return Ok(stamp),
+                WriteOutcome::Refused {
+                    stored: Some(stored),
+                } => held = stored,
+                WriteOutcome::Refused { stored: None } => break,
+            }
         }
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("user {uid} kept changing in the source of truth while a round fenced it"),
+        ))
     }
 
     /// One round: takes the user's state from Redis and writes it.

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::redis_state::{RedisState, RoundEnd};
-use crate::store::source::{Origins, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
+use crate::store::source::{SourceOfTruth, UserSnapshot, WriteOutcome};
 use crate::store::{StoreError, StoreErrorKind};
 use crate::uid::Uid;
 
@@ -118,16 +118,7 @@ impl Shared {
         if !self.fence || !seeded.started {
             return Ok(true);
         }
-        let stamp = UserSnapshot {
-            version: seeded.held.version,
-            lineage: seeded.held.lineage,
-            origins: Origins::seeded_from(stored),
-            balances: stored.balances.clone(),
-        };
-        let condition = WriteCondition {
-            point: seeded.held,
-            seeded_from: stored.point(),
-        };
+        let (stamp, condition) = stored.stamped(seeded.held.lineage);
         match self.source.write(uid, &stamp, condition).await {
             Ok(WriteOutcome::Written) => Ok(true),
             Ok(WriteOutcome::Refused { .. }) => {

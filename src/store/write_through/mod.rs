@@ -51,6 +51,7 @@
 //!   a new request.
 
 mod builder;
+mod edits;
 mod group_commit;
 mod hydration;
 mod recovery;
@@ -63,6 +64,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use self::builder::{WriteMode, WriteThroughBuilder};
+use self::edits::EditFollower;
 use self::group_commit::GroupCommit;
 use self::hydration::Hydration;
 use self::recovery::Recovery;
@@ -73,8 +75,8 @@ use crate::kind::TicketKind;
 use crate::store::redis::Cached;
 use crate::store::source::{DURABLE, Point, SourceOfTruth};
 use crate::store::{
-    Adjustment, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore, RedisStoreBuilder,
-    RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
+    AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore,
+    RedisStoreBuilder, RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
 };
 use crate::uid::Uid;
 
@@ -120,6 +122,8 @@ struct Shared {
     /// Changes under way (see [`WriteThrough::settled`]).
     changes: Arc<tokio::sync::watch::Sender<usize>>,
     _recovery: Recovery,
+    /// Follows the source's change feed, if it has one.
+    _edits: Option<EditFollower>,
 }
 
 /// The write-through's intervals.
@@ -173,6 +177,9 @@ impl WriteThrough {
             timing.recovery_interval,
             clock,
         );
+        let edits = source
+            .edits()
+            .map(|feed| EditFollower::start(state.clone(), feed));
         Self {
             shared: Arc::new(Shared {
                 redis,
@@ -183,6 +190,7 @@ impl WriteThrough {
                 mode,
                 changes: Arc::new(tokio::sync::watch::channel(0).0),
                 _recovery: recovery,
+                _edits: edits,
             }),
         }
     }
@@ -291,7 +299,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Makes an administrative change (a grant, a set) made at
+    /// Makes an administrative change (a grant, a set, a reset) made at
     /// `point` reach the source as the mode says. In sync mode, a change
     /// the source does not take is not left in Redis alone: Redis's state
     /// of the user is dropped (the next request reloads the source's) and
@@ -334,17 +342,26 @@ impl Shared {
         receipt: Receipt,
         now: DateTime<Utc>,
     ) -> Result<RefundOutcome, StoreError> {
-        let (outcome, written) = self.refund_once(&receipt, now).await?;
-        if let Err(error) = written {
+        let (outcome, made_at, written) = self.refund_once(&receipt, now).await?;
+        if let (Err(error), Some(made_at)) = (written, made_at) {
             tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying in the background");
             tokio::spawn(async move {
                 let mut pause = REFUND_RETRY;
                 for _ in 0..REFUND_ATTEMPTS {
                     tokio::time::sleep(pause).await;
                     pause *= 2;
+                    // Redis remembers which charges it refunded only as long
+                    // as it keeps the user's state: once the source holds
+                    // the refund, applying it again to a reloaded state
+                    // would give the ticket back twice.
+                    if let Ok(Some(held)) = self.source.load(&receipt.uid, now).await
+                        && held.includes(made_at)
+                    {
+                        return;
+                    }
                     match self.refund_once(&receipt, now).await {
-                        Ok((_, Ok(()))) => return,
-                        Ok((_, Err(error))) | Err(error) => {
+                        Ok((_, _, Ok(()))) => return,
+                        Ok((_, _, Err(error))) | Err(error) => {
                             tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying");
                         }
                     }
@@ -355,13 +372,14 @@ impl Shared {
         Ok(outcome)
     }
 
-    /// Applies a refund in Redis (`Err` when that fails), and says whether
-    /// the source took it.
+    /// Applies a refund in Redis (`Err` when that fails), and says where
+    /// (the point of the change, if it changed anything) and whether the
+    /// source took it.
     async fn refund_once(
         &self,
         receipt: &Receipt,
         now: DateTime<Utc>,
-    ) -> Result<(RefundOutcome, Result<(), StoreError>), StoreError> {
+    ) -> Result<(RefundOutcome, Option<Point>, Result<(), StoreError>), StoreError> {
         let uid = &receipt.uid;
         for _ in 0..ATTEMPTS {
             let (outcome, point) = match self.redis.refund_cached(receipt.clone(), now).await? {
@@ -374,7 +392,7 @@ impl Shared {
             // Even a refund that gave nothing back may have applied a due
             // refill: the source must hold what Redis does.
             let Some(point) = point else {
-                return Ok((outcome, Ok(())));
+                return Ok((outcome, None, Ok(())));
             };
             let written = match self.mode {
                 WriteMode::Sync => {
@@ -388,7 +406,7 @@ impl Shared {
                 }
                 WriteMode::Async => self.mark_pending(uid, point, now).await,
             };
-            return Ok((outcome, written));
+            return Ok((outcome, Some(point), written));
         }
         Err(unsettled(uid))
     }
@@ -425,21 +443,34 @@ impl Shared {
         Err(unsettled(uid))
     }
 
-    async fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> Result<KindBalance, StoreError> {
+    /// Adjusts in Redis, then carries the change to the source as the mode
+    /// says. An idempotency key is recorded running by the script, then
+    /// finished once the change is carried (a retry meanwhile is
+    /// [`InProgress`](AdjustOutcome::InProgress)), or forgotten when the
+    /// source did not take it, so that a retry makes it again.
+    async fn adjust(&self, request: AdjustRequest) -> Result<AdjustOutcome, StoreError> {
+        let (uid, now) = (&request.uid, request.now);
         for _ in 0..ATTEMPTS {
-            match self.redis.adjust_cached(uid, kind, adjustment, now).await? {
+            match self.redis.adjust_cached(&request).await? {
                 Cached::Unseeded => self.fill(uid, now).await?,
-                Cached::Seeded { value, point } => {
+                Cached::Seeded {
+                    value: value @ AdjustOutcome::Applied { .. },
+                    point,
+                } => {
                     let point = point.ok_or_else(|| lost(uid))?;
-                    self.persist_change(uid, point, now).await?;
-                    return Ok(value);
+                    let persisted = self.persist_change(uid, point, now).await;
+                    if let Some(key) = &request.idempotency_key {
+                        let concluded = match persisted {
+                            Ok(()) => self.redis.finish_key(uid, key).await,
+                            Err(_) => self.redis.forget_key(uid, key).await,
+                        };
+                        if let Err(error) = concluded {
+                            tracing::error!(%uid, %error, "could not conclude an adjustment's idempotency key; its retries answer in progress until it expires");
+                        }
+                    }
+                    return persisted.map(|()| value);
                 }
+                Cached::Seeded { value, .. } => return Ok(value),
             }
         }
         Err(unsettled(uid))
@@ -579,15 +610,9 @@ impl TicketStore for WriteThrough {
         Box::pin(async move { shared.balances(&uid, &kinds, now).await })
     }
 
-    fn adjust(
-        &self,
-        uid: &Uid,
-        kind: &Arc<TicketKind>,
-        adjustment: Adjustment,
-        now: DateTime<Utc>,
-    ) -> StoreFuture<KindBalance> {
-        let (shared, uid, kind) = (self.shared.clone(), uid.clone(), kind.clone());
-        self.detached(async move { shared.adjust(&uid, &kind, adjustment, now).await })
+    fn adjust(&self, request: AdjustRequest) -> StoreFuture<AdjustOutcome> {
+        let shared = self.shared.clone();
+        self.detached(async move { shared.adjust(request).await })
     }
 
     fn ensure_user(

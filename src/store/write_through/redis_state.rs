@@ -34,6 +34,7 @@ struct Scripts {
     snapshot: Script,
     mark: Script,
     settle: Script,
+    forget: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -41,6 +42,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     snapshot: Script::new(include_str!("lua/snapshot.lua")),
     mark: Script::new(include_str!("lua/mark.lua")),
     settle: Script::new(include_str!("lua/settle.lua")),
+    forget: Script::new(include_str!("lua/forget.lua")),
 });
 
 /// Users scanned per `SCAN` call when looking for pending writes.
@@ -165,7 +167,7 @@ impl RedisState {
 
     /// A lineage id no other seeding is likely to draw: random, non-zero,
     /// below 2^53.
-    fn new_lineage(&self) -> u64 {
+    pub(crate) fn new_lineage(&self) -> u64 {
         self.random(LINEAGE_BITS).max(1)
     }
 
@@ -298,6 +300,29 @@ impl RedisState {
             }
         };
         Ok(self.redis.call("settle", call).await? == [1])
+    }
+
+    /// Drops the user's state after an edit at `edited` (`None`: the user's
+    /// state was deleted in the source), unless Redis was seeded from that
+    /// edit already; `true` when dropped.
+    pub(crate) async fn forget(
+        &self,
+        uid: &Uid,
+        edited: Option<Point>,
+    ) -> Result<bool, StoreError> {
+        let mut call = ScriptCall::new(
+            &SCRIPTS.forget,
+            &[
+                self.keys.balances(uid),
+                self.keys.pending(uid),
+                self.keys.high_water(uid),
+            ],
+        );
+        match edited {
+            Some(point) => call.arg(format!("{}@{}", point.lineage, point.version)),
+            None => call.arg(""),
+        };
+        Ok(self.redis.call("forget", call).await? == [1])
     }
 
     /// Counts one more change made in `lineage` that the source may not

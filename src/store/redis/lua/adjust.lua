@@ -1,30 +1,75 @@
--- adjust: grant (add) or set a balance, after applying a due refill.
+-- adjust: grant (add), set or reset (refill now) balances, after applying
+-- due refills, all kinds at once, at most once per idempotency key.
 --
--- KEYS[1] the user's balances; caching a source, KEYS[2] its high-water key.
--- ARGV: decision time ('' = Redis TIME), idle TTL ms, kind count, then per
---       kind: 'grant' or 'set', amount, spec.
--- Reply: {remaining, last refill, ...}. Caching a source: UNSEEDED, or
---        {lineage, version, then as above}.
+-- KEYS[1] the user's balances; then (caching a source) the high-water key;
+-- then, optional, the idempotency key (IDEMPOTENCY_KEY).
+-- ARGV: decision time ('' = Redis TIME), idle TTL ms, idempotency TTL ms,
+--       request fingerprint, kind count, then per kind: 'grant', 'set' or
+--       'reset', amount, spec.
+-- Reply: {outcome, remaining, last refill, ...} with outcome 1 applied,
+--        2 replayed (the key already made these changes: the balances are
+--        the first answer), 3 in progress (made, but the write-through has
+--        not finished writing them), 4 the key already served another
+--        request (no balances after 3 and 4). Only 1 changes anything, and
+--        records the key with its answer: finished when Redis holds the
+--        truth, running until the write-through finishes it otherwise.
+--        Caching a source: UNSEEDED, or {outcome, lineage, version, ...}.
 
 local t = decision_time(ARGV[1])
-local kinds = read_kinds(4, tonumber(ARGV[3]), 2)
-local reply = {}
+local kinds = read_kinds(6, tonumber(ARGV[5]), 2)
+local reply = {1}
 if not REDIS_HOLDS_THE_TRUTH then
   local lineage, version = seeded_point(KEYS[1], kinds)
   if not lineage then
     return UNSEEDED
   end
-  reply = {lineage, version}
+  reply = {1, lineage, version}
 end
+
+if IDEMPOTENCY_KEY then
+  local record = idempotency_record(IDEMPOTENCY_KEY)
+  if record and record.expires > t then
+    if record.fingerprint ~= ARGV[4] then
+      reply[1] = 4
+    elseif record.finished then
+      reply[1] = 2
+      for value in string.gmatch(record.answer, '%d+') do
+        reply[#reply + 1] = tonumber(value)
+      end
+    else
+      reply[1] = 3
+    end
+    return reply
+  end
+end
+
 load(KEYS[1], kinds, t)
 for _, kind in ipairs(kinds) do
   local amount = tonumber(kind[2])
   if kind[1] == 'grant' then
     kind.n = math.min(kind.n + amount, MAX_BALANCE)
-  else
+  elseif kind[1] == 'set' then
     kind.n = amount
+  else
+    kind.n = math.max(kind.n, tonumber(kind.capacity))
+    if kind.r < t then
+      kind.r = t
+      kind.new_r = true
+    end
   end
   kind.new_n = true
 end
 save(KEYS[1], kinds, ARGV[2])
-return balances_reply(reply, kinds)
+reply = balances_reply(reply, kinds)
+
+if IDEMPOTENCY_KEY then
+  local answer = {}
+  for _, kind in ipairs(kinds) do
+    answer[#answer + 1] = string.format('%d %d', kind.n, kind.r)
+  end
+  local state = REDIS_HOLDS_THE_TRUTH and ' D ' or ' R '
+  local ttl = tonumber(ARGV[3])
+  redis.call('SET', IDEMPOTENCY_KEY,
+    (t + ttl) .. state .. ARGV[4] .. ' ' .. table.concat(answer, ' '), 'PX', ttl)
+end
+return reply

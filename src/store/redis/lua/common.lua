@@ -286,8 +286,10 @@ end
 
 -- An idempotency key's record, or nil when absent: {expires = the instant
 -- (Unix ms) it stops counting, finished = whether its request finished,
--- fingerprint = the request it paid for}. Stored as the string
--- '<expires> <R|D> <fingerprint>': R while the request runs, D once done.
+-- fingerprint = the request it served, answer = an adjustment's first
+-- answer, ' <remaining> <last refill>' per kind, or ''}. Stored as the
+-- string '<expires> <R|D> <fingerprint>[ <answer>]': R while the request
+-- runs, D once done.
 local function idempotency_record(key)
   local ok, value = pcall(redis.call, 'GET', key)
   if not ok then
@@ -296,10 +298,11 @@ local function idempotency_record(key)
   if not value then
     return nil
   end
-  local expires, state, fingerprint = string.match(value, '^(%d+) ([RD]) (.*)$')
+  local expires, state, fingerprint, answer = string.match(value, '^(%d+) ([RD]) (%S*)([%d ]*)$')
   if not expires then
     corrupt(key .. ' holds ' .. string.format('%q', value) ..
       ', not an idempotency key written by tower-tickets')
   end
-  return {expires = tonumber(expires), finished = state == 'D', fingerprint = fingerprint}
+  return {expires = tonumber(expires), finished = state == 'D', fingerprint = fingerprint,
+    answer = answer}
 end
