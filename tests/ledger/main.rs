@@ -991,6 +991,11 @@ impl Run {
     /// model.
     async fn quiesce(&mut self, index: usize) {
         self.end_outage(index);
+        if self.target.behind().is_some() {
+            for user in 0..USERS {
+                self.caught_up(index, user).await;
+            }
+        }
         let now = self.now();
         let all = self.all_kinds();
         let kinds = self.model.kinds().to_vec();
