@@ -59,6 +59,9 @@ pub(super) struct StoredDocument {
     pub(super) complete: bool,
     /// Firestore's last-update instant, the precondition of the next write.
     pub(super) update_time: Option<Timestamp>,
+    /// Whether somebody other than this crate wrote what it holds (its
+    /// digest does not match).
+    pub(super) edited: bool,
 }
 
 impl DocumentLayout {
@@ -165,7 +168,8 @@ impl DocumentLayout {
             }
             balances.push(balance);
         }
-        let snapshot = if digest == Some(state_digest(version, lineage, &present).as_str()) {
+        let edited = digest != Some(state_digest(version, lineage, &present).as_str());
+        let snapshot = if !edited {
             UserSnapshot {
                 version,
                 lineage,
@@ -189,6 +193,7 @@ impl DocumentLayout {
             snapshot,
             complete,
             update_time: document.update_time,
+            edited,
         })
     }
 

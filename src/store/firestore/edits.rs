@@ -93,7 +93,7 @@ fn edit_of(layout: &DocumentLayout, event: FirestoreListenEvent) -> Option<Edit>
             // A document this crate cannot read is not its edit to follow:
             // the next read says what is wrong with it.
             let stored = layout.parse(&uid, &document, Utc::now()).ok()?;
-            (stored.snapshot.lineage == 0).then(|| Edit {
+            stored.edited.then(|| Edit {
                 uid,
                 point: Some(stored.snapshot.point()),
             })

@@ -220,6 +220,7 @@ impl FirestoreSource {
                         snapshot: self.layout.initial(now),
                         complete: false,
                         update_time: None,
+                        edited: false,
                     },
                 };
                 if self
