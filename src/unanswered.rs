@@ -4,14 +4,23 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
 use crate::cost::CheckedCost;
-use crate::store::{ChargeOutcome, Receipt, RefundOutcome, StoreError, StoreFuture};
+use crate::store::{
+    ChargeOutcome, Receipt, RefundOutcome, StoreError, StoreErrorKind, StoreFuture,
+};
 use crate::telemetry::{self, StoreOperation};
 use crate::tickets::Tickets;
+
+/// How many times a background refund is tried again while the store is
+/// unreachable (Redis killed, the breaker open): pauses from
+/// [`FIRST_RETRY`] doubling up to [`LONGEST_RETRY`], about a minute in all.
+const REFUND_RETRIES: u32 = 10;
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const LONGEST_RETRY: Duration = Duration::from_secs(8);
 
 /// A settlement under way; it reports its own failure.
 pub(crate) type Settlement = Pin<Box<dyn Future<Output = Settled> + Send>>;
@@ -29,6 +38,33 @@ impl Settled {
     pub(crate) fn refund(tickets: &Tickets, receipt: Receipt) -> Settlement {
         let refund = tickets.shared.store.refund(receipt, tickets.now());
         Box::pin(async move { Settled::Refunded(refund.await) })
+    }
+
+    /// Gives the charge of `receipt` back, in the background: while the
+    /// store answers [`StoreErrorKind::Unavailable`] (the refund did not
+    /// reach it, so trying again cannot give it back twice), it tries again
+    /// for about a minute. A request dropped while Redis was down kept its
+    /// charge before.
+    fn refund_in_background(tickets: Tickets, receipt: Receipt) -> Settlement {
+        Box::pin(async move {
+            let mut pause = FIRST_RETRY;
+            for _ in 0..REFUND_RETRIES {
+                match tickets
+                    .shared
+                    .store
+                    .refund(receipt.clone(), tickets.now())
+                    .await
+                {
+                    Err(error) if error.kind() == StoreErrorKind::Unavailable => {
+                        tracing::warn!(%error, "the store did not take a refund; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(LONGEST_RETRY);
+                    }
+                    outcome => return Settled::Refunded(outcome),
+                }
+            }
+            Settled::Refunded(tickets.shared.store.refund(receipt, tickets.now()).await)
+        })
     }
 
     /// Records that the request of `receipt` finished.
@@ -103,7 +139,7 @@ pub(crate) fn settle_in_background(
             Unanswered::Charging(charge) => match charge.await {
                 Ok(ChargeOutcome::Allowed { receipt, .. }) => {
                     tracing::debug!("request dropped while charging; giving the charge back");
-                    Settled::refund(&tickets, receipt)
+                    Settled::refund_in_background(tickets.clone(), receipt)
                 }
                 // Nothing was charged, or the store's error says why not.
                 _ => return,
@@ -112,7 +148,7 @@ pub(crate) fn settle_in_background(
                 tracing::debug!(
                     "request dropped before its handler answered; giving the charge back"
                 );
-                Settled::refund(&tickets, receipt)
+                Settled::refund_in_background(tickets.clone(), receipt)
             }
             Unanswered::Called(receipt) => Settled::finish(&tickets, &receipt),
             Unanswered::Settling(settlement) => settlement,

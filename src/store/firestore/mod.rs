@@ -97,20 +97,14 @@ impl FirestoreSource {
         let options = FirestoreDbOptions::new(project_id.to_string())
             .with_request_timeout(DEFAULT_FIRESTORE_TIMEOUT)
             .with_max_retries(1);
-        let client = || async {
-            FirestoreDb::with_options(options.clone())
-                .await
-                .map_err(|e| {
-                    StoreError::new(
-                        StoreErrorKind::Unavailable,
-                        format!("could not set up a Firestore client for project {project_id}"),
-                    )
-                    .with_source(e)
-                })
-        };
-        let db = client().await?;
-        let feed = client().await?;
-        Ok(Self::new(db, kinds).follow_edits(feed))
+        let db = FirestoreDb::with_options(options).await.map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("could not set up a Firestore client for project {project_id}"),
+            )
+            .with_source(e)
+        })?;
+        Ok(Self::new(db, kinds))
     }
 
     /// Stores balances through `db`, a client you configured yourself.
@@ -137,8 +131,9 @@ impl FirestoreSource {
     /// every cache at once (see [`SourceOfTruth::edits`]). `db` must be a
     /// client of its own, not the one given to [`new`](Self::new): a listen
     /// stream that closes must not share a connection with the store's
-    /// calls. [`connect`](Self::connect) does this by itself; without it,
-    /// an edit is found by the next write round that meets it.
+    /// calls. Without it, an edit is found by the next write round that
+    /// meets it (and is never undone). Not on by default: the Firestore
+    /// emulator resets such a stream over and over (see `docs/firebase.md`).
     pub fn follow_edits(mut self, db: FirestoreDb) -> Self {
         self.feed = Some(db);
         self
