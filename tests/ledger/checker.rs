@@ -35,6 +35,14 @@ impl Checker {
         }
     }
 
+    pub fn test(&self) -> &'static str {
+        self.test
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     pub fn note(&mut self, index: usize, user: Option<usize>, line: String) {
         if self.log.len() == LOG_KEPT {
             self.log.pop_front();

@@ -61,6 +61,9 @@ const REMEMBERED_RELOADS: usize = 7;
 /// gate costs a Firestore timeout.
 const SYNC_ON_FIRESTORE_OPS: usize = 1000;
 
+/// A long run says how far it got this often (operations).
+const PROGRESS_EVERY: usize = 50_000;
+
 /// How many allowed charges a run keeps for refunds.
 const RECEIPTS_KEPT: usize = 4_096;
 
@@ -333,6 +336,13 @@ impl Run {
                 .next(&self.model, self.receipts.len(), self.now());
             self.checker.note(index, op.user(), op.to_string());
             self.apply(index, op).await;
+            if index > 0 && index % PROGRESS_EVERY == 0 {
+                eprintln!(
+                    "ledger: {} seed {}: {index} operations so far",
+                    self.checker.test(),
+                    self.checker.seed()
+                );
+            }
             if self.outage > 0 {
                 self.outage -= 1;
                 if self.outage == 0 {
