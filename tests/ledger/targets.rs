@@ -295,6 +295,13 @@ impl Behind {
         }
     }
 
+    /// Whether no instance has a write round under way or wanted (a
+    /// refusal's refill asks for one without marking anything pending).
+    pub fn rounds_done(&self) -> bool {
+        let made = self.made.lock().unwrap().clone();
+        made.iter().all(|instance| instance.pending_writes() == 0)
+    }
+
     pub fn sync(&self) -> bool {
         self.mode == WriteMode::Sync
     }
