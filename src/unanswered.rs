@@ -41,10 +41,12 @@ impl Settled {
     }
 
     /// Gives the charge of `receipt` back, in the background: while the
-    /// store answers [`StoreErrorKind::Unavailable`] (the refund did not
-    /// reach it, so trying again cannot give it back twice), it tries again
-    /// for about a minute. A request dropped while Redis was down kept its
-    /// charge before.
+    /// store answers [`StoreErrorKind::Unavailable`] or
+    /// [`StoreErrorKind::CircuitOpen`] (the refund did not reach it, so
+    /// trying again cannot give it back twice), it tries again for about a
+    /// minute. A request dropped while Redis was down, or just after, kept
+    /// its charge before. (A timeout is not retried: the refund may have
+    /// been applied, and a plain Redis store does not remember it.)
     fn refund_in_background(tickets: Tickets, receipt: Receipt) -> Settlement {
         Box::pin(async move {
             let mut pause = FIRST_RETRY;
@@ -55,7 +57,12 @@ impl Settled {
                     .refund(receipt.clone(), tickets.now())
                     .await
                 {
-                    Err(error) if error.kind() == StoreErrorKind::Unavailable => {
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            StoreErrorKind::Unavailable | StoreErrorKind::CircuitOpen
+                        ) =>
+                    {
                         tracing::warn!(%error, "the store did not take a refund; trying again");
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(LONGEST_RETRY);

@@ -453,6 +453,34 @@ async fn a_request_dropped_while_charging_is_refunded_once_the_store_allows_it()
     assert_eq!(app.handled(), 0);
 }
 
+/// The store's breaker is open when the request is dropped (Redis just
+/// went down): the refund was not sent, so it is tried again until the
+/// store takes it. Before, the charge stood: a ticket lost.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_request_is_refunded_once_the_breaker_lets_the_refund_through() {
+    let app = App::new();
+    let layer = app
+        .tickets
+        .layer(tower_tickets::Cost::of("upload", 1))
+        .unwrap();
+    let app = hanging(app, layer);
+    let token = app.token("alice");
+    app.store
+        .refused_refunds
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let request = app.keyed("POST", "/hang", &token, "k");
+    poll_once_then_drop(tower::ServiceExt::oneshot(app.router.clone(), request)).await;
+    // The paused clock runs ahead through the retries' pauses.
+    for _ in 0..600 {
+        if app.remaining("alice", "upload").await == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.remaining("alice", "upload").await, 5, "given back");
+    assert_eq!(app.store.refunds(), 4, "three refused, then taken once");
+}
+
 #[tokio::test]
 async fn a_route_whose_work_outlives_its_request_keeps_the_charge() {
     let app = App::new();

@@ -18,7 +18,7 @@ use tower::ServiceExt;
 use tower_tickets::identity::{IdentityExtractor, JwtIdentity, JwtIssuer};
 use tower_tickets::store::{
     AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, MemoryStore, Receipt,
-    RefundOutcome, StoreFuture, TicketStore,
+    RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
 };
 use tower_tickets::{
     Balances, Charged, Cost, CostRejection, FakeClock, Replays, TicketKind, Tickets, Uid,
@@ -28,13 +28,15 @@ pub const SECRET: &[u8] = b"test secret, long enough for HS256";
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Counts every call that reaches the wrapped store, and the refunds apart;
-/// holding `gate` for writing keeps charges waiting.
+/// holding `gate` for writing keeps charges waiting; the next
+/// `refused_refunds` refunds answer that the breaker is open (not sent).
 #[derive(Clone, Default)]
 pub struct CountingStore {
     inner: MemoryStore,
     pub calls: Arc<AtomicUsize>,
     pub refunds: Arc<AtomicUsize>,
     pub gate: Arc<tokio::sync::RwLock<()>>,
+    pub refused_refunds: Arc<AtomicUsize>,
 }
 
 impl CountingStore {
@@ -64,6 +66,15 @@ impl TicketStore for CountingStore {
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         self.count();
         self.refunds.fetch_add(1, Ordering::SeqCst);
+        let refused = self
+            .refused_refunds
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if refused.is_ok() {
+            return Box::pin(std::future::ready(Err(StoreError::new(
+                StoreErrorKind::CircuitOpen,
+                "the breaker is open",
+            ))));
+        }
         self.inner.refund(receipt, now)
     }
 
