@@ -11,6 +11,7 @@
 mod support {
     pub mod eventually;
     pub mod redis_server;
+    pub mod tcp_gate;
 }
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tower_tickets::{ConfigError, Cost, IdempotencyKey, TicketKind, Tickets, Uid}
 
 use support::eventually::eventually;
 use support::redis_server::RedisServer;
+use support::tcp_gate::TcpGate;
 
 fn upload() -> TicketKind {
     TicketKind::new("upload", 5)
@@ -398,4 +400,53 @@ async fn an_edit_to_the_source_is_seen_at_once_and_never_undone() {
         f.answered().await == 5
     })
     .await;
+}
+
+/// A charge times out while Redis is paused, then Redis runs it; before its
+/// refund reaches Redis (held at a gate), another instance's charge is
+/// written, and the state it writes includes the late charge. Before, the
+/// late charge was given back in Redis only: the source kept it, a ticket
+/// lost for good at the next Redis loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_that_runs_after_its_timeout_is_given_back_in_the_source_too() {
+    let f = Fixture::new(WriteMode::Sync).await;
+    let gate = TcpGate::start(f.server.url().trim_start_matches("redis://")).await;
+    let impatient = WriteThrough::builder(
+        RedisStore::standalone(format!("redis://{}", gate.host())).timeout(Duration::from_secs(1)),
+        f.source.clone(),
+    )
+    .write_interval(Duration::from_millis(5))
+    .connect()
+    .await
+    .expect("connect through the gate");
+    let cost = f.tickets.check_cost(&Cost::of("upload", 1)).unwrap();
+    let charge = |store: &WriteThrough| {
+        store.charge(ChargeRequest::new(
+            f.uid.clone(),
+            cost.clone(),
+            f.tickets.now(),
+        ))
+    };
+
+    f.redis("CLIENT", &["PAUSE", "5000", "WRITE"]);
+    let late = charge(&impatient).await;
+    assert!(late.is_err(), "the paused charge times out: {late:?}");
+    gate.hold();
+    f.redis("CLIENT", &["UNPAUSE"]);
+    // The charge ran; its refund waits at the gate.
+    gate.holding().await;
+    assert!(allowed(&charge(f.store()).await));
+    assert_eq!(
+        f.in_source(),
+        3,
+        "the written state includes the late charge"
+    );
+    gate.release();
+
+    eventually("the late charge's refund reaches the source", || async {
+        f.in_source() == 4
+    })
+    .await;
+    impatient.settled().await;
+    assert_eq!(f.answered().await, 4);
 }

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | memory, refusal cache | none (one process, no I/O) |
 //! | Redis | FLUSHALL (every user starts over), an instance restarted with a charge in flight, a charge future dropped, Redis paused past the store timeout |
-//! | write-through, sync | all of Redis's, plus deleting one user's hash, RESTORE of an earlier DUMP of it, Firestore unreachable for a few operations |
+//! | write-through, sync | all of Redis's (the pause on the in-memory source only), plus deleting one user's hash, RESTORE of an earlier DUMP of it, Firestore unreachable for a few operations |
 //! | write-through, async | as sync minus RESTORE (a rollback is an async loss of another name) |
 
 use rand::Rng;

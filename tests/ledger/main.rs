@@ -213,6 +213,11 @@ async fn write_through(
         async move {
             let mut faults = WRITE_THROUGH_FAULTS.to_vec();
             faults.extend([FaultKind::DumpOrRestore, FaultKind::DeleteUser]);
+            if let Backing::Memory = backing {
+                // Each pause costs over a second: one fault in sixteen.
+                faults = faults.repeat(3);
+                faults.push(FaultKind::PauseRedis);
+            }
             let prefix = format!("{}-{seed}:", test.replace('_', "-"));
             let truth = match backing {
                 Backing::Memory => Truth::memory(),

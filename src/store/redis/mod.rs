@@ -15,5 +15,5 @@ pub use self::builder::{RedisStoreBuilder, TimeSource};
 pub use self::error::RedisSetupError;
 pub(crate) use self::keys::KeyLayout;
 pub(crate) use self::scripts::ScriptCall;
-pub(crate) use self::store::Cached;
 pub use self::store::RedisStore;
+pub(crate) use self::store::{Cached, RefundLate};

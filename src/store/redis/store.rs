@@ -242,12 +242,14 @@ impl RedisStore {
 
     /// Gives back a charge whose reply came after the timeout: the request
     /// was answered 503, but Redis ran the script. Waits for that reply for
-    /// at most [`LATE_REPLY_DEADLINE`], in the background.
+    /// at most [`LATE_REPLY_DEADLINE`], in the background, then refunds it
+    /// with `refund` (by default, this store's own refund).
     fn undo_late_charge(
         &self,
         reply: LateReply,
         (uid, cost, idempotency_key): (Uid, CheckedCost, Option<IdempotencyKey>),
         now: DateTime<Utc>,
+        refund: Option<RefundLate>,
     ) {
         let (store, started) = (self.clone(), Instant::now());
         tokio::spawn(async move {
@@ -278,7 +280,11 @@ impl RedisStore {
             // reads its own clock otherwise): a refill timestamp never moves
             // backwards, so an instant behind the stored one refills nothing.
             loop {
-                match store.refund(receipt.clone(), now).await {
+                let refunded = match &refund {
+                    Some(refund) => refund(receipt.clone(), now),
+                    None => store.refund(receipt.clone(), now),
+                };
+                match refunded.await {
                     Ok(outcome) => {
                         tracing::info!(%uid, refunded = ?outcome.refunded, "gave back a charge answered after its timeout");
                     }
@@ -303,6 +309,12 @@ impl RedisStore {
 
 /// A script reply still awaited after its call timed out.
 type LateReply = Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>;
+
+/// How a charge whose reply came after its timeout is given back: by the
+/// store itself, or by a store that caches a source of truth in it (the
+/// refund must reach the source too).
+pub(crate) type RefundLate =
+    Box<dyn Fn(Receipt, DateTime<Utc>) -> StoreFuture<RefundOutcome> + Send + Sync>;
 
 /// How long a reply that came too late for its request is still awaited,
 /// to give back what the script charged.
@@ -411,10 +423,13 @@ impl RedisStore {
     /// Decides a charge; caching a source, says where it was made (the
     /// receipt carries it) and whether it applied a due refill (a change
     /// to write even when nothing was charged), or that the user is
-    /// unseeded.
+    /// unseeded. A charge that Redis runs after the call timed out (the
+    /// caller answered an error) is given back with `refund_late`, or by
+    /// this store's own refund.
     pub(crate) fn charge_cached(
         &self,
         request: ChargeRequest,
+        refund_late: Option<RefundLate>,
     ) -> StoreFuture<Cached<(ChargeOutcome, bool)>> {
         let ChargeRequest {
             uid,
@@ -448,7 +463,7 @@ impl RedisStore {
             (uid.clone(), cost.clone(), idempotency_key.clone()),
         );
         Box::pin(async move {
-            let late = |reply| store.undo_late_charge(reply, charged, now);
+            let late = |reply| store.undo_late_charge(reply, charged, now, refund_late);
             let reply = store.shared.bounded("charge", reply, late).await?;
             let Some((point, mut reply)) = Cached::<()>::split(truth, "charge", &reply, 1)? else {
                 return Ok(Cached::Unseeded);
@@ -637,7 +652,7 @@ impl RedisStore {
 
 impl TicketStore for RedisStore {
     fn charge(&self, request: ChargeRequest) -> StoreFuture<ChargeOutcome> {
-        let decided = self.charge_cached(request);
+        let decided = self.charge_cached(request, None);
         Box::pin(async move { Ok(decided.await?.decided("charge")?.0) })
     }
 

@@ -72,7 +72,7 @@ use self::redis_state::{RedisState, RoundEnd};
 use crate::clock::Clock;
 use crate::config_error::ConfigError;
 use crate::kind::TicketKind;
-use crate::store::redis::Cached;
+use crate::store::redis::{Cached, RefundLate};
 use crate::store::source::{DURABLE, Point, SourceOfTruth};
 use crate::store::{
     AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore,
@@ -209,11 +209,13 @@ impl WriteThrough {
 }
 
 impl Shared {
-    async fn charge(&self, request: ChargeRequest) -> Result<ChargeOutcome, StoreError> {
+    async fn charge(self: &Arc<Self>, request: ChargeRequest) -> Result<ChargeOutcome, StoreError> {
         let (uid, now) = (request.uid.clone(), request.now);
         for _ in 0..ATTEMPTS {
-            let (balances, receipt, point) = match self.redis.charge_cached(request.clone()).await?
-            {
+            let decided = self
+                .redis
+                .charge_cached(request.clone(), Some(self.refund_late()));
+            let (balances, receipt, point) = match decided.await? {
                 Cached::Unseeded => {
                     self.fill(&uid, now).await?;
                     continue;
@@ -250,12 +252,23 @@ impl Shared {
         Err(unsettled(&uid))
     }
 
+    /// How a charge that Redis ran after its call timed out (answered with
+    /// an error) is given back: as any refund, carried to the source, and
+    /// counted as a change under way until it is.
+    fn refund_late(self: &Arc<Self>) -> RefundLate {
+        let (shared, under_way) = (self.clone(), ChangeUnderWay::new(&self.changes));
+        Box::new(move |receipt, now| {
+            let _counted = &under_way;
+            Box::pin(shared.clone().refund(receipt, now))
+        })
+    }
+
     /// Makes an allowed charge reach the source as the mode says. In sync
     /// mode, when the source does not hold it after its round, the charge
     /// is refunded in Redis (retried in the background while Redis does not
     /// answer) and the error returned.
     async fn persist_charge(
-        &self,
+        self: &Arc<Self>,
         receipt: &Receipt,
         point: Point,
         now: DateTime<Utc>,
@@ -264,12 +277,7 @@ impl Shared {
             WriteMode::Sync => {
                 let held = self.writer.demand(&receipt.uid, point, now).wait().await;
                 if held.is_err() && self.give_back(receipt, now).await.is_err() {
-                    tokio::spawn(give_back_later(
-                        self.redis.clone(),
-                        self.state.clone(),
-                        receipt.clone(),
-                        now,
-                    ));
+                    tokio::spawn(self.clone().give_back_later(receipt.clone(), now));
                 }
                 held
             }
@@ -278,11 +286,42 @@ impl Shared {
     }
 
     /// Refunds, in Redis, a charge that its write round did not carry to the
-    /// source. A refund that gives something back is counted pending, so that
-    /// a later round writes it; it gives nothing back when Redis no longer
-    /// holds the charge (lost with a flushed or dropped state).
+    /// source. The refund is counted pending and a round asked for, which
+    /// writes it. It gives nothing back when Redis no longer holds the
+    /// charge: lost with a flushed or dropped state, which the source does
+    /// not hold either (a reloaded state is not refunded: a state rolled
+    /// back to an old dump shares its lineage, and its versions may seem
+    /// included, with what the source holds).
     async fn give_back(&self, receipt: &Receipt, now: DateTime<Utc>) -> Result<(), StoreError> {
-        give_back(&self.redis, &self.state, receipt, now).await
+        let uid = &receipt.uid;
+        let Cached::Seeded {
+            point: Some(point), ..
+        } = self.redis.refund_cached(receipt.clone(), now).await?
+        else {
+            return Ok(());
+        };
+        // A retry finds the refund made already: counting it and asking for
+        // a round again is harmless, and makes sure it is written.
+        if let Err(error) = self.state.mark_pending(uid, point.lineage).await {
+            tracing::warn!(%uid, %error, "could not count a refund as pending");
+        }
+        self.writer.nudge(uid, now);
+        Ok(())
+    }
+
+    /// [`give_back`](Self::give_back), retried while it fails (a refund
+    /// gives each charge back once, however often it runs).
+    async fn give_back_later(self: Arc<Self>, receipt: Receipt, now: DateTime<Utc>) {
+        for _ in 0..REFUND_ATTEMPTS {
+            tokio::time::sleep(REFUND_RETRY).await;
+            match self.give_back(&receipt, now).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(uid = %receipt.uid, %error, "could not refund a charge the source did not take");
+                }
+            }
+        }
+        tracing::error!(uid = %receipt.uid, "gave up refunding a charge the source did not take");
     }
 
     /// Async mode: counts the change as pending and asks for a round.
@@ -492,44 +531,20 @@ impl Shared {
     }
 }
 
-/// See [`Shared::give_back`].
-async fn give_back(
-    redis: &RedisStore,
-    state: &RedisState,
-    receipt: &Receipt,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    if let Cached::Seeded {
-        value,
-        point: Some(point),
-    } = redis.refund_cached(receipt.clone(), now).await?
-        && value.refunded.iter().any(|n| *n > 0)
-        && let Err(error) = state.mark_pending(&receipt.uid, point.lineage).await
-    {
-        // The refund stands; the user's next round writes it.
-        tracing::warn!(uid = %receipt.uid, %error, "could not count a refund as pending");
+/// A change under way, counted in [`Shared::changes`] until dropped.
+struct ChangeUnderWay(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl ChangeUnderWay {
+    fn new(changes: &Arc<tokio::sync::watch::Sender<usize>>) -> Self {
+        changes.send_modify(|n| *n += 1);
+        Self(changes.clone())
     }
-    Ok(())
 }
 
-/// [`give_back`], retried while Redis does not answer (a refund gives each
-/// charge back once, however often it runs).
-async fn give_back_later(
-    redis: RedisStore,
-    state: Arc<RedisState>,
-    receipt: Receipt,
-    now: DateTime<Utc>,
-) {
-    for _ in 0..REFUND_ATTEMPTS {
-        tokio::time::sleep(REFUND_RETRY).await;
-        match give_back(&redis, &state, &receipt, now).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(uid = %receipt.uid, %error, "could not refund a charge the source did not take");
-            }
-        }
+impl Drop for ChangeUnderWay {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
-    tracing::error!(uid = %receipt.uid, "gave up refunding a charge the source did not take");
 }
 
 fn lost(uid: &Uid) -> StoreError {
@@ -557,11 +572,10 @@ impl WriteThrough {
         &self,
         change: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> StoreFuture<T> {
-        self.shared.changes.send_modify(|n| *n += 1);
-        let changes = self.shared.changes.clone();
+        let under_way = ChangeUnderWay::new(&self.shared.changes);
         let task = tokio::spawn(async move {
             let result = change.await;
-            changes.send_modify(|n| *n -= 1);
+            drop(under_way);
             result
         });
         Box::pin(async move {
@@ -576,7 +590,8 @@ impl WriteThrough {
 
     /// Waits until no change of this instance is under way: every charge,
     /// refund and adjustment made through it, whether or not its caller
-    /// still waits, has been decided and answered by its write round. For a
+    /// still waits, has been decided and answered by its write round (a
+    /// charge that timed out, until Redis's late reply is given back). For a
     /// graceful shutdown, and for tests that look behind the store.
     pub async fn settled(&self) {
         let mut changes = self.shared.changes.subscribe();
