@@ -206,10 +206,7 @@ async fn write_through(
     mode: WriteMode,
     (seeds, ops): (&[u64], usize),
 ) {
-    let server = RedisServer::start();
-    let url = server.url();
     ledger(test, seeds, ops, |seed, clock| {
-        let url = url.clone();
         async move {
             let mut faults = WRITE_THROUGH_FAULTS.to_vec();
             faults.extend([FaultKind::DumpOrRestore, FaultKind::DeleteUser]);
@@ -224,7 +221,8 @@ async fn write_through(
                 Backing::Firestore => Truth::firestore(prefix.trim_end_matches(':')).await,
             };
             let count = 2 + (seed % 2) as usize;
-            Target::write_through(&url, &prefix, truth, mode, count, faults, &clock).await
+            let server = RedisServer::start();
+            Target::write_through(server, &prefix, truth, mode, count, faults, &clock).await
         }
     })
     .await;
@@ -232,6 +230,11 @@ async fn write_through(
 
 /// Runs the seeds (`LEDGER_SEED`, or `fixed` and a fresh one) on
 /// targets made by `make`, `LEDGER_OPS` (or `default_ops`) operations each.
+///
+/// `LEDGER_HISTORIES=<n>` with `LEDGER_SEED=<s>` runs seeds `s` to
+/// `s + n - 1` at once, `LEDGER_OPS` operations in all: a long run spends
+/// most of its time waiting on Redis and timeouts, which concurrent
+/// histories (each on targets of its own) overlap.
 async fn ledger<F, Fut>(test: &'static str, fixed: &[u64], default_ops: usize, mut make: F)
 where
     F: FnMut(u64, FakeClock) -> Fut,
@@ -240,6 +243,34 @@ where
     let ops = std::env::var("LEDGER_OPS")
         .map(|n| n.parse().expect("LEDGER_OPS is a number"))
         .unwrap_or(default_ops);
+    let histories: u64 = std::env::var("LEDGER_HISTORIES")
+        .map(|n| n.parse().expect("LEDGER_HISTORIES is a number"))
+        .unwrap_or(1);
+    if histories > 1 {
+        let first: u64 = std::env::var("LEDGER_SEED")
+            .expect("LEDGER_HISTORIES needs LEDGER_SEED")
+            .parse()
+            .expect("LEDGER_SEED is a number");
+        let each = ops / histories as usize;
+        let began = Instant::now();
+        let mut running = tokio::task::JoinSet::new();
+        for seed in first..first + histories {
+            let clock = FakeClock::at(start());
+            let target = make(seed, clock.clone()).await;
+            running.spawn(Run::new(test, seed, target, clock).execute(each));
+        }
+        while let Some(done) = running.join_next().await {
+            if let Err(failed) = done {
+                std::panic::resume_unwind(failed.into_panic());
+            }
+        }
+        eprintln!(
+            "ledger: {test} seeds {first} to {}: {histories} × {each} operations in {:.1?}",
+            first + histories - 1,
+            began.elapsed()
+        );
+        return;
+    }
     let seeds = match std::env::var("LEDGER_SEED") {
         Ok(seed) => vec![seed.parse().expect("LEDGER_SEED is a number")],
         Err(_) => {
@@ -965,19 +996,39 @@ impl Run {
         let now = self.now();
         // A reload may be dropped again by the round that finds the source
         // ahead of it (a write that landed meanwhile): the store has settled
-        // once Redis holds the user with nothing left to write.
+        // once Redis holds the user with nothing left to write, and what it
+        // holds is what the source holds. A write that landed after the
+        // reload read the source (a refusal's refill, whose round was on its
+        // way) would make the store reload at its next round; the harness
+        // drops the user again instead, as if the fault had come a moment
+        // later, so that the model adopts what the store will decide on.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            self.target.behind().expect("write-through").settled().await;
+            let behind = self.target.behind().expect("write-through");
+            behind.settled().await;
             let read = store.balances(&uid, &kinds, now).await;
             let redis = self.target.redis().expect("write-through");
-            let rounds_done = self.target.behind().expect("write-through").rounds_done();
             if read.is_ok()
-                && rounds_done
+                && behind.rounds_done()
                 && redis.seeded(uid.as_str())
                 && !redis.pending(uid.as_str())
             {
-                break;
+                let held = self.target.raw(uid.as_str(), &kinds);
+                let document: Option<model::UserState> = behind
+                    .document(&uid, now)
+                    .await
+                    .map(|d| d.balances.iter().copied().map(Some).collect());
+                if document.is_none() || document == held {
+                    break;
+                }
+                self.checker.note(
+                    index,
+                    Some(user),
+                    format!(
+                        "  the source moved on to {document:?} after the reload: dropped again"
+                    ),
+                );
+                redis.delete(uid.as_str());
             }
             if Instant::now() > deadline {
                 let what = format!("the store never settled on a reload after {why}");

@@ -15,6 +15,7 @@ use crate::faults::{FaultKind, RedisFaults};
 use crate::kinds;
 use crate::model::{Birth, UserState};
 use crate::support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator, client_at};
+use crate::support::redis_server::RedisServer;
 use crate::support::tcp_gate::TcpGate;
 
 /// The Redis call timeout of every Redis-backed instance: long enough that
@@ -62,6 +63,7 @@ pub struct Behind {
     made: std::sync::Mutex<Vec<WriteThrough>>,
     redis_url: String,
     redis: RedisFaults,
+    _server: RedisServer,
     prefix: String,
     truth: Truth,
     mode: WriteMode,
@@ -170,11 +172,11 @@ impl Target {
         }
     }
 
-    /// `count` write-through stores on the Redis at `url` and a project of
-    /// their own on the shared emulator.
+    /// `count` write-through stores on `server` (the target's own: a
+    /// FLUSHALL touches no other history) and `truth`.
     #[allow(clippy::too_many_arguments)]
     pub async fn write_through(
-        url: &str,
+        server: RedisServer,
         prefix: &str,
         truth: Truth,
         mode: WriteMode,
@@ -182,10 +184,12 @@ impl Target {
         faults: Vec<FaultKind>,
         clock: &FakeClock,
     ) -> Self {
+        let url = server.url();
         let behind = Behind {
             made: std::sync::Mutex::default(),
-            redis_url: url.to_string(),
-            redis: RedisFaults::new(url, prefix),
+            redis: RedisFaults::new(&url, prefix),
+            redis_url: url,
+            _server: server,
             prefix: prefix.to_string(),
             truth,
             mode,
