@@ -50,6 +50,8 @@ struct Shared {
     shards: Box<[Mutex<Stripe>]>,
     /// Changes made so far: every `SWEEP_EVERY`-th visits the next stripe.
     changes: AtomicU64,
+    /// Keyed charges made so far: each one's id binds its key's record to it.
+    keyed_charges: AtomicU64,
 }
 
 /// The users of one lock stripe.
@@ -201,6 +203,10 @@ impl ChargedKeys {
 struct KeyRecord {
     expires: DateTime<Utc>,
     fingerprint: RequestFingerprint,
+    /// The charge that paid for it (0 for an adjustment): the key may
+    /// expire and serve a new request, which a late refund or finish of the
+    /// old charge must leave alone.
+    charge_id: u64,
     finished: bool,
     /// An adjustment's first answer (empty for a charge).
     answer: Vec<KindBalance>,
@@ -226,6 +232,7 @@ impl MemoryStore {
                 hasher: RandomState::new(),
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 changes: AtomicU64::new(0),
+                keyed_charges: AtomicU64::new(0),
             }),
         }
     }
@@ -329,11 +336,11 @@ impl UserRecord {
     }
 
     /// Records that `key` served `fingerprint` at `now`: an adjustment's,
-    /// finished with its `answer`, or a charge's, running.
+    /// finished with its `answer`, or charge `charge_id`'s, running.
     fn remember_key(
         &mut self,
         key: &IdempotencyKey,
-        fingerprint: RequestFingerprint,
+        (fingerprint, charge_id): (RequestFingerprint, u64),
         now: DateTime<Utc>,
         answer: Option<Vec<KindBalance>>,
     ) {
@@ -343,6 +350,7 @@ impl UserRecord {
                 .checked_add_signed(ttl)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
             fingerprint,
+            charge_id,
             finished: answer.is_some(),
             answer: answer.unwrap_or_default(),
         };
@@ -452,9 +460,14 @@ impl TicketStore for MemoryStore {
                 stored.remaining -= item.amount;
                 *balance = *stored;
             }
-            if let Some(key) = &idempotency_key {
-                user.remember_key(key, fingerprint, now, None);
-            }
+            let charge_id = match &idempotency_key {
+                Some(key) => {
+                    let id = self.shared.keyed_charges.fetch_add(1, Ordering::Relaxed) + 1;
+                    user.remember_key(key, (fingerprint, id), now, None);
+                    id
+                }
+                None => 0,
+            };
             ChargeOutcome::Allowed {
                 receipt: Receipt {
                     uid: uid.clone(),
@@ -463,7 +476,7 @@ impl TicketStore for MemoryStore {
                     remaining_after: balances.iter().map(|b| b.remaining).collect(),
                     idempotency_key,
                     made_at: None,
-                    charge_id: 0,
+                    charge_id,
                 },
                 balances,
             }
@@ -473,7 +486,12 @@ impl TicketStore for MemoryStore {
 
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
         let outcome = self.with_user(&receipt.uid, now, |user| {
-            if let Some(key) = &receipt.idempotency_key {
+            if let Some(key) = &receipt.idempotency_key
+                && user
+                    .charged_keys
+                    .get(key)
+                    .is_some_and(|record| record.charge_id == receipt.charge_id)
+            {
                 user.charged_keys.remove(key);
             }
             let mut refunded = Vec::with_capacity(receipt.last_refills.len());
@@ -500,7 +518,9 @@ impl TicketStore for MemoryStore {
     fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
         if let Some(key) = &receipt.idempotency_key {
             self.peek_user_mut(&receipt.uid, |user| {
-                if let Some(record) = user.charged_keys.get_mut(key) {
+                if let Some(record) = user.charged_keys.get_mut(key)
+                    && record.charge_id == receipt.charge_id
+                {
                     record.finished = true;
                 }
             });
@@ -552,7 +572,7 @@ impl TicketStore for MemoryStore {
                 })
                 .collect();
             if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
-                user.remember_key(key, fingerprint, now, Some(balances.clone()));
+                user.remember_key(key, (fingerprint, 0), now, Some(balances.clone()));
             }
             AdjustOutcome::Applied { balances }
         });

@@ -50,6 +50,7 @@ macro_rules! tower_tickets_contract {
             finish_without_a_key_or_after_a_refund_changes_nothing,
             refund_forgets_the_idempotency_key,
             idempotency_key_expires_after_a_day,
+            a_late_refund_or_finish_leaves_a_key_reused_since_alone,
             grant_and_set,
             reset_refills_now_and_keeps_a_grant_above_capacity,
             a_keyed_grant_retried_grants_once,
@@ -532,6 +533,33 @@ pub async fn idempotency_key_expires_after_a_day(store: Arc<dyn TicketStore>) {
         &f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await
     ));
     assert_eq!(f.remaining("ai").await, 2);
+}
+
+/// A key expires after a day, and a new request may take it; a refund (or
+/// a finish) of the old charge that comes after that concerns the old
+/// request only. Found by the ledger's long run: the late refund forgot the
+/// new request's key, so its retry was charged again.
+pub async fn a_late_refund_or_finish_leaves_a_key_reused_since_alone(store: Arc<dyn TicketStore>) {
+    let f = Fixture::new(store, "idem-late-refund");
+    let old = receipt(f.charge_as(&f.uid, Cost::of("upload", 1), Some("k")).await);
+    f.advance(DAY + Duration::from_secs(1));
+    let new = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
+    assert!(allowed(&new), "the expired key is a new request's: {new:?}");
+    f.store.finish(&old).await.unwrap();
+    let retry = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
+    assert!(
+        matches!(retry, ChargeOutcome::InProgress),
+        "the old request's finish left the new one running: {retry:?}"
+    );
+    f.store.refund(old, f.now()).await.unwrap();
+    let retry = f.charge_as(&f.uid, Cost::of("ai", 1), Some("k")).await;
+    assert!(
+        matches!(retry, ChargeOutcome::InProgress),
+        "the old charge's refund kept the new request's key: {retry:?}"
+    );
+    let other = f.charge_as(&f.uid, Cost::of("upload", 1), Some("k")).await;
+    assert!(matches!(other, ChargeOutcome::KeyReused), "{other:?}");
+    assert_eq!(f.remaining("ai").await, 2, "the new request charged once");
 }
 
 pub async fn grant_and_set(store: Arc<dyn TicketStore>) {

@@ -247,7 +247,7 @@ impl RedisStore {
     fn undo_late_charge(
         &self,
         reply: LateReply,
-        (uid, cost, idempotency_key): (Uid, CheckedCost, Option<IdempotencyKey>),
+        (uid, cost, idempotency_key, charge_id): Charging,
         now: DateTime<Utc>,
         refund: Option<RefundLate>,
     ) {
@@ -271,9 +271,11 @@ impl RedisStore {
             if point.is_some() && reply.len() > 1 {
                 reply.remove(1);
             }
-            let Ok(ChargeOutcome::Allowed { receipt, .. }) =
-                charge_outcome(&reply, uid.clone(), cost, idempotency_key, point)
-            else {
+            let Ok(ChargeOutcome::Allowed { receipt, .. }) = charge_outcome(
+                &reply,
+                (uid.clone(), cost, idempotency_key, charge_id),
+                point,
+            ) else {
                 return;
             };
             // Decided at the charge's instant (with `TimeSource::Caller`; Redis
@@ -440,6 +442,7 @@ impl RedisStore {
         } = request;
         let context = &self.shared.context;
         let items = cost.items();
+        let charge_id = new_charge_id();
         let mut call = ScriptCall::new(
             &context.scripts().charge,
             &self.user_keys(&uid, idempotency_key.as_ref()),
@@ -447,7 +450,7 @@ impl RedisStore {
         call.arg(context.time_arg(now))
             .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
             .arg(millis(IDEMPOTENCY_TTL))
-            .arg(fingerprint.as_str())
+            .arg(format!("{}#{charge_id}", fingerprint.as_str()))
             .arg(items.len());
         for item in items {
             call.arg(item.amount);
@@ -460,7 +463,12 @@ impl RedisStore {
         let reply: LateReply = Box::pin(async move { connection.invoke(&call).await });
         let (store, charged) = (
             self.clone(),
-            (uid.clone(), cost.clone(), idempotency_key.clone()),
+            (
+                uid.clone(),
+                cost.clone(),
+                idempotency_key.clone(),
+                charge_id,
+            ),
         );
         Box::pin(async move {
             let late = |reply| store.undo_late_charge(reply, charged, now, refund_late);
@@ -469,7 +477,7 @@ impl RedisStore {
                 return Ok(Cached::Unseeded);
             };
             let refilled = point.is_some() && reply.len() > 1 && reply.remove(1) == 1;
-            let value = charge_outcome(&reply, uid, cost, idempotency_key, point)?;
+            let value = charge_outcome(&reply, (uid, cost, idempotency_key, charge_id), point)?;
             Ok(Cached::Seeded {
                 value: (value, refilled),
                 point,
@@ -513,10 +521,9 @@ impl RedisStore {
                 lineage: u64::MAX >> 11,
                 version: u64::MAX >> 11,
             });
-            call.arg(made_at.lineage)
-                .arg(made_at.version)
-                .arg(receipt.charge_id);
+            call.arg(made_at.lineage).arg(made_at.version);
         }
+        call.arg(receipt.charge_id);
         let reply = self.call("refund", call);
         Box::pin(async move {
             let reply = reply.await?;
@@ -621,12 +628,20 @@ impl RedisStore {
     }
 
     /// Marks `uid`'s idempotency `key` finished (its request is done), as
-    /// [`TicketStore::finish`] does for a charge's.
-    pub(crate) fn finish_key(&self, uid: &Uid, key: &IdempotencyKey) -> StoreFuture<()> {
-        let call = ScriptCall::new(
+    /// [`TicketStore::finish`] does for a charge's: the key of the charge
+    /// `charge_id`, or of an adjustment (`None`). A key that serves another
+    /// request by now is left alone.
+    pub(crate) fn finish_key(
+        &self,
+        uid: &Uid,
+        key: &IdempotencyKey,
+        charge_id: Option<u64>,
+    ) -> StoreFuture<()> {
+        let mut call = ScriptCall::new(
             &self.shared.context.scripts().finish,
             &[self.shared.keys.idempotency(uid, key)],
         );
+        call.arg(charge_id.map_or_else(String::new, |id| id.to_string()));
         let reply = self.call("finish", call);
         Box::pin(async move {
             match reply.await?.as_slice() {
@@ -658,7 +673,7 @@ impl TicketStore for RedisStore {
 
     fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
         match &receipt.idempotency_key {
-            Some(key) => self.finish_key(&receipt.uid, key),
+            Some(key) => self.finish_key(&receipt.uid, key, Some(receipt.charge_id)),
             None => Box::pin(std::future::ready(Ok(()))),
         }
     }
@@ -699,13 +714,14 @@ impl TicketStore for RedisStore {
     }
 }
 
+/// What a charge was asked: whose, its cost, its key, and its id.
+type Charging = (Uid, CheckedCost, Option<IdempotencyKey>, u64);
+
 /// The charge script's reply (without its point) as an outcome; an allowed
-/// charge's receipt holds `uid`, `cost`, `idempotency_key` and `made_at`.
+/// charge's receipt holds what it was asked and `made_at`.
 fn charge_outcome(
     reply: &[i64],
-    uid: Uid,
-    cost: CheckedCost,
-    idempotency_key: Option<IdempotencyKey>,
+    (uid, cost, idempotency_key, charge_id): Charging,
     made_at: Option<Point>,
 ) -> Result<ChargeOutcome, StoreError> {
     let Some((&outcome, rest)) = reply.split_first() else {
@@ -722,7 +738,7 @@ fn charge_outcome(
                 remaining_after: balances.iter().map(|b| b.remaining).collect(),
                 idempotency_key,
                 made_at,
-                charge_id: made_at.map_or(0, |_| charge_id()),
+                charge_id,
             },
             balances,
         },
@@ -733,9 +749,8 @@ fn charge_outcome(
     })
 }
 
-/// A random id for a charge made in front of a source of truth (below 2^53,
-/// as Lua holds it exactly).
-fn charge_id() -> u64 {
+/// A random id for a charge (below 2^53, as Lua holds it exactly).
+fn new_charge_id() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     use std::sync::atomic::{AtomicU64, Ordering};
     static DRAWN: AtomicU64 = AtomicU64::new(0);

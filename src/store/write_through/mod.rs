@@ -500,7 +500,7 @@ impl Shared {
                     let persisted = self.persist_change(uid, point, now).await;
                     if let Some(key) = &request.idempotency_key {
                         let concluded = match persisted {
-                            Ok(()) => self.redis.finish_key(uid, key).await,
+                            Ok(()) => self.redis.finish_key(uid, key, None).await,
                             Err(_) => self.redis.forget_key(uid, key).await,
                         };
                         if let Err(error) = concluded {

@@ -4,7 +4,8 @@
 -- KEYS[1] the user's balances; then (caching a source) the high-water key;
 -- then, optional, the idempotency key (IDEMPOTENCY_KEY).
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, idempotency TTL ms,
---       request fingerprint, kind count, then per kind: amount, spec.
+--       '<request fingerprint>#<charge id>' (the id goes into the key's
+--       record), kind count, then per kind: amount, spec.
 -- Reply: {outcome, remaining, last refill, ...} with outcome 0 refused,
 --        1 allowed, 2 replayed (the key already paid for this request, which
 --        finished), 3 in progress (it has not finished), 4 the key already
@@ -14,6 +15,7 @@
 
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(6, tonumber(ARGV[5]), 1)
+local fingerprint, charge = string.match(ARGV[4], '^([^#]*)#(%d+)$')
 local reply = {}
 if not REDIS_HOLDS_THE_TRUTH then
   local lineage, version = seeded_point(KEYS[1], kinds)
@@ -35,7 +37,7 @@ local outcome = 1
 if IDEMPOTENCY_KEY then
   local record = idempotency_record(IDEMPOTENCY_KEY)
   if record and record.expires > t then
-    if record.fingerprint ~= ARGV[4] then
+    if record.fingerprint ~= fingerprint then
       outcome = 4
     elseif record.finished then
       outcome = 2
@@ -58,7 +60,8 @@ if outcome == 1 then
   end
   if IDEMPOTENCY_KEY then
     local ttl = tonumber(ARGV[3])
-    redis.call('SET', IDEMPOTENCY_KEY, (t + ttl) .. ' R ' .. ARGV[4], 'PX', ttl)
+    redis.call('SET', IDEMPOTENCY_KEY, (t + ttl) .. ' R ' .. fingerprint .. '#' .. charge,
+      'PX', ttl)
   end
 end
 save(KEYS[1], kinds, ARGV[2])

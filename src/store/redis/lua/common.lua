@@ -286,10 +286,13 @@ end
 
 -- An idempotency key's record, or nil when absent: {expires = the instant
 -- (Unix ms) it stops counting, finished = whether its request finished,
--- fingerprint = the request it served, answer = an adjustment's first
+-- fingerprint = the request it served, charge = the id of the charge that
+-- paid for it ('' for an adjustment), answer = an adjustment's first
 -- answer, ' <remaining> <last refill>' per kind, or ''}. Stored as the
--- string '<expires> <R|D> <fingerprint>[ <answer>]': R while the request
--- runs, D once done.
+-- string '<expires> <R|D> <fingerprint>[#<charge>][ <answer>]': R while the
+-- request runs, D once done. The charge id binds the record to its charge:
+-- the key may expire and serve a new request, and a late refund or finish
+-- of the old charge must leave the new request's record alone.
 local function idempotency_record(key)
   local ok, value = pcall(redis.call, 'GET', key)
   if not ok then
@@ -298,11 +301,12 @@ local function idempotency_record(key)
   if not value then
     return nil
   end
-  local expires, state, fingerprint, answer = string.match(value, '^(%d+) ([RD]) (%S*)([%d ]*)$')
+  local expires, state, fingerprint, charge, answer =
+    string.match(value, '^(%d+) ([RD]) ([%w%-_]*)#?(%d*)([%d ]*)$')
   if not expires then
     corrupt(key .. ' holds ' .. string.format('%q', value) ..
       ', not an idempotency key written by tower-tickets')
   end
   return {expires = tonumber(expires), finished = state == 'D', fingerprint = fingerprint,
-    answer = answer}
+    charge = charge, answer = answer}
 end

@@ -4,12 +4,21 @@
 -- rather than still in progress. A key Redis no longer holds (expired,
 -- refunded, lost) stays forgotten.
 --
+-- A key that serves another charge now (it expired, and a new request
+-- took it) is left alone.
+--
 -- KEYS[1] the idempotency key.
--- Reply: {1} when marked, {0} when absent or already finished.
+-- ARGV[1] the id of the charge whose request finished ('' for an
+--         adjustment).
+-- Reply: {1} when marked, {0} when absent, already finished or another's.
 
 local record = idempotency_record(KEYS[1])
-if not record or record.finished then
+-- (A record without a charge id is an adjustment's, or a charge's written
+-- before ids were kept.)
+if not record or record.finished or (record.charge ~= '' and record.charge ~= ARGV[1]) then
   return {0}
 end
-redis.call('SET', KEYS[1], record.expires .. ' D ' .. record.fingerprint .. record.answer, 'KEEPTTL')
+local charge = record.charge ~= '' and '#' .. record.charge or ''
+redis.call('SET', KEYS[1],
+  record.expires .. ' D ' .. record.fingerprint .. charge .. record.answer, 'KEEPTTL')
 return {1}

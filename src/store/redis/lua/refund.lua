@@ -9,12 +9,13 @@
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, kind count, then per
 --       kind: amount, last refill at the charge (Unix ms), balance left by
 --       the charge, spec.
---       Caching a source, three more: the lineage and version of the charge
+--       Caching a source, two more: the lineage and version of the charge
 --       (a charge that is not part of the state Redis holds, lost with a
---       flushed or reloaded state, gives nothing back), and the charge's id:
---       a charge refunded already in this state gives nothing back again,
---       so that the write-through can retry a refund it could not write
---       (the recent ids are kept in the hash's `x`).
+--       flushed or reloaded state, gives nothing back). Last, the charge's
+--       id: its idempotency key is forgotten only if it still serves this
+--       charge, and (caching a source) a charge refunded already in this
+--       state gives nothing back again, so that the write-through can retry
+--       a refund it could not write (the recent ids are kept in `x`).
 -- Reply: {tickets given back, remaining, last refill, ...} per kind.
 --        Caching a source: UNSEEDED, or {lineage, version, then as above}.
 
@@ -46,7 +47,11 @@ if not REDIS_HOLDS_THE_TRUTH then
 end
 load(KEYS[1], kinds, t)
 if IDEMPOTENCY_KEY then
-  redis.call('DEL', IDEMPOTENCY_KEY)
+  -- Only the charge's own record: the key may serve a new request since.
+  local record = idempotency_record(IDEMPOTENCY_KEY)
+  if record and (record.charge == '' or record.charge == ARGV[#ARGV]) then
+    redis.call('DEL', IDEMPOTENCY_KEY)
+  end
 end
 
 for _, kind in ipairs(kinds) do
