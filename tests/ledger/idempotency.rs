@@ -6,7 +6,9 @@
 //! same request again answers `Replayed` (the harness finishes every
 //! answered request at once, as the layer does once its handler answered),
 //! another request answers `KeyReused`; neither charges. A refund forgets
-//! the charge's key; Redis forgets keys with the rest of its state.
+//! the charge's key, unless the key serves another request by then (it
+//! expired, and a new request took it); Redis forgets keys with the rest of
+//! its state.
 
 use std::collections::HashMap;
 
@@ -49,24 +51,33 @@ impl Keys {
         }
     }
 
-    /// Records that `key` paid for `cost` at `now`.
-    pub fn bind(&mut self, key: Option<&str>, cost: &[(usize, u32)], now: DateTime<Utc>) {
-        if let Some(key) = key {
-            let ttl = TimeDelta::from_std(IDEMPOTENCY_TTL).expect("a day fits");
-            let paid = Paid {
-                cost: cost.to_vec(),
-                until: now + ttl,
-            };
-            // Expired keys are as good as absent: dropping them keeps a long
-            // run's model (cloned for every answer it weighs) small.
-            self.paid.retain(|_, paid| paid.until > now);
-            self.paid.insert(key.to_string(), paid);
-        }
+    /// Records that `key` paid for `cost` at `now`; the binding's end,
+    /// which tells this binding from a later one of the same key.
+    pub fn bind(
+        &mut self,
+        key: Option<&str>,
+        cost: &[(usize, u32)],
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let key = key?;
+        let ttl = TimeDelta::from_std(IDEMPOTENCY_TTL).expect("a day fits");
+        let paid = Paid {
+            cost: cost.to_vec(),
+            until: now + ttl,
+        };
+        // Expired keys are as good as absent: dropping them keeps a long
+        // run's model (cloned for every answer it weighs) small.
+        self.paid.retain(|_, paid| paid.until > now);
+        self.paid.insert(key.to_string(), paid);
+        Some(now + ttl)
     }
 
-    /// A refund forgets the key of the charge it gives back.
-    pub fn forget(&mut self, key: Option<&str>) {
-        if let Some(key) = key {
+    /// A refund forgets the key of the charge it gives back, bound until
+    /// `until`, if the key still serves that charge.
+    pub fn forget(&mut self, key: Option<&str>, until: Option<DateTime<Utc>>) {
+        if let Some(key) = key
+            && self.paid.get(key).map(|paid| paid.until) == until
+        {
             self.paid.remove(key);
         }
     }

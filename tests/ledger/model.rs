@@ -64,6 +64,9 @@ pub struct Charged {
     pub uid: String,
     pub cost: Cost,
     pub key: Option<String>,
+    /// Until when the key was bound to this charge (a later binding of the
+    /// same key is another request's).
+    pub key_until: Option<DateTime<Utc>>,
     /// The user's state sequence number the charge produced.
     pub seq: u64,
     pub last_refills: Vec<DateTime<Utc>>,
@@ -205,6 +208,14 @@ impl Model {
         self.record(uid, false);
     }
 
+    /// A refund that gave nothing back still forgets the charge's key (if
+    /// the key still serves it), as every store's refund does.
+    pub fn forget_key_of(&mut self, charged: &Charged) {
+        if let Some(user) = self.users.get_mut(&charged.uid) {
+            user.keys.forget(charged.key.as_deref(), charged.key_until);
+        }
+    }
+
     /// Decides a charge and applies it.
     pub fn charge(
         &mut self,
@@ -246,13 +257,14 @@ impl Model {
                 balance.remaining -= amount;
             }
         }
-        user.keys.bind(key, cost, now);
+        let key_until = user.keys.bind(key, cost, now);
         let after = balances(user);
         let seq = self.record(uid, true);
         let charged = Charged {
             uid: uid.to_string(),
             cost: cost.clone(),
             key: key.map(str::to_string),
+            key_until,
             seq,
             last_refills: after.iter().map(|b| b.last_refill).collect(),
             remaining_after: after.iter().map(|b| b.remaining).collect(),
@@ -275,7 +287,7 @@ impl Model {
         let kinds: Vec<usize> = charged.cost.iter().map(|&(k, _)| k).collect();
         let capacities: Vec<u32> = kinds.iter().map(|&k| self.kinds[k].capacity()).collect();
         let user = self.touch(&charged.uid, &kinds, now);
-        user.keys.forget(charged.key.as_deref());
+        user.keys.forget(charged.key.as_deref(), charged.key_until);
         let lost = user
             .lost
             .iter()
