@@ -36,7 +36,7 @@ pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource
 pub use self::refusal_cache::RefusalCache;
 #[cfg(feature = "redis")]
 pub use self::source::MemorySource;
-pub use self::source::{Edit, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
+pub use self::source::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
 #[cfg(feature = "redis")]
 pub use self::write_through::{WriteMode, WriteThrough, WriteThroughBuilder};
 use crate::config_error::ConfigError;

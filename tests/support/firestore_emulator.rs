@@ -207,6 +207,50 @@ pub async fn client_at(host: &str, project: &str) -> FirestoreDb {
         .expect("a Firestore client of the emulator")
 }
 
+/// Sets integer fields of `users/{uid}` in `project` through Firestore's
+/// REST API (`PATCH` with an update mask), as another client (the Firebase
+/// console, a Cloud Function) edits a document: only those fields change.
+pub async fn edit_through_rest(host: &str, project: &str, uid: &str, fields: &[(&str, i64)]) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let mask: String = fields
+        .iter()
+        .map(|(name, _)| format!("updateMask.fieldPaths={name}&"))
+        .collect();
+    let values: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(name, value)| {
+            let value = serde_json::json!({ "integerValue": value.to_string() });
+            (name.to_string(), value)
+        })
+        .collect();
+    let body = serde_json::json!({ "fields": values }).to_string();
+    let request = http::Request::patch(format!(
+        "http://{host}/v1/projects/{project}/databases/(default)/documents/users/{uid}?{mask}"
+    ))
+    // The emulator takes this token as an administrator's, past any rules.
+    .header("authorization", "Bearer owner")
+    .header("content-type", "application/json")
+    .body(Full::new(bytes::Bytes::from(body)))
+    .expect("a PATCH request");
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.expect("the emulator answers");
+    let status = response.status();
+    let answer = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    assert!(
+        status.is_success(),
+        "the REST edit failed: {status} {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 /// Panics with what to install when the emulator is missing.
 pub fn require_emulator() {
     let java = Command::new("java")

@@ -59,9 +59,6 @@ pub(super) struct StoredDocument {
     pub(super) complete: bool,
     /// Firestore's last-update instant, the precondition of the next write.
     pub(super) update_time: Option<Timestamp>,
-    /// Whether somebody other than this crate wrote what it holds (its
-    /// digest does not match).
-    pub(super) edited: bool,
 }
 
 impl DocumentLayout {
@@ -168,6 +165,8 @@ impl DocumentLayout {
             }
             balances.push(balance);
         }
+        // Somebody other than this crate wrote what the document holds when
+        // its digest does not match.
         let edited = digest != Some(state_digest(version, lineage, &present).as_str());
         let snapshot = if !edited {
             UserSnapshot {
@@ -193,7 +192,6 @@ impl DocumentLayout {
             snapshot,
             complete,
             update_time: document.update_time,
-            edited,
         })
     }
 

@@ -11,7 +11,6 @@
 
 mod attempts;
 mod document;
-mod edits;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +24,7 @@ use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreWritePrecondition};
 use self::attempts::{Attempts, WRITE_ATTEMPTS};
 use self::document::{DocumentLayout, StoredDocument};
 use super::breaker::Breaker;
-use super::source::{Edit, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
+use super::source::{SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome};
 use super::{StoreError, StoreErrorKind, StoreFuture};
 use crate::kind::TicketKind;
 use crate::telemetry;
@@ -64,8 +63,6 @@ pub struct FirestoreSource {
     timeout: Duration,
     /// Shared by clones: they call the same Firestore.
     breaker: Arc<Breaker>,
-    /// The client of the change feed, if followed.
-    feed: Option<FirestoreDb>,
 }
 
 impl std::fmt::Debug for FirestoreSource {
@@ -117,26 +114,12 @@ impl FirestoreSource {
                 kinds: kinds.into_iter().map(Arc::new).collect(),
             }),
             timeout: DEFAULT_FIRESTORE_TIMEOUT,
-            feed: None,
             breaker: Arc::new(Breaker::new(
                 "Firestore",
                 BREAKER_FAILURES,
                 BREAKER_OPEN_FOR,
             )),
         }
-    }
-
-    /// Follows the users collection's changes through `db`, so that an edit
-    /// made straight to a document (the console, another backend) reaches
-    /// every cache at once (see [`SourceOfTruth::edits`]). `db` must be a
-    /// client of its own, not the one given to [`new`](Self::new): a listen
-    /// stream that closes must not share a connection with the store's
-    /// calls. Without it, an edit is found by the next write round that
-    /// meets it (and is never undone). Not on by default: the Firestore
-    /// emulator resets such a stream over and over (see `docs/firebase.md`).
-    pub fn follow_edits(mut self, db: FirestoreDb) -> Self {
-        self.feed = Some(db);
-        self
     }
 
     /// The collection of user documents (defaults to `users`).
@@ -215,7 +198,6 @@ impl FirestoreSource {
                         snapshot: self.layout.initial(now),
                         complete: false,
                         update_time: None,
-                        edited: false,
                     },
                 };
                 if self
@@ -357,13 +339,6 @@ impl FirestoreSource {
 }
 
 impl SourceOfTruth for FirestoreSource {
-    /// A listen stream on the users collection (see `edits.rs`), when
-    /// [followed](FirestoreSource::follow_edits).
-    fn edits(&self) -> Option<tokio::sync::broadcast::Receiver<Edit>> {
-        let db = self.feed.clone()?;
-        Some(edits::follow(db, self.layout.clone()))
-    }
-
     fn kinds(&self) -> &[Arc<TicketKind>] {
         &self.layout.kinds
     }

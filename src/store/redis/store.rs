@@ -264,18 +264,13 @@ impl RedisStore {
                 }
             };
             let truth = store.shared.context.truth;
-            let Ok(Some((point, mut reply))) = Cached::<()>::split(truth, "charge", &reply, 1)
+            let charging = (uid.clone(), cost, idempotency_key, charge_id);
+            let Ok(Cached::Seeded {
+                value: (ChargeOutcome::Allowed { receipt, .. }, _),
+                ..
+            }) = Cached::split(truth, "charge", &reply, 1)
+                .and_then(|split| split.then(|rest, point| charge_decision(rest, charging, point)))
             else {
-                return;
-            };
-            if point.is_some() && reply.len() > 1 {
-                reply.remove(1);
-            }
-            let Ok(ChargeOutcome::Allowed { receipt, .. }) = charge_outcome(
-                &reply,
-                (uid.clone(), cost, idempotency_key, charge_id),
-                point,
-            ) else {
                 return;
             };
             // Decided at the charge's instant (with `TimeSource::Caller`; Redis
@@ -367,53 +362,92 @@ impl Shared {
 }
 
 /// What a store caching a source of truth answers: the decision, made at
-/// a point of the user's history, or that Redis does not hold the user as
-/// seeded from the source (nothing was decided).
+/// a point of the user's history, or why nothing was decided.
 pub(crate) enum Cached<T> {
     /// Decided on the state at `point` (lineage and version; `None` when
-    /// Redis holds the truth).
-    Seeded { value: T, point: Option<Point> },
+    /// Redis holds the truth). With `check`, the caller was given the
+    /// check of the source that is due (see `seeded_point` in
+    /// `lua/common.lua`): it reads the source, in the background.
+    Seeded {
+        value: T,
+        point: Option<Point>,
+        check: bool,
+    },
     /// The user must be loaded from the source first.
     Unseeded,
+    /// The user's state went unchecked against the source for too long:
+    /// the caller checks it (somebody may have edited the source) first.
+    Stale,
 }
 
-/// A script's reply: the point it was decided at (when caching a source),
-/// and the rest of the reply.
-type PointedReply = (Option<Point>, Vec<i64>);
-
-impl<T> Cached<T> {
-    /// Splits a reply into the point (when caching a source) and the rest;
-    /// `None` for an unseeded user.
+impl Cached<Vec<i64>> {
+    /// Splits a script's reply: nothing decided, or the point it was decided
+    /// at, the check flag (when caching a source; both follow the first
+    /// `point_at` values) and the rest of the reply.
     fn split(
         truth: Truth,
         operation: &str,
         reply: &[i64],
         point_at: usize,
-    ) -> Result<Option<PointedReply>, StoreError> {
+    ) -> Result<Self, StoreError> {
         if truth == Truth::InRedis {
-            return Ok(Some((None, reply.to_vec())));
+            return Ok(Cached::Seeded {
+                value: reply.to_vec(),
+                point: None,
+                check: false,
+            });
         }
-        if reply == [-1] {
-            return Ok(None);
+        match reply {
+            [-1] => return Ok(Cached::Unseeded),
+            [-2] => return Ok(Cached::Stale),
+            _ => {}
         }
-        let (lineage, version) = match (reply.get(point_at), reply.get(point_at + 1)) {
-            (Some(&l), Some(&v)) => (l, v),
-            _ => return Err(unexpected_reply(operation, reply)),
+        let bad = || unexpected_reply(operation, reply);
+        let (lineage, version, check) = match reply.get(point_at..point_at + 3) {
+            Some(&[l, v, c]) => (l, v, c),
+            _ => return Err(bad()),
         };
         let point = Point {
-            lineage: u64::try_from(lineage).map_err(|_| unexpected_reply(operation, reply))?,
-            version: u64::try_from(version).map_err(|_| unexpected_reply(operation, reply))?,
+            lineage: u64::try_from(lineage).map_err(|_| bad())?,
+            version: u64::try_from(version).map_err(|_| bad())?,
         };
         let mut rest = reply[..point_at].to_vec();
-        rest.extend_from_slice(&reply[point_at + 2..]);
-        Ok(Some((Some(point), rest)))
+        rest.extend_from_slice(&reply[point_at + 3..]);
+        Ok(Cached::Seeded {
+            value: rest,
+            point: Some(point),
+            check: check == 1,
+        })
     }
 
+    /// The decision made of the rest of the reply by `decide`, which also
+    /// gets the point.
+    fn then<T>(
+        self,
+        decide: impl FnOnce(Vec<i64>, Option<Point>) -> Result<T, StoreError>,
+    ) -> Result<Cached<T>, StoreError> {
+        Ok(match self {
+            Cached::Seeded {
+                value,
+                point,
+                check,
+            } => Cached::Seeded {
+                value: decide(value, point)?,
+                point,
+                check,
+            },
+            Cached::Unseeded => Cached::Unseeded,
+            Cached::Stale => Cached::Stale,
+        })
+    }
+}
+
+impl<T> Cached<T> {
     /// The decision of a store that holds the truth itself.
     fn decided(self, operation: &str) -> Result<T, StoreError> {
         match self {
             Cached::Seeded { value, .. } => Ok(value),
-            Cached::Unseeded => Err(StoreError::new(
+            Cached::Unseeded | Cached::Stale => Err(StoreError::new(
                 StoreErrorKind::Unavailable,
                 format!("Redis {operation}: the user is not seeded from a source of truth"),
             )),
@@ -473,15 +507,9 @@ impl RedisStore {
         Box::pin(async move {
             let late = |reply| store.undo_late_charge(reply, charged, now, refund_late);
             let reply = store.shared.bounded("charge", reply, late).await?;
-            let Some((point, mut reply)) = Cached::<()>::split(truth, "charge", &reply, 1)? else {
-                return Ok(Cached::Unseeded);
-            };
-            let refilled = point.is_some() && reply.len() > 1 && reply.remove(1) == 1;
-            let value = charge_outcome(&reply, (uid, cost, idempotency_key, charge_id), point)?;
-            Ok(Cached::Seeded {
-                value: (value, refilled),
-                point,
-            })
+            let charging = (uid, cost, idempotency_key, charge_id);
+            Cached::split(truth, "charge", &reply, 1)?
+                .then(|rest, point| charge_decision(rest, charging, point))
         })
     }
 
@@ -527,27 +555,23 @@ impl RedisStore {
         let reply = self.call("refund", call);
         Box::pin(async move {
             let reply = reply.await?;
-            let Some((point, reply)) = Cached::<()>::split(truth, "refund", &reply, 0)? else {
-                return Ok(Cached::Unseeded);
-            };
-            if reply.len() != 3 * count {
-                return Err(unexpected_reply("refund", &reply));
-            }
-            let mut outcome = RefundOutcome {
-                refunded: Vec::with_capacity(count),
-                balances: Vec::with_capacity(count),
-            };
-            for triple in reply.chunks_exact(3) {
-                let balance = reply::balance(triple[1], triple[2])
-                    .ok_or_else(|| unexpected_reply("refund", &reply))?;
-                let refunded =
-                    u32::try_from(triple[0]).map_err(|_| unexpected_reply("refund", &reply))?;
-                outcome.refunded.push(refunded);
-                outcome.balances.push(balance);
-            }
-            Ok(Cached::Seeded {
-                value: outcome,
-                point,
+            Cached::split(truth, "refund", &reply, 0)?.then(|reply, _| {
+                if reply.len() != 3 * count {
+                    return Err(unexpected_reply("refund", &reply));
+                }
+                let mut outcome = RefundOutcome {
+                    refunded: Vec::with_capacity(count),
+                    balances: Vec::with_capacity(count),
+                };
+                for triple in reply.chunks_exact(3) {
+                    let balance = reply::balance(triple[1], triple[2])
+                        .ok_or_else(|| unexpected_reply("refund", &reply))?;
+                    let refunded =
+                        u32::try_from(triple[0]).map_err(|_| unexpected_reply("refund", &reply))?;
+                    outcome.refunded.push(refunded);
+                    outcome.balances.push(balance);
+                }
+                Ok(outcome)
             })
         })
     }
@@ -569,13 +593,8 @@ impl RedisStore {
         let reply = self.call("balances", call);
         Box::pin(async move {
             let reply = reply.await?;
-            if truth == Truth::InSource && reply == [-1] {
-                return Ok(Cached::Unseeded);
-            }
-            Ok(Cached::Seeded {
-                value: reply::balances("balances", &reply, count)?,
-                point: None,
-            })
+            Cached::split(truth, "balances", &reply, 0)?
+                .then(|reply, _| reply::balances("balances", &reply, count))
         })
     }
 
@@ -606,24 +625,22 @@ impl RedisStore {
         let reply = self.call("adjust", call);
         Box::pin(async move {
             let reply = reply.await?;
-            let Some((point, reply)) = Cached::<()>::split(truth, "adjust", &reply, 1)? else {
-                return Ok(Cached::Unseeded);
-            };
-            let Some((&outcome, rest)) = reply.split_first() else {
-                return Err(unexpected_reply("adjust", &reply));
-            };
-            let value = match outcome {
-                1 => AdjustOutcome::Applied {
-                    balances: reply::balances("adjust", rest, count)?,
-                },
-                2 => AdjustOutcome::Replayed {
-                    balances: reply::balances("adjust", rest, count)?,
-                },
-                3 => AdjustOutcome::InProgress,
-                4 => AdjustOutcome::KeyReused,
-                _ => return Err(unexpected_reply("adjust", &reply)),
-            };
-            Ok(Cached::Seeded { value, point })
+            Cached::split(truth, "adjust", &reply, 1)?.then(|reply, _| {
+                let Some((&outcome, rest)) = reply.split_first() else {
+                    return Err(unexpected_reply("adjust", &reply));
+                };
+                Ok(match outcome {
+                    1 => AdjustOutcome::Applied {
+                        balances: reply::balances("adjust", rest, count)?,
+                    },
+                    2 => AdjustOutcome::Replayed {
+                        balances: reply::balances("adjust", rest, count)?,
+                    },
+                    3 => AdjustOutcome::InProgress,
+                    4 => AdjustOutcome::KeyReused,
+                    _ => return Err(unexpected_reply("adjust", &reply)),
+                })
+            })
         })
     }
 
@@ -716,6 +733,18 @@ impl TicketStore for RedisStore {
 
 /// What a charge was asked: whose, its cost, its key, and its id.
 type Charging = (Uid, CheckedCost, Option<IdempotencyKey>, u64);
+
+/// The charge script's reply after its point: the outcome, and (caching a
+/// source) whether it applied a due refill, a change to write even when
+/// nothing was charged.
+fn charge_decision(
+    mut reply: Vec<i64>,
+    charging: Charging,
+    made_at: Option<Point>,
+) -> Result<(ChargeOutcome, bool), StoreError> {
+    let refilled = made_at.is_some() && reply.len() > 1 && reply.remove(1) == 1;
+    Ok((charge_outcome(&reply, charging, made_at)?, refilled))
+}
 
 /// The charge script's reply (without its point) as an outcome; an allowed
 /// charge's receipt holds what it was asked and `made_at`.

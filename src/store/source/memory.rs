@@ -7,17 +7,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
-use super::{
-    Edit, Origins, Point, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome, finished,
-};
+use super::{Origins, SourceOfTruth, UserSnapshot, WriteCondition, WriteOutcome, finished};
 use crate::kind::TicketKind;
 use crate::store::{KindBalance, StoreError, StoreErrorKind, StoreFuture};
 use crate::uid::Uid;
-
-/// How many edits the change feed keeps for a subscriber that lags.
-const EDIT_FEED_CAPACITY: usize = 1024;
 
 /// How long an operation may wait for a held write by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,8 +37,6 @@ struct Shared {
     users: Mutex<HashMap<Uid, UserSnapshot>>,
     reachable: AtomicBool,
     held: Mutex<HeldWrites>,
-    /// The change feed: every [`edit`](MemorySource::edit).
-    edits: broadcast::Sender<Edit>,
 }
 
 /// Writes held until release, in the order they were made.
@@ -78,7 +71,6 @@ impl MemorySource {
                 users: Mutex::default(),
                 reachable: AtomicBool::new(true),
                 held: Mutex::default(),
-                edits: broadcast::channel(EDIT_FEED_CAPACITY).0,
             }),
             timeout: DEFAULT_TIMEOUT,
         }
@@ -123,37 +115,22 @@ impl MemorySource {
     /// document would (the Firebase console, another backend): `balances`
     /// (one per kind), absolute, as a state of no lineage and a new version,
     /// which no write of a lineage seeded before it may replace.
-    /// The edit is announced on the [change feed](SourceOfTruth::edits).
     pub fn edit(&self, uid: &Uid, balances: Vec<KindBalance>) {
-        let point = {
-            let mut users = self.shared.users.lock();
-            let version = users.get(uid).map_or(0, |stored| stored.version) + 1;
-            let edited = UserSnapshot {
-                version,
-                lineage: 0,
-                origins: Origins::none(),
-                balances,
-            };
-            let point = edited.point();
-            users.insert(uid.clone(), edited);
-            point
+        let mut users = self.shared.users.lock();
+        let version = users.get(uid).map_or(0, |stored| stored.version) + 1;
+        let edited = UserSnapshot {
+            version,
+            lineage: 0,
+            origins: Origins::none(),
+            balances,
         };
-        self.announce(uid, Some(point));
+        users.insert(uid.clone(), edited);
     }
 
     /// Deletes what is stored for `uid`, as deleting the document would:
-    /// the user is new again. Announced on the change feed.
+    /// the user is new again.
     pub fn delete(&self, uid: &Uid) {
         self.shared.users.lock().remove(uid);
-        self.announce(uid, None);
-    }
-
-    fn announce(&self, uid: &Uid, point: Option<Point>) {
-        // Nobody listening is no error.
-        let _ = self.shared.edits.send(Edit {
-            uid: uid.clone(),
-            point,
-        });
     }
 
     /// How many writes are held, waiting for release.
@@ -203,10 +180,6 @@ impl Shared {
 impl SourceOfTruth for MemorySource {
     fn kinds(&self) -> &[Arc<TicketKind>] {
         &self.shared.kinds
-    }
-
-    fn edits(&self) -> Option<broadcast::Receiver<Edit>> {
-        Some(self.shared.edits.subscribe())
     }
 
     fn load(&self, uid: &Uid, now: DateTime<Utc>) -> StoreFuture<Option<UserSnapshot>> {

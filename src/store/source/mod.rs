@@ -262,27 +262,6 @@ pub trait SourceOfTruth: Send + Sync + 'static {
         state: &UserSnapshot,
         condition: WriteCondition,
     ) -> StoreFuture<WriteOutcome>;
-
-    /// The source's change feed: users whose state somebody other than a
-    /// cache changed (an [edit](Edit)), as they happen; `None` (the default)
-    /// when the source has none, and edits are then found only when a write
-    /// meets them. Called once per cache, within a Tokio runtime.
-    #[cfg(feature = "redis")]
-    fn edits(&self) -> Option<tokio::sync::broadcast::Receiver<Edit>> {
-        None
-    }
-}
-
-/// A user's state changed by somebody other than a cache: the Firebase
-/// console, another backend, the app's own sign-up code. DESIGN.md §4: it
-/// is the truth as of its commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Edit {
-    /// Whose state.
-    pub uid: Uid,
-    /// The edited state's point (of no lineage); `None`: the user's state
-    /// was deleted (the user is new again).
-    pub point: Option<Point>,
 }
 
 impl<S: SourceOfTruth + ?Sized> SourceOfTruth for Arc<S> {
@@ -305,11 +284,6 @@ impl<S: SourceOfTruth + ?Sized> SourceOfTruth for Arc<S> {
         condition: WriteCondition,
     ) -> StoreFuture<WriteOutcome> {
         (**self).write(uid, state, condition)
-    }
-
-    #[cfg(feature = "redis")]
-    fn edits(&self) -> Option<tokio::sync::broadcast::Receiver<Edit>> {
-        (**self).edits()
     }
 }
 

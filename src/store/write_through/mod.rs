@@ -38,6 +38,18 @@
 //! [`ensure_user`](TicketStore::ensure_user) (the sign-up path) creates them
 //! the same way.
 //!
+//! # Edits made straight to the source
+//! The source is the truth, whoever writes it (DESIGN.md §4): an edit is
+//! absolute as of its commit, and charges answered after it apply on top.
+//! A user's Redis state is checked against the source at most once a second
+//! while the user is active (one caller of all instances reads the source,
+//! in the background) and before deciding once it went unchecked for two
+//! seconds; a write round keeps it checked, since a write succeeds only on
+//! what the source held. A check that finds an edit Redis was not seeded
+//! from, or no document, drops Redis's state, and the next request loads
+//! the source's. A write round that meets an edit is refused, so no write
+//! undoes one.
+//!
 //! # Limits
 //! - Only a standalone Redis is supported for now.
 //! - A source write that times out and lands after its round was answered
@@ -51,7 +63,6 @@
 //!   a new request.
 
 mod builder;
-mod edits;
 mod group_commit;
 mod hydration;
 mod recovery;
@@ -64,7 +75,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use self::builder::{WriteMode, WriteThroughBuilder};
-use self::edits::EditFollower;
 use self::group_commit::GroupCommit;
 use self::hydration::Hydration;
 use self::recovery::Recovery;
@@ -73,7 +83,7 @@ use crate::clock::Clock;
 use crate::config_error::ConfigError;
 use crate::kind::TicketKind;
 use crate::store::redis::{Cached, RefundLate};
-use crate::store::source::{DURABLE, Point, SourceOfTruth};
+use crate::store::source::{DURABLE, Point, SourceOfTruth, UserSnapshot};
 use crate::store::{
     AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore,
     RedisStoreBuilder, RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
@@ -81,8 +91,13 @@ use crate::store::{
 use crate::uid::Uid;
 
 /// How many times an operation is decided again after filling a cache miss
-/// (a flush between the fill and the decision sends it back).
-const ATTEMPTS: usize = 3;
+/// or checking the source (a flush between the fill and the decision sends
+/// it back; a check that finds an edit leads to a fill).
+const ATTEMPTS: usize = 4;
+
+/// How long a request waits for a check of the source that is overdue (see
+/// [`Shared::check_before_deciding`]); past it, Redis's state decides.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How often a refund is retried while Redis or the source does not take
 /// it (after 250 ms, then twice as long each time: about a minute in all).
@@ -122,8 +137,6 @@ struct Shared {
     /// Changes under way (see [`WriteThrough::settled`]).
     changes: Arc<tokio::sync::watch::Sender<usize>>,
     _recovery: Recovery,
-    /// Follows the source's change feed, if it has one.
-    _edits: Option<EditFollower>,
 }
 
 /// The write-through's intervals.
@@ -177,9 +190,6 @@ impl WriteThrough {
             timing.recovery_interval,
             clock,
         );
-        let edits = source
-            .edits()
-            .map(|feed| EditFollower::start(state.clone(), feed));
         Self {
             shared: Arc::new(Shared {
                 redis,
@@ -190,7 +200,6 @@ impl WriteThrough {
                 mode,
                 changes: Arc::new(tokio::sync::watch::channel(0).0),
                 _recovery: recovery,
-                _edits: edits,
             }),
         }
     }
@@ -215,19 +224,14 @@ impl Shared {
             let decided = self
                 .redis
                 .charge_cached(request.clone(), Some(self.refund_late()));
-            let (balances, receipt, point) = match decided.await? {
-                Cached::Unseeded => {
-                    self.fill(&uid, now).await?;
-                    continue;
+            let Some(decided) = self.decision(&uid, now, decided.await?).await? else {
+                continue;
+            };
+            let (balances, receipt, point) = match decided {
+                ((ChargeOutcome::Allowed { balances, receipt }, _), Some(point)) => {
+                    (balances, receipt, point)
                 }
-                Cached::Seeded {
-                    value: (ChargeOutcome::Allowed { balances, receipt }, _),
-                    point: Some(point),
-                } => (balances, receipt, point),
-                Cached::Seeded {
-                    value: (outcome, refilled),
-                    ..
-                } => {
+                ((outcome, refilled), _) => {
                     // Nothing charged, but a refill applied is a change:
                     // written soon, not waited for.
                     if refilled {
@@ -292,12 +296,24 @@ impl Shared {
     /// not hold either (a reloaded state is not refunded: a state rolled
     /// back to an old dump shares its lineage, and its versions may seem
     /// included, with what the source holds).
-    async fn give_back(&self, receipt: &Receipt, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn give_back(
+        self: &Arc<Self>,
+        receipt: &Receipt,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let uid = &receipt.uid;
-        let Cached::Seeded {
-            point: Some(point), ..
-        } = self.redis.refund_cached(receipt.clone(), now).await?
-        else {
+        let mut point = None;
+        for _ in 0..ATTEMPTS {
+            match self.redis.refund_cached(receipt.clone(), now).await? {
+                Cached::Unseeded => return Ok(()),
+                Cached::Stale => self.check_before_deciding(uid, now).await,
+                seeded @ Cached::Seeded { .. } => {
+                    point = self.decision(uid, now, seeded).await?.and_then(|(_, p)| p);
+                    break;
+                }
+            }
+        }
+        let Some(point) = point else {
             return Ok(());
         };
         // A retry finds the refund made already: counting it and asking for
@@ -415,18 +431,15 @@ impl Shared {
     /// (the point of the change, if it changed anything) and whether the
     /// source took it.
     async fn refund_once(
-        &self,
+        self: &Arc<Self>,
         receipt: &Receipt,
         now: DateTime<Utc>,
     ) -> Result<(RefundOutcome, Option<Point>, Result<(), StoreError>), StoreError> {
         let uid = &receipt.uid;
         for _ in 0..ATTEMPTS {
-            let (outcome, point) = match self.redis.refund_cached(receipt.clone(), now).await? {
-                Cached::Unseeded => {
-                    self.fill(uid, now).await?;
-                    continue;
-                }
-                Cached::Seeded { value, point } => (value, point),
+            let refunded = self.redis.refund_cached(receipt.clone(), now).await?;
+            let Some((outcome, point)) = self.decision(uid, now, refunded).await? else {
+                continue;
             };
             // Even a refund that gave nothing back may have applied a due
             // refill: the source must hold what Redis does.
@@ -451,16 +464,25 @@ impl Shared {
     }
 
     async fn balances(
-        &self,
+        self: &Arc<Self>,
         uid: &Uid,
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> Result<Vec<KindBalance>, StoreError> {
         for _ in 0..ATTEMPTS {
-            if let Cached::Seeded { value, .. } =
-                self.redis.balances_cached(uid, kinds, now).await?
-            {
-                return Ok(value);
+            match self.redis.balances_cached(uid, kinds, now).await? {
+                Cached::Stale => {
+                    self.check_before_deciding(uid, now).await;
+                    continue;
+                }
+                Cached::Seeded { value, check, .. } => {
+                    if check {
+                        self.check_in_background(uid, now);
+                    }
+                    return Ok(value);
+                }
+                // Read from the source; reading creates nothing.
+                Cached::Unseeded => {}
             }
             match self.source.load(uid, now).await? {
                 Some(stored) => {
@@ -487,15 +509,13 @@ impl Shared {
     /// finished once the change is carried (a retry meanwhile is
     /// [`InProgress`](AdjustOutcome::InProgress)), or forgotten when the
     /// source did not take it, so that a retry makes it again.
-    async fn adjust(&self, request: AdjustRequest) -> Result<AdjustOutcome, StoreError> {
+    async fn adjust(self: &Arc<Self>, request: AdjustRequest) -> Result<AdjustOutcome, StoreError> {
         let (uid, now) = (&request.uid, request.now);
         for _ in 0..ATTEMPTS {
-            match self.redis.adjust_cached(&request).await? {
-                Cached::Unseeded => self.fill(uid, now).await?,
-                Cached::Seeded {
-                    value: value @ AdjustOutcome::Applied { .. },
-                    point,
-                } => {
+            let adjusted = self.redis.adjust_cached(&request).await?;
+            match self.decision(uid, now, adjusted).await? {
+                None => {}
+                Some((value @ AdjustOutcome::Applied { .. }, point)) => {
                     let point = point.ok_or_else(|| lost(uid))?;
                     let persisted = self.persist_change(uid, point, now).await;
                     if let Some(key) = &request.idempotency_key {
@@ -509,14 +529,90 @@ impl Shared {
                     }
                     return persisted.map(|()| value);
                 }
-                Cached::Seeded { value, .. } => return Ok(value),
+                Some((value, _)) => return Ok(value),
             }
         }
         Err(unsettled(uid))
     }
 
+    /// A script's answer as a decision and its point; `None` once the user
+    /// is ready to be decided on again: loaded from the source (Redis does
+    /// not hold the user), or checked against it (too long unchecked). A
+    /// check that is due runs in the background.
+    async fn decision<T>(
+        self: &Arc<Self>,
+        uid: &Uid,
+        now: DateTime<Utc>,
+        answer: Cached<T>,
+    ) -> Result<Option<(T, Option<Point>)>, StoreError> {
+        match answer {
+            Cached::Unseeded => {
+                self.fill(uid, now).await?;
+                Ok(None)
+            }
+            Cached::Stale => {
+                self.check_before_deciding(uid, now).await;
+                Ok(None)
+            }
+            Cached::Seeded {
+                value,
+                point,
+                check,
+            } => {
+                if check {
+                    self.check_in_background(uid, now);
+                }
+                Ok(Some((value, point)))
+            }
+        }
+    }
+
+    /// Reads the user from the source and tells Redis what it holds: an
+    /// edit made straight to the source (DESIGN.md §4), or a deleted
+    /// document, drops Redis's state, which the next decision reloads (see
+    /// `lua/check.lua`). Each user is checked at most once a second while
+    /// active, by one caller of all instances (the scripts hand the check
+    /// out), and not at all while its writes keep it checked.
+    async fn check(&self, uid: &Uid, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let held = self.source.load(uid, now).await?;
+        if self
+            .state
+            .check(uid, held.as_ref().map(UserSnapshot::point))
+            .await?
+        {
+            tracing::info!(%uid, "the user was changed in the source by somebody else: Redis reloads it");
+        }
+        Ok(())
+    }
+
+    /// A check that is due, while the request goes on with Redis's state.
+    fn check_in_background(self: &Arc<Self>, uid: &Uid, now: DateTime<Utc>) {
+        let (shared, uid) = (self.clone(), uid.clone());
+        tokio::spawn(async move {
+            if let Err(error) = shared.check(&uid, now).await {
+                tracing::debug!(%uid, %error, "could not check the source for an edit; the next due check tries again");
+            }
+        });
+    }
+
+    /// A check that is overdue (the user was idle): the request waits for
+    /// it, up to [`CHECK_TIMEOUT`]. If the source does not answer by then,
+    /// Redis's state decides: the scripts hand no other overdue check out
+    /// meanwhile.
+    async fn check_before_deciding(&self, uid: &Uid, now: DateTime<Utc>) {
+        match tokio::time::timeout(CHECK_TIMEOUT, self.check(uid, now)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%uid, %error, "could not check the source for an edit; deciding on Redis's state");
+            }
+            Err(_) => {
+                tracing::warn!(%uid, "the source did not answer a check for an edit in time; deciding on Redis's state");
+            }
+        }
+    }
+
     async fn ensure_user(
-        &self,
+        self: &Arc<Self>,
         uid: &Uid,
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,

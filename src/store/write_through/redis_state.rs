@@ -34,7 +34,7 @@ struct Scripts {
     snapshot: Script,
     mark: Script,
     settle: Script,
-    forget: Script,
+    check: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -42,7 +42,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     snapshot: Script::new(include_str!("lua/snapshot.lua")),
     mark: Script::new(include_str!("lua/mark.lua")),
     settle: Script::new(include_str!("lua/settle.lua")),
-    forget: Script::new(include_str!("lua/forget.lua")),
+    check: Script::new(include_str!("lua/check.lua")),
 });
 
 /// Users scanned per `SCAN` call when looking for pending writes.
@@ -302,27 +302,24 @@ impl RedisState {
         Ok(self.redis.call("settle", call).await? == [1])
     }
 
-    /// Drops the user's state after an edit at `edited` (`None`: the user's
-    /// state was deleted in the source), unless Redis was seeded from that
-    /// edit already; `true` when dropped.
-    pub(crate) async fn forget(
-        &self,
-        uid: &Uid,
-        edited: Option<Point>,
-    ) -> Result<bool, StoreError> {
+    /// Tells Redis what a read of the source found (`None`: no document):
+    /// Redis's state is dropped when the source holds an edit it was not
+    /// seeded from, or nothing (see `lua/check.lua`), and marked checked
+    /// otherwise; `true` when dropped.
+    pub(crate) async fn check(&self, uid: &Uid, held: Option<Point>) -> Result<bool, StoreError> {
         let mut call = ScriptCall::new(
-            &SCRIPTS.forget,
+            &SCRIPTS.check,
             &[
                 self.keys.balances(uid),
                 self.keys.pending(uid),
                 self.keys.high_water(uid),
             ],
         );
-        match edited {
+        match held {
             Some(point) => call.arg(format!("{}@{}", point.lineage, point.version)),
             None => call.arg(""),
         };
-        Ok(self.redis.call("forget", call).await? == [1])
+        Ok(self.redis.call("check", call).await? == [1])
     }
 
     /// Counts one more change made in `lineage` that the source may not

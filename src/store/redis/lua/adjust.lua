@@ -13,17 +13,18 @@
 --        request (no balances after 3 and 4). Only 1 changes anything, and
 --        records the key with its answer: finished when Redis holds the
 --        truth, running until the write-through finishes it otherwise.
---        Caching a source: UNSEEDED, or {outcome, lineage, version, ...}.
+--        Caching a source: UNSEEDED, STALE, or {outcome, lineage, version,
+--        check (see seeded_point), ...}.
 
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(6, tonumber(ARGV[5]), 2)
 local reply = {1}
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version = seeded_point(KEYS[1], kinds)
+  local lineage, version, check = seeded_point(KEYS[1], kinds)
   if not lineage then
-    return UNSEEDED
+    return version
   end
-  reply = {1, lineage, version}
+  reply = {1, lineage, version, check}
 end
 
 if IDEMPOTENCY_KEY then

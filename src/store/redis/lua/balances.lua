@@ -3,13 +3,20 @@
 --
 -- KEYS[1] the user's balances; caching a source, KEYS[2] its high-water key.
 -- ARGV: decision time ('' = Redis TIME), kind count, then per kind: spec.
--- Reply: {remaining, last refill, ...}; caching a source, UNSEEDED for a
---        user not seeded from it.
+-- (Caching a source, a due check of the source is claimed: see
+-- seeded_point.)
+-- Reply: {remaining, last refill, ...}; caching a source, UNSEEDED, STALE,
+--        or {lineage, version, check, remaining, last refill, ...}.
 
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(3, tonumber(ARGV[2]), 0)
-if not REDIS_HOLDS_THE_TRUTH and not seeded_point(KEYS[1], kinds) then
-  return UNSEEDED
+local reply = {}
+if not REDIS_HOLDS_THE_TRUTH then
+  local lineage, version, check = seeded_point(KEYS[1], kinds)
+  if not lineage then
+    return version
+  end
+  reply = {lineage, version, check}
 end
 load(KEYS[1], kinds, t)
-return balances_reply({}, kinds)
+return balances_reply(reply, kinds)

@@ -10,25 +10,26 @@
 --        1 allowed, 2 replayed (the key already paid for this request, which
 --        finished), 3 in progress (it has not finished), 4 the key already
 --        paid for another request. Only 1 spends, and records the key.
---        Caching a source: UNSEEDED, or {outcome, lineage, version,
---        refilled (1 when a due refill was applied), remaining, ...}.
+--        Caching a source: UNSEEDED, STALE, or {outcome, lineage, version,
+--        check (see seeded_point), refilled (1 when a due refill was
+--        applied), remaining, ...}.
 
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(6, tonumber(ARGV[5]), 1)
 local fingerprint, charge = string.match(ARGV[4], '^([^#]*)#(%d+)$')
 local reply = {}
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version = seeded_point(KEYS[1], kinds)
+  local lineage, version, check = seeded_point(KEYS[1], kinds)
   if not lineage then
-    return UNSEEDED
+    return version
   end
-  reply = {0, lineage, version, 0}
+  reply = {0, lineage, version, check, 0}
 end
 load(KEYS[1], kinds, t)
-if reply[4] then
+if reply[5] then
   for _, kind in ipairs(kinds) do
     if kind.new_r then
-      reply[4] = 1
+      reply[5] = 1
     end
   end
 end

@@ -17,9 +17,15 @@
 --   v  the version, raised by every state the write-through takes
 --   a  the lineage's origins, 'lineage@version' points
 --   s  the kinds seeded from the source, as ',upload,ai,'
+--   f  when Redis's state was last known to match the source (seeded from
+--      it, written to it, or checked against it), Redis TIME ms
+--   fc until when a check of the source is claimed (one caller checks)
 -- A script never acts on a hash that lacks them or a kind's fields: such a
 -- state is not (or no longer entirely) the truth, and it answers UNSEEDED
--- so that the write-through reloads the user from the source.
+-- so that the write-through reloads the user from the source. Nor on a
+-- state unchecked for longer than 2 * CHECK_EVERY_MS: somebody may have
+-- edited the source meanwhile, and it answers STALE so that the caller
+-- checks first (see seeded_point).
 -- Every key a script touches carries the same hash tag {<uid>}, so a script
 -- runs on a single cluster slot.
 --
@@ -43,6 +49,14 @@ end
 
 -- The one-element reply of a script that found the user not seeded.
 local UNSEEDED = {-1}
+-- The one-element reply of a script that found the user's state too long
+-- unchecked against the source: nothing was decided.
+local STALE = {-2}
+
+-- How often a user's state is checked against the source, at most, while
+-- the user is active (an edit made straight to the source is seen within
+-- twice that: DESIGN.md §4 asks for 2 s).
+local CHECK_EVERY_MS = 1000
 
 -- Aborts the script with an error that names what is wrong; Rust turns
 -- it into a StoreError of kind Corrupt.
@@ -112,14 +126,20 @@ local function stored_integer(key, field, value)
   return tonumber(value)
 end
 
--- The user's point (lineage, version) when Redis caches a source of truth
--- and holds every kind of `kinds` as seeded from it, with both fields; nil
--- otherwise. Nil too for a stale hash: the high-water key (the lineage and
+-- The user's point when Redis caches a source of truth and holds every kind
+-- of `kinds` as seeded from it, with both fields: lineage, version, and
+-- whether this caller should check the source for an edit (1: the check is
+-- due, and this caller claimed it; 0: not now). Otherwise nil and the
+-- reply to give: UNSEEDED, or STALE when the state went unchecked for
+-- over 2 * CHECK_EVERY_MS and nobody claimed a check (the caller claims it
+-- and checks before anything is decided; a caller that cannot reach the
+-- source decides on Redis's state while its claim lasts).
+-- UNSEEDED too for a stale hash: the high-water key (the lineage and
 -- version of the last state the source took, or of the seeding) names
 -- another lineage or a later version. A hash restored from an old dump
 -- is such a hash; the write-through then reloads the user.
 local function seeded_point(key, kinds)
-  local fields = {'l', 'v', 's'}
+  local fields = {'l', 'v', 's', 'f', 'fc'}
   for _, kind in ipairs(kinds) do
     fields[#fields + 1] = kind.n_field
     fields[#fields + 1] = kind.r_field
@@ -129,23 +149,35 @@ local function seeded_point(key, kinds)
     corrupt(key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not the hash of ticket balances')
   end
   if not values[1] or not values[2] then
-    return nil
+    return nil, UNSEEDED
   end
   local mark = HIGH_WATER and redis.call('GET', HIGH_WATER)
   if mark then
     local mark_l, mark_v = string.match(mark, '^(%d+) (%d+)$')
     if mark_l ~= values[1] or tonumber(mark_v) > tonumber(values[2]) then
-      return nil
+      return nil, UNSEEDED
     end
   end
   local seeded = values[3] or ','
   for k, kind in ipairs(kinds) do
     if not string.find(seeded, ',' .. kind.name .. ',', 1, true)
-        or not values[2 + 2 * k] or not values[3 + 2 * k] then
-      return nil
+        or not values[4 + 2 * k] or not values[5 + 2 * k] then
+      return nil, UNSEEDED
     end
   end
-  return stored_integer(key, 'l', values[1]), stored_integer(key, 'v', values[2])
+  local check = 0
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local unchecked = now - (tonumber(values[4]) or 0)
+  if unchecked > CHECK_EVERY_MS and (tonumber(values[5]) or 0) <= now then
+    if unchecked > 2 * CHECK_EVERY_MS then
+      redis.call('HSET', key, 'fc', now + 2 * CHECK_EVERY_MS)
+      return nil, STALE
+    end
+    redis.call('HSET', key, 'fc', now + CHECK_EVERY_MS)
+    check = 1
+  end
+  return stored_integer(key, 'l', values[1]), stored_integer(key, 'v', values[2]), check
 end
 
 -- Whether a change made in lineage `made_l` while its version was `made_v`

@@ -17,7 +17,8 @@
 --       state gives nothing back again, so that the write-through can retry
 --       a refund it could not write (the recent ids are kept in `x`).
 -- Reply: {tickets given back, remaining, last refill, ...} per kind.
---        Caching a source: UNSEEDED, or {lineage, version, then as above}.
+--        Caching a source: UNSEEDED, STALE, or {lineage, version, check
+--        (see seeded_point), then as above}.
 
 local t = decision_time(ARGV[1])
 local count = tonumber(ARGV[3])
@@ -25,11 +26,11 @@ local kinds = read_kinds(4, count, 3)
 local reply = {}
 local included = true
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version = seeded_point(KEYS[1], kinds)
+  local lineage, version, check = seeded_point(KEYS[1], kinds)
   if not lineage then
-    return UNSEEDED
+    return version
   end
-  reply = {lineage, version}
+  reply = {lineage, version, check}
   included = includes(KEYS[1], lineage, version, tonumber(ARGV[#ARGV - 2]), tonumber(ARGV[#ARGV - 1]))
   local refunded = redis.call('HGET', KEYS[1], 'x') or ''
   if string.find(' ' .. refunded, ' ' .. ARGV[#ARGV] .. ' ', 1, true) then

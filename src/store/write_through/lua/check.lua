@@ -1,16 +1,27 @@
--- forget: drop Redis's state of a user whose state in the source somebody
--- else edited or deleted (the source's change feed says so), unless Redis
--- holds a state seeded from that very edit (its origins name it: another
--- instance reloaded it first). The next request then loads the edit.
+-- check: what a read of the source found, told to Redis. Somebody else
+-- changed the user when the source holds an edit (a state of no lineage,
+-- lineage 0, made straight to the source: the console, another backend)
+-- that Redis's state was not seeded from, or no document at all (deleted:
+-- the user is new again). Redis's state is then dropped, and the next
+-- request loads the source's. Otherwise it is marked checked as of now: a
+-- state of another lineage than Redis's is no edit, and the next write
+-- round settles which state goes on (the source takes only a state that
+-- descends from what it holds).
 --
 -- KEYS[1] the user's balances hash; KEYS[2] the user's pending key;
 -- KEYS[3] the user's high-water key.
--- ARGV[1] the edit's point as 'lineage@version', or '' for a deletion.
--- Reply: {1} dropped, {0} kept.
+-- ARGV[1] the source's point as 'lineage@version', or '' for no document.
+-- Reply: {1} dropped, {0} kept (or nothing held).
 
-local origins = redis.call('HGET', KEYS[1], 'a')
-if ARGV[1] ~= '' and origins
-    and string.find(' ' .. origins .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then
+local stored = redis.call('HMGET', KEYS[1], 'l', 'a')
+if not stored[1] then
+  return {0}
+end
+local edited = ARGV[1] == '' or (string.sub(ARGV[1], 1, 2) == '0@'
+  and not string.find(' ' .. (stored[2] or '') .. ' ', ' ' .. ARGV[1] .. ' ', 1, true))
+if not edited then
+  local time = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'f', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
   return {0}
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])

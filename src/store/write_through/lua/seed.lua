@@ -39,7 +39,10 @@ local fields = {}
 if not intact then
   redis.call('DEL', key)
   seeded = ','
-  fields = {'l', ARGV[1], 'v', ARGV[2], 'a', ARGV[3]}
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  -- Read from the source just now: checked.
+  fields = {'l', ARGV[1], 'v', ARGV[2], 'a', ARGV[3], 'f', now}
   redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[4])
 end
 for i = 5, #ARGV, 3 do

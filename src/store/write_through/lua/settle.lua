@@ -3,6 +3,8 @@
 -- - 'written': the marks the round's snapshot saw are covered; the pending
 --   key goes once every mark is; the high-water key moves up to the
 --   written state (so that a hash restored from an older dump is stale);
+--   the state is checked against the source as of now (the write was
+--   conditioned on what the source held: no edit came before it);
 -- - 'refused': the source holds a state this lineage does not descend
 --   from. Unless that state was taken from this very Redis history (a
 --   round whose lease ran out wrote it: its version is among those the
@@ -56,7 +58,9 @@ if outcome == 'written' then
     end
   end
   local covered = math.max(tonumber(stored[5]) or 0, tonumber(ARGV[3]))
-  redis.call('HSET', key, 'c', covered)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('HSET', key, 'c', covered, 'f', now)
   if covered >= (tonumber(stored[4]) or 0) then
     redis.call('DEL', KEYS[2])
   end
