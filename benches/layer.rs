@@ -21,6 +21,11 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_tickets::identity::{ExtensionIdentity, IdentityExtractor, JwtIdentity, JwtIssuer};
 use tower_tickets::{Cost, TicketKind, Tickets, Uid};
 
+#[cfg(feature = "firebase")]
+#[allow(dead_code)] // The benchmark uses part of the tests' key server.
+#[path = "../tests/support/key_server.rs"]
+mod key_server;
+
 const JWT_SECRET: &[u8] = b"benchmark secret, at least 32 bytes long";
 /// Users of the many-users benchmark, charged in turn.
 const MANY_USERS: usize = 10_000;
@@ -202,6 +207,66 @@ fn identity(c: &mut Criterion) {
     );
 }
 
+/// `FirebaseIdentity` with Google's keys served by the tests' key server on
+/// 127.0.0.1: a Firebase ID token (RS256) seen before (remembered) and one
+/// whose signature is checked every time (what a token seen for the first
+/// time costs), alone and through the layer.
+#[cfg(feature = "firebase")]
+fn firebase_identity(c: &mut Criterion) {
+    use key_server::{KeyServer, TestKey, id_token_claims};
+    use tower_tickets::identity::FirebaseIdentity;
+
+    const PROJECT: &str = "bench-project";
+    let rt = Runtime::new().expect("a tokio runtime");
+    let server = rt.block_on(KeyServer::start());
+    server.serve_certificates(&[("k1", TestKey::A)], 3600);
+    let user = uid("bench-user");
+    let claims = id_token_claims(PROJECT, user.as_str(), Utc::now().timestamp());
+    let token = TestKey::A.sign("k1", &claims);
+    let token = HeaderValue::from_str(&format!("Bearer {token}")).expect("a JWT is ASCII");
+    let (with_token, ()) = bearer(&token).into_parts();
+    let firebase = |remember: usize| {
+        let _runtime = rt.enter();
+        let identity = FirebaseIdentity::builder(PROJECT)
+            .keys_url(server.url())
+            .remember(remember)
+            .build()
+            .expect("a Firebase identity");
+        // The keys arrive in the background: wait for them.
+        while identity.identify(&with_token, Utc::now()).is_err() {
+            rt.block_on(tokio::time::sleep(Duration::from_millis(10)));
+        }
+        identity
+    };
+    let now = Utc::now();
+    let remembered = firebase(10_000);
+    c.bench_function("identity/extractor, firebase rs256 remembered", |b| {
+        b.iter(|| remembered.identify(black_box(&with_token), now));
+    });
+    let verified = firebase(0);
+    c.bench_function("identity/extractor, firebase rs256 verified", |b| {
+        b.iter(|| verified.identify(black_box(&with_token), now));
+    });
+    let one = slice::from_ref(&user);
+    bench_service(
+        c,
+        &rt,
+        "identity/layer, firebase rs256 remembered",
+        layered(&rt, remembered, one, u32::MAX),
+        || bearer(&token),
+    );
+    bench_service(
+        c,
+        &rt,
+        "identity/layer, firebase rs256 verified",
+        layered(&rt, verified, one, u32::MAX),
+        || bearer(&token),
+    );
+}
+
+#[cfg(not(feature = "firebase"))]
+fn firebase_identity(_: &mut Criterion) {}
+
 /// Short runs: the whole file takes about a minute on two shared cores.
 fn config() -> Criterion {
     Criterion::default()
@@ -212,6 +277,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = allowed, refused, identity
+    targets = allowed, refused, identity, firebase_identity
 }
 criterion_main!(benches);

@@ -188,13 +188,14 @@ test('the rules let a client read its document and create it at sign-up, never w
   await refused(setDoc(mine, { ...initial, ticketCount: 500 }));
   await refused(setDoc(mine, { ...initial, lastTicketRefill: Timestamp.fromMillis(0) }));
   await refused(setDoc(mine, { ...initial, ticketsVersion: 1 }));
+  await refused(setDoc(mine, { ...initial, ticketsDigest: 'forged' }));
   await refused(setDoc(doc(db, 'users', 'someone-else'), initial));
   await setDoc(mine, { ...initial, displayName: 'Grace' });
   assert.equal((await getDoc(mine)).data().ticketCount, 5);
 
   // Other fields change; ticket and version fields never.
   await updateDoc(mine, { displayName: 'Grace H.' });
-  for (const field of ['ticketCount', 'aiTicketCount', 'ticketsVersion', 'ticketsLineage', 'ticketsOrigins']) {
+  for (const field of ['ticketCount', 'aiTicketCount', 'ticketsVersion', 'ticketsLineage', 'ticketsOrigins', 'ticketsDigest']) {
     await refused(updateDoc(mine, { [field]: 99 }));
   }
   for (const field of ['lastTicketRefill', 'lastAiTicketRefill']) {
