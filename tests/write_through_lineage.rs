@@ -451,3 +451,52 @@ async fn a_charge_that_runs_after_its_timeout_is_given_back_in_the_source_too() 
     impatient.settled().await;
     assert_eq!(f.answered().await, 4);
 }
+
+/// A keyed charge waits for its round (held back by the user's write pace);
+/// meanwhile Redis loses the user's hash, but not the key, which lives
+/// apart. The round finds nothing to write, and the charge is answered with
+/// an error. Before, its key stayed "running": the request's retry was told
+/// it was in progress, for a request never charged (found by the ledger's
+/// edit fault, whose check drops a hash the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_charge_lost_with_redis_state_leaves_no_key_behind() {
+    let f = Fixture::new(WriteMode::Sync).await;
+    let paced = WriteThrough::builder(RedisStore::standalone(f.server.url()), f.source.clone())
+        .write_interval(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect("connect");
+    let cost = f.tickets.check_cost(&Cost::of("upload", 1)).unwrap();
+    let keyed = || {
+        let key = IdempotencyKey::parse("retry-me").unwrap();
+        paced.charge(
+            ChargeRequest::new(f.uid.clone(), cost.clone(), f.tickets.now())
+                .with_idempotency_key(Some(key)),
+        )
+    };
+    // A first charge written now: the next round must wait out the pace.
+    assert!(allowed(
+        &paced
+            .charge(ChargeRequest::new(
+                f.uid.clone(),
+                cost.clone(),
+                f.tickets.now()
+            ))
+            .await
+    ));
+    let waiting = tokio::spawn(keyed());
+    eventually("the keyed charge is made in Redis", || async {
+        f.redis("HGET", &[&f.hash(), "n:upload"]) == redis::Value::BulkString(b"3".to_vec())
+    })
+    .await;
+    f.redis("DEL", &[&f.hash()]);
+    let lost = waiting.await.unwrap();
+    assert!(
+        lost.is_err(),
+        "the charge went with Redis's state: {lost:?}"
+    );
+
+    let retry = keyed().await;
+    assert!(allowed(&retry), "the retry is charged: {retry:?}");
+    assert_eq!(f.answered().await, 3);
+}

@@ -120,7 +120,14 @@ impl Checker {
             .retain(|(u, _), _| uid.is_some_and(|uid| uid != u.as_str()));
     }
 
-    /// A document's version and refill times never go backwards.
+    /// An edit made straight to the source may move a refill time back
+    /// (DESIGN.md §4: taken as written): the user's document starts over.
+    pub fn forget_document(&mut self, uid: &str) {
+        self.documents.remove(uid);
+    }
+
+    /// A document's version and refill times never go backwards (the
+    /// library's own writes; an edit starts over).
     pub fn document(&mut self, index: usize, user: usize, uid: &str, document: &UserSnapshot) {
         if let Some(seen) = self.documents.get(uid) {
             let backwards = document.version < seen.version

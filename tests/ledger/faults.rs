@@ -7,6 +7,9 @@
 //! | Redis | FLUSHALL (every user starts over), an instance restarted with a charge in flight, a charge future dropped, Redis paused past the store timeout |
 //! | write-through, sync | all of Redis's (the pause on the in-memory source only), plus deleting one user's hash, RESTORE of an earlier DUMP of it, Firestore unreachable for a few operations |
 //! | write-through, async | as sync minus RESTORE (a rollback is an async loss of another name) |
+//!
+//! The in-memory write-through targets also take edits made straight to
+//! the source (DESIGN.md §4), drawn as faults: they come from outside.
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -21,6 +24,8 @@ pub enum FaultKind {
     FirestoreOutage,
     RestartInstance,
     PauseRedis,
+    /// An edit made straight to the source, by somebody else.
+    EditSource,
 }
 
 /// A fault drawn for one history step.
@@ -48,10 +53,25 @@ pub enum Fault {
     PauseRedis {
         user: usize,
     },
+    /// Sets `user`'s balances in the source: per kind, `counts[k]` when
+    /// `Some`; and moves kind `due`'s last refill a period and a
+    /// millisecond back, so that a refill is due.
+    EditSource {
+        user: usize,
+        counts: Vec<Option<u32>>,
+        due: Option<usize>,
+    },
 }
 
 impl FaultKind {
-    pub fn draw(self, rng: &mut StdRng, users: usize, instances: usize) -> Fault {
+    /// A fault on a target of `users` users, `instances` instances and
+    /// `kinds` kinds of ticket (up to `capacity` each).
+    pub fn draw(
+        self,
+        rng: &mut StdRng,
+        (users, instances): (usize, usize),
+        (kinds, capacity): (usize, u32),
+    ) -> Fault {
         let user = rng.gen_range(0..users);
         match self {
             Self::FlushAll => Fault::FlushAll,
@@ -66,6 +86,13 @@ impl FaultKind {
                 polls: rng.gen_range(0..4),
             },
             Self::PauseRedis => Fault::PauseRedis { user },
+            Self::EditSource => Fault::EditSource {
+                user,
+                counts: (0..kinds)
+                    .map(|_| rng.gen_bool(0.5).then(|| rng.gen_range(0..=capacity + 2)))
+                    .collect(),
+                due: rng.gen_bool(0.3).then(|| rng.gen_range(0..kinds)),
+            },
         }
     }
 }
@@ -77,7 +104,8 @@ impl Fault {
             Self::DeleteUser { user }
             | Self::DumpOrRestore { user }
             | Self::RestartInstance { user, .. }
-            | Self::PauseRedis { user } => Some(*user),
+            | Self::PauseRedis { user }
+            | Self::EditSource { user, .. } => Some(*user),
             Self::FlushAll | Self::FirestoreOutage { .. } => None,
         }
     }
@@ -113,6 +141,18 @@ impl RedisFaults {
         redis::cmd("FLUSHALL")
             .exec(&mut self.connection())
             .expect("FLUSHALL");
+    }
+
+    /// Makes the user's state overdue for a check of the source, as two
+    /// seconds of a user's silence would: the next script that touches it
+    /// has its caller check the source first.
+    pub fn overdue_for_check(&self, uid: &str) {
+        redis::cmd("HDEL")
+            .arg(self.hash(uid))
+            .arg("f")
+            .arg("fc")
+            .exec(&mut self.connection())
+            .expect("HDEL");
     }
 
     pub fn delete(&self, uid: &str) {

@@ -118,7 +118,13 @@ impl Generator {
             83..=86 if !self.shape.faults.is_empty() => {
                 let i = self.rng.gen_range(0..self.shape.faults.len());
                 let (users, instances) = (self.shape.users, self.shape.instances);
-                Op::Fault(self.shape.faults[i].draw(&mut self.rng, users, instances))
+                let kinds = model.kinds();
+                let capacity = kinds.iter().map(|k| k.capacity()).max().unwrap_or(1);
+                Op::Fault(self.shape.faults[i].draw(
+                    &mut self.rng,
+                    (users, instances),
+                    (kinds.len(), capacity),
+                ))
             }
             87..=88 => Op::Quiesce,
             _ => self.charge(model),

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveTime, TimeDelta, Utc};
 use http::Method;
 use tower_tickets::store::{
     AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, StoreError, TicketStore,
@@ -210,7 +210,8 @@ async fn write_through(
             let mut faults = WRITE_THROUGH_FAULTS.to_vec();
             faults.extend([FaultKind::DumpOrRestore, FaultKind::DeleteUser]);
             if let Backing::Memory = backing {
-                // Each pause costs over a second: one fault in sixteen.
+                faults.push(FaultKind::EditSource);
+                // Each pause costs over a second: one fault in nineteen.
                 faults = faults.repeat(3);
                 faults.push(FaultKind::PauseRedis);
             }
@@ -920,6 +921,9 @@ impl Run {
                 self.settle_charge(index, user, &cost, None, instance, answer.filter(|_| false))
                     .await;
             }
+            Fault::EditSource { user, counts, due } => {
+                self.edit_source(index, user, &counts, due).await;
+            }
             Fault::PauseRedis { user } => {
                 let cost = vec![(0, 1)];
                 redis.pause_writes(PAUSE.as_millis() as u64);
@@ -931,6 +935,60 @@ impl Run {
                     .await;
             }
         }
+    }
+
+    /// Somebody edits the user's state in the source (DESIGN.md §4): it is
+    /// the truth as of then, absolute. The user's Redis state is then made
+    /// overdue for a check, as two seconds of silence would (the harness
+    /// moves the wall clock no other way): the next operation on the user,
+    /// through any instance, must decide on the edit. The source is first
+    /// let take every change Redis made to the user (an async store's
+    /// unwritten charges would apply on top of the edit; that is not
+    /// modelled).
+    async fn edit_source(
+        &mut self,
+        index: usize,
+        user: usize,
+        counts: &[Option<u32>],
+        due: Option<usize>,
+    ) {
+        let uid = self.uids[user].clone();
+        let Some(mut state) = self.model.state(uid.as_str()) else {
+            return;
+        };
+        if state.iter().any(Option::is_none) {
+            return;
+        }
+        self.end_outage(index);
+        self.caught_up(index, user).await;
+        let period = TimeDelta::hours(24) + TimeDelta::milliseconds(1);
+        for (k, balance) in state.iter_mut().enumerate() {
+            let balance = balance.as_mut().expect("every kind is held");
+            if let Some(count) = counts[k] {
+                balance.remaining = count;
+            }
+            if due == Some(k) {
+                balance.last_refill -= period;
+            }
+        }
+        let balances: Vec<KindBalance> = state.iter().map(|b| b.expect("held")).collect();
+        let behind = self.target.behind().expect("write-through");
+        behind.edit(&uid, balances.clone());
+        self.target
+            .redis()
+            .expect("write-through")
+            .overdue_for_check(uid.as_str());
+        self.checker.note(
+            index,
+            Some(user),
+            format!("  the source's state edited to {balances:?}"),
+        );
+        self.model.edit(uid.as_str(), state);
+        self.checker.forget_refills(Some(uid.as_str()));
+        self.checker.forget_document(uid.as_str());
+        // The edit's point and the reload from it both take a place among
+        // the origins a lineage remembers (async refunds look there).
+        *self.reloads.entry(user).or_default() += 2;
     }
 
     /// An operation answered with an error while the source's writes were

@@ -393,6 +393,21 @@ impl Model {
         });
     }
 
+    /// The user's state as the model holds it, `None` for a user never
+    /// touched.
+    pub fn state(&self, uid: &str) -> Option<UserState> {
+        self.users.get(uid).map(|user| user.state.clone())
+    }
+
+    /// Somebody edited the user's state in the source: `state` is the truth
+    /// as of now; no earlier state can come back.
+    pub fn edit(&mut self, uid: &str, state: UserState) {
+        let user = self.users.get_mut(uid).expect("a known user");
+        user.state = state;
+        self.record(uid, true);
+        self.checkpoint(uid);
+    }
+
     /// Firestore holds the user's current state: forget older ones.
     pub fn checkpoint(&mut self, uid: &str) {
         if let Some(user) = self.users.get_mut(uid) {

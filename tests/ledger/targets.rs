@@ -327,6 +327,15 @@ impl Behind {
         }
     }
 
+    /// Edits the user's state in the source, as somebody else would:
+    /// `balances` (one per kind), absolute. The in-memory source only.
+    pub fn edit(&self, uid: &tower_tickets::Uid, balances: Vec<KindBalance>) {
+        match &self.truth {
+            Truth::Memory(source) => source.edit(uid, balances),
+            Truth::Firestore { .. } => panic!("edits are drawn for the in-memory source only"),
+        }
+    }
+
     /// The user's state in the source, read directly.
     pub async fn document(
         &self,

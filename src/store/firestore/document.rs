@@ -168,15 +168,18 @@ impl DocumentLayout {
         // Somebody other than this crate wrote what the document holds when
         // its digest does not match.
         let edited = digest != Some(state_digest(version, lineage, &present).as_str());
+        let written = UserSnapshot {
+            version,
+            lineage,
+            origins,
+            balances,
+        };
         let snapshot = if !edited {
-            UserSnapshot {
-                version,
-                lineage,
-                origins,
-                balances,
-            }
+            written
         } else {
-            // An edit: absolute, as of its commit.
+            // An edit: absolute, as of its commit, made on top of the state
+            // this crate last wrote, whose charges it includes (a refund of
+            // one gives back, on top of the edit).
             let committed = document.update_time.as_ref().map_or(0, |t| {
                 let micros = t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1_000);
                 u64::try_from(micros).unwrap_or(0)
@@ -184,8 +187,8 @@ impl DocumentLayout {
             UserSnapshot {
                 version: committed.max(version),
                 lineage: 0,
-                origins: Origins::none(),
-                balances,
+                origins: Origins::seeded_from(&written),
+                balances: written.balances.clone(),
             }
         };
         Ok(StoredDocument {

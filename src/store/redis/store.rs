@@ -378,6 +378,8 @@ pub(crate) enum Cached<T> {
     /// The user's state went unchecked against the source for too long:
     /// the caller checks it (somebody may have edited the source) first.
     Stale,
+    /// The same, while another caller checks: ask again shortly.
+    Wait,
 }
 
 impl Cached<Vec<i64>> {
@@ -400,6 +402,7 @@ impl Cached<Vec<i64>> {
         match reply {
             [-1] => return Ok(Cached::Unseeded),
             [-2] => return Ok(Cached::Stale),
+            [-3] => return Ok(Cached::Wait),
             _ => {}
         }
         let bad = || unexpected_reply(operation, reply);
@@ -438,6 +441,7 @@ impl Cached<Vec<i64>> {
             },
             Cached::Unseeded => Cached::Unseeded,
             Cached::Stale => Cached::Stale,
+            Cached::Wait => Cached::Wait,
         })
     }
 }
@@ -447,7 +451,7 @@ impl<T> Cached<T> {
     fn decided(self, operation: &str) -> Result<T, StoreError> {
         match self {
             Cached::Seeded { value, .. } => Ok(value),
-            Cached::Unseeded | Cached::Stale => Err(StoreError::new(
+            Cached::Unseeded | Cached::Stale | Cached::Wait => Err(StoreError::new(
                 StoreErrorKind::Unavailable,
                 format!("Redis {operation}: the user is not seeded from a source of truth"),
             )),

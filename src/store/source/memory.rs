@@ -121,7 +121,10 @@ impl MemorySource {
         let edited = UserSnapshot {
             version,
             lineage: 0,
-            origins: Origins::none(),
+            // Made on top of what was stored: its charges are included.
+            origins: users
+                .get(uid)
+                .map_or_else(Origins::none, Origins::seeded_from),
             balances,
         };
         users.insert(uid.clone(), edited);

@@ -78,12 +78,12 @@ pub use self::builder::{WriteMode, WriteThroughBuilder};
 use self::group_commit::GroupCommit;
 use self::hydration::Hydration;
 use self::recovery::Recovery;
-use self::redis_state::{RedisState, RoundEnd};
+use self::redis_state::{RedisState, RoundEnd, SourceRead};
 use crate::clock::Clock;
 use crate::config_error::ConfigError;
 use crate::kind::TicketKind;
 use crate::store::redis::{Cached, RefundLate};
-use crate::store::source::{DURABLE, Point, SourceOfTruth, UserSnapshot};
+use crate::store::source::{DURABLE, Point, SourceOfTruth};
 use crate::store::{
     AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, RedisStore,
     RedisStoreBuilder, RefundOutcome, StoreError, StoreErrorKind, StoreFuture, TicketStore,
@@ -98,6 +98,11 @@ const ATTEMPTS: usize = 4;
 /// How long a request waits for a check of the source that is overdue (see
 /// [`Shared::check_before_deciding`]); past it, Redis's state decides.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often a request asks again while another one checks the source, and
+/// how many times at most (the check's claim lasts 2 s).
+const WAIT_POLL: Duration = Duration::from_millis(10);
+const WAITS: usize = 250;
 
 /// How often a refund is retried while Redis or the source does not take
 /// it (after 250 ms, then twice as long each time: about a minute in all).
@@ -220,7 +225,7 @@ impl WriteThrough {
 impl Shared {
     async fn charge(self: &Arc<Self>, request: ChargeRequest) -> Result<ChargeOutcome, StoreError> {
         let (uid, now) = (request.uid.clone(), request.now);
-        for _ in 0..ATTEMPTS {
+        for _ in 0..ATTEMPTS + WAITS {
             let decided = self
                 .redis
                 .charge_cached(request.clone(), Some(self.refund_late()));
@@ -303,10 +308,18 @@ impl Shared {
     ) -> Result<(), StoreError> {
         let uid = &receipt.uid;
         let mut point = None;
-        for _ in 0..ATTEMPTS {
+        for _ in 0..ATTEMPTS + WAITS {
             match self.redis.refund_cached(receipt.clone(), now).await? {
-                Cached::Unseeded => return Ok(()),
+                Cached::Unseeded => {
+                    // The charge went with the state; its key must go too,
+                    // or the request's retry is told it is in progress.
+                    if let Some(key) = &receipt.idempotency_key {
+                        self.redis.forget_key(uid, key).await?;
+                    }
+                    return Ok(());
+                }
                 Cached::Stale => self.check_before_deciding(uid, now).await,
+                Cached::Wait => tokio::time::sleep(WAIT_POLL).await,
                 seeded @ Cached::Seeded { .. } => {
                     point = self.decision(uid, now, seeded).await?.and_then(|(_, p)| p);
                     break;
@@ -436,7 +449,7 @@ impl Shared {
         now: DateTime<Utc>,
     ) -> Result<(RefundOutcome, Option<Point>, Result<(), StoreError>), StoreError> {
         let uid = &receipt.uid;
-        for _ in 0..ATTEMPTS {
+        for _ in 0..ATTEMPTS + WAITS {
             let refunded = self.redis.refund_cached(receipt.clone(), now).await?;
             let Some((outcome, point)) = self.decision(uid, now, refunded).await? else {
                 continue;
@@ -469,10 +482,14 @@ impl Shared {
         kinds: &[Arc<TicketKind>],
         now: DateTime<Utc>,
     ) -> Result<Vec<KindBalance>, StoreError> {
-        for _ in 0..ATTEMPTS {
+        for _ in 0..ATTEMPTS + WAITS {
             match self.redis.balances_cached(uid, kinds, now).await? {
                 Cached::Stale => {
                     self.check_before_deciding(uid, now).await;
+                    continue;
+                }
+                Cached::Wait => {
+                    tokio::time::sleep(WAIT_POLL).await;
                     continue;
                 }
                 Cached::Seeded { value, check, .. } => {
@@ -511,7 +528,7 @@ impl Shared {
     /// source did not take it, so that a retry makes it again.
     async fn adjust(self: &Arc<Self>, request: AdjustRequest) -> Result<AdjustOutcome, StoreError> {
         let (uid, now) = (&request.uid, request.now);
-        for _ in 0..ATTEMPTS {
+        for _ in 0..ATTEMPTS + WAITS {
             let adjusted = self.redis.adjust_cached(&request).await?;
             match self.decision(uid, now, adjusted).await? {
                 None => {}
@@ -554,6 +571,10 @@ impl Shared {
                 self.check_before_deciding(uid, now).await;
                 Ok(None)
             }
+            Cached::Wait => {
+                tokio::time::sleep(WAIT_POLL).await;
+                Ok(None)
+            }
             Cached::Seeded {
                 value,
                 point,
@@ -574,12 +595,11 @@ impl Shared {
     /// active, by one caller of all instances (the scripts hand the check
     /// out), and not at all while its writes keep it checked.
     async fn check(&self, uid: &Uid, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let held = self.source.load(uid, now).await?;
-        if self
-            .state
-            .check(uid, held.as_ref().map(UserSnapshot::point))
-            .await?
-        {
+        let read = match self.source.load(uid, now).await? {
+            Some(held) => SourceRead::At(held.point()),
+            None => SourceRead::Nothing,
+        };
+        if self.state.check(uid, read).await? {
             tracing::info!(%uid, "the user was changed in the source by somebody else: Redis reloads it");
         }
         Ok(())
@@ -596,18 +616,18 @@ impl Shared {
     }
 
     /// A check that is overdue (the user was idle): the request waits for
-    /// it, up to [`CHECK_TIMEOUT`]. If the source does not answer by then,
-    /// Redis's state decides: the scripts hand no other overdue check out
-    /// meanwhile.
+    /// it, up to [`CHECK_TIMEOUT`], and the user's other requests wait for
+    /// this one. If the source does not answer by then, the state is marked
+    /// checked all the same, and Redis's state decides.
     async fn check_before_deciding(&self, uid: &Uid, now: DateTime<Utc>) {
-        match tokio::time::timeout(CHECK_TIMEOUT, self.check(uid, now)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%uid, %error, "could not check the source for an edit; deciding on Redis's state");
-            }
-            Err(_) => {
-                tracing::warn!(%uid, "the source did not answer a check for an edit in time; deciding on Redis's state");
-            }
+        let failed = match tokio::time::timeout(CHECK_TIMEOUT, self.check(uid, now)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {CHECK_TIMEOUT:?}"),
+        };
+        tracing::warn!(%uid, %failed, "could not check the source for an edit; deciding on Redis's state");
+        if let Err(error) = self.state.check(uid, SourceRead::Unread).await {
+            tracing::warn!(%uid, %error, "could not mark a check as done; the user's requests wait for its claim to end");
         }
     }
 
@@ -655,7 +675,7 @@ fn unsettled(uid: &Uid) -> StoreError {
         StoreErrorKind::Unavailable,
         format!(
             "the balances of user {uid} kept disappearing from Redis while they were read \
-             from the source of truth; gave up after {ATTEMPTS} attempts"
+             from the source of truth, or a check of the source never ended; gave up"
         ),
     )
 }

@@ -56,6 +56,16 @@ const LINEAGE_BITS: u32 = 52;
 /// range Lua holds exactly.
 const VERSION_STEP_BITS: u32 = 20;
 
+/// What a check of the source found.
+pub(crate) enum SourceRead {
+    /// A state at this point.
+    At(Point),
+    /// No document.
+    Nothing,
+    /// Nothing known: the source did not answer.
+    Unread,
+}
+
 /// A user's state taken for a write round.
 #[derive(Debug)]
 pub(crate) struct Taken {
@@ -302,11 +312,11 @@ impl RedisState {
         Ok(self.redis.call("settle", call).await? == [1])
     }
 
-    /// Tells Redis what a read of the source found (`None`: no document):
-    /// Redis's state is dropped when the source holds an edit it was not
-    /// seeded from, or nothing (see `lua/check.lua`), and marked checked
-    /// otherwise; `true` when dropped.
-    pub(crate) async fn check(&self, uid: &Uid, held: Option<Point>) -> Result<bool, StoreError> {
+    /// Tells Redis what a read of the source found: Redis's state is
+    /// dropped when the source holds an edit it was not seeded from, or
+    /// nothing (see `lua/check.lua`), and marked checked otherwise (also
+    /// when the source could not be read); `true` when dropped.
+    pub(crate) async fn check(&self, uid: &Uid, held: SourceRead) -> Result<bool, StoreError> {
         let mut call = ScriptCall::new(
             &SCRIPTS.check,
             &[
@@ -316,8 +326,9 @@ impl RedisState {
             ],
         );
         match held {
-            Some(point) => call.arg(format!("{}@{}", point.lineage, point.version)),
-            None => call.arg(""),
+            SourceRead::At(point) => call.arg(format!("{}@{}", point.lineage, point.version)),
+            SourceRead::Nothing => call.arg(""),
+            SourceRead::Unread => call.arg("unread"),
         };
         Ok(self.redis.call("check", call).await? == [1])
     }

@@ -50,8 +50,11 @@ end
 -- The one-element reply of a script that found the user not seeded.
 local UNSEEDED = {-1}
 -- The one-element reply of a script that found the user's state too long
--- unchecked against the source: nothing was decided.
+-- unchecked against the source: nothing was decided, and the caller checks.
 local STALE = {-2}
+-- The same while another caller checks: nothing was decided, and the
+-- caller asks again shortly.
+local WAIT = {-3}
 
 -- How often a user's state is checked against the source, at most, while
 -- the user is active (an edit made straight to the source is seen within
@@ -130,10 +133,12 @@ end
 -- of `kinds` as seeded from it, with both fields: lineage, version, and
 -- whether this caller should check the source for an edit (1: the check is
 -- due, and this caller claimed it; 0: not now). Otherwise nil and the
--- reply to give: UNSEEDED, or STALE when the state went unchecked for
--- over 2 * CHECK_EVERY_MS and nobody claimed a check (the caller claims it
--- and checks before anything is decided; a caller that cannot reach the
--- source decides on Redis's state while its claim lasts).
+-- reply to give: UNSEEDED, or, when the state went unchecked for over
+-- 2 * CHECK_EVERY_MS, STALE to the caller that claims the check (it checks
+-- before anything is decided, and marks the state checked even when the
+-- source does not answer: Redis's state then decides) and WAIT to the
+-- others while the claim lasts (a burst right after an edit must not be
+-- decided on the state before it).
 -- UNSEEDED too for a stale hash: the high-water key (the lineage and
 -- version of the last state the source took, or of the seeding) names
 -- another lineage or a later version. A hash restored from an old dump
@@ -176,6 +181,8 @@ local function seeded_point(key, kinds)
     end
     redis.call('HSET', key, 'fc', now + CHECK_EVERY_MS)
     check = 1
+  elseif unchecked > 2 * CHECK_EVERY_MS then
+    return nil, WAIT
   end
   return stored_integer(key, 'l', values[1]), stored_integer(key, 'v', values[2]), check
 end
