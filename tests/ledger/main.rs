@@ -110,29 +110,24 @@ async fn refusal_cache_over_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stores() {
-    let server = RedisServer::start();
-    let url = server.url();
-    ledger("redis_stores", &FIXED_SEEDS, 2000, |seed, _| {
-        let url = url.clone();
-        async move {
-            let faults = vec![FaultKind::FlushAll, FaultKind::RestartInstance];
-            Target::redis_stores(&url, &format!("ledger-{seed}:"), faults).await
-        }
+    ledger("redis_stores", &FIXED_SEEDS, 2000, |seed, _| async move {
+        let faults = vec![FaultKind::FlushAll, FaultKind::RestartInstance];
+        Target::redis_stores(RedisServer::start(), &format!("ledger-{seed}:"), faults).await
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stores_paused() {
-    let server = RedisServer::start();
-    let url = server.url();
-    ledger("redis_stores_paused", &FIXED_SEEDS, 120, |seed, _| {
-        let url = url.clone();
-        async move {
+    ledger(
+        "redis_stores_paused",
+        &FIXED_SEEDS,
+        120,
+        |seed, _| async move {
             let faults = vec![FaultKind::PauseRedis];
-            Target::redis_stores(&url, &format!("ledger-{seed}:"), faults).await
-        }
-    })
+            Target::redis_stores(RedisServer::start(), &format!("ledger-{seed}:"), faults).await
+        },
+    )
     .await;
 }
 
@@ -228,13 +223,14 @@ async fn write_through(
     .await;
 }
 
-/// Runs the seeds (`LEDGER_SEED`, or `fixed` and a fresh one) on
-/// targets made by `make`, `LEDGER_OPS` (or `default_ops`) operations each.
+/// Runs the seeds (`LEDGER_SEED`, or `fixed` and a fresh one) on targets
+/// made by `make`, `LEDGER_OPS` (or `default_ops`) operations each, all at
+/// once: a history spends most of its time waiting (on Redis, write rounds,
+/// timeouts), and each has targets of its own (its own Redis server, so
+/// that a FLUSHALL or a pause touches no other history).
 ///
 /// `LEDGER_HISTORIES=<n>` with `LEDGER_SEED=<s>` runs seeds `s` to
-/// `s + n - 1` at once, `LEDGER_OPS` operations in all: a long run spends
-/// most of its time waiting on Redis and timeouts, which concurrent
-/// histories (each on targets of its own) overlap.
+/// `s + n - 1`, `LEDGER_OPS` operations in all (the long mode).
 async fn ledger<F, Fut>(test: &'static str, fixed: &[u64], default_ops: usize, mut make: F)
 where
     F: FnMut(u64, FakeClock) -> Fut,
@@ -246,52 +242,48 @@ where
     let histories: u64 = std::env::var("LEDGER_HISTORIES")
         .map(|n| n.parse().expect("LEDGER_HISTORIES is a number"))
         .unwrap_or(1);
-    if histories > 1 {
-        let first: u64 = std::env::var("LEDGER_SEED")
-            .expect("LEDGER_HISTORIES needs LEDGER_SEED")
-            .parse()
-            .expect("LEDGER_SEED is a number");
-        let each = ops / histories as usize;
-        let began = Instant::now();
-        let mut running = tokio::task::JoinSet::new();
-        for seed in first..first + histories {
-            let clock = FakeClock::at(start());
-            let target = make(seed, clock.clone()).await;
-            running.spawn(Run::new(test, seed, target, clock).execute(each));
+    let (seeds, each): (Vec<u64>, usize) = match std::env::var("LEDGER_SEED") {
+        Ok(seed) => {
+            let first: u64 = seed.parse().expect("LEDGER_SEED is a number");
+            (
+                (first..first + histories).collect(),
+                ops / histories as usize,
+            )
         }
-        while let Some(done) = running.join_next().await {
-            if let Err(failed) = done {
-                std::panic::resume_unwind(failed.into_panic());
-            }
-        }
-        eprintln!(
-            "ledger: {test} seeds {first} to {}: {histories} × {each} operations in {:.1?}",
-            first + histories - 1,
-            began.elapsed()
-        );
-        return;
-    }
-    let seeds = match std::env::var("LEDGER_SEED") {
-        Ok(seed) => vec![seed.parse().expect("LEDGER_SEED is a number")],
         Err(_) => {
+            assert_eq!(histories, 1, "LEDGER_HISTORIES needs LEDGER_SEED");
             let fresh = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64;
             eprintln!("ledger: {test} runs seeds {fixed:?} and the fresh seed {fresh}");
-            fixed.iter().copied().chain([fresh]).collect()
+            (fixed.iter().copied().chain([fresh]).collect(), ops)
         }
     };
-    for seed in seeds {
-        let began = Instant::now();
+    let began = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    for &seed in &seeds {
         let clock = FakeClock::at(start());
         let target = make(seed, clock.clone()).await;
-        Run::new(test, seed, target, clock).execute(ops).await;
-        eprintln!(
-            "ledger: {test} seed {seed}: {ops} operations in {:.1?}",
-            began.elapsed()
-        );
+        running.spawn(async move {
+            let began = Instant::now();
+            Run::new(test, seed, target, clock).execute(each).await;
+            eprintln!(
+                "ledger: {test} seed {seed}: {each} operations in {:.1?}",
+                began.elapsed()
+            );
+        });
     }
+    while let Some(done) = running.join_next().await {
+        if let Err(failed) = done {
+            std::panic::resume_unwind(failed.into_panic());
+        }
+    }
+    eprintln!(
+        "ledger: {test}: {} × {each} operations in {:.1?}",
+        seeds.len(),
+        began.elapsed()
+    );
 }
 
 /// An allowed charge not refunded yet: the store's receipt and the model's.

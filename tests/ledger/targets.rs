@@ -52,6 +52,7 @@ pub enum Backend {
     Redis {
         builder: Box<RedisStoreBuilder>,
         redis: RedisFaults,
+        _server: Box<RedisServer>,
     },
     WriteThrough(Box<Behind>),
 }
@@ -147,10 +148,11 @@ impl Target {
         }
     }
 
-    /// Three Redis stores on the Redis at `url`, under a key prefix of
-    /// their own.
-    pub async fn redis_stores(url: &str, prefix: &str, faults: Vec<FaultKind>) -> Self {
-        let builder = RedisStore::standalone(url)
+    /// Three Redis stores on `server` (the target's own: a FLUSHALL or a
+    /// pause touches no other history), under a key prefix of their own.
+    pub async fn redis_stores(server: RedisServer, prefix: &str, faults: Vec<FaultKind>) -> Self {
+        let url = server.url();
+        let builder = RedisStore::standalone(&url)
             .key_prefix(prefix)
             .timeout(REDIS_TIMEOUT)
             .breaker(1, Duration::from_millis(50))
@@ -167,7 +169,8 @@ impl Target {
             exact_refusals: true,
             backend: Backend::Redis {
                 builder: Box::new(builder),
-                redis: RedisFaults::new(url, prefix),
+                redis: RedisFaults::new(&url, prefix),
+                _server: Box::new(server),
             },
         }
     }
