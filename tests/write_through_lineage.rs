@@ -500,3 +500,40 @@ async fn a_keyed_charge_lost_with_redis_state_leaves_no_key_behind() {
     assert!(allowed(&retry), "the retry is charged: {retry:?}");
     assert_eq!(f.answered().await, 3);
 }
+
+/// Async mode: two charges are answered while the source's writes are
+/// held (not written yet), then somebody edits the source (4 uploads). The
+/// edit is the truth as of its commit and the two unwritten charges apply on
+/// top (DESIGN.md §4): 2, in Redis at once and in the source once written;
+/// a refund of one of them then gives it back. Before, the check dropped
+/// Redis's state and the two answered charges with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_takes_the_unwritten_async_charges_on_top() {
+    let f = Fixture::new(WriteMode::Async).await;
+    f.source.hold_writes(true);
+    let Ok(ChargeOutcome::Allowed { receipt, .. }) = f.charge().await else {
+        panic!("async mode answers from Redis");
+    };
+    assert!(allowed(&f.charge().await));
+    let mut edited = f.source.stored(&f.uid).unwrap().balances;
+    assert_eq!(edited[0].remaining, 5, "nothing written yet");
+    edited[0].remaining = 4;
+    f.source.edit(&f.uid, edited);
+    // As two seconds of the user's silence would: the next read checks the
+    // source first.
+    f.redis("HDEL", &[&f.hash(), "f", "fc"]);
+    assert_eq!(f.answered().await, 2, "the edit, the two charges on top");
+
+    f.source.hold_writes(false);
+    eventually("the source holds the edit and the charges", || async {
+        f.in_source() == 2
+    })
+    .await;
+    let refund = f.store().refund(receipt, f.tickets.now()).await.unwrap();
+    assert_eq!(refund.refunded, [1], "a carried charge is given back");
+    eventually("the source holds the refund", || async {
+        f.in_source() == 3
+    })
+    .await;
+    assert_eq!(f.answered().await, 3);
+}

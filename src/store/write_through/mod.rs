@@ -47,8 +47,9 @@
 //! seconds; a write round keeps it checked, since a write succeeds only on
 //! what the source held. A check that finds an edit Redis was not seeded
 //! from, or no document, drops Redis's state, and the next request loads
-//! the source's. A write round that meets an edit is refused, so no write
-//! undoes one.
+//! the source's; in async mode, an edit is taken at once with the charges
+//! not written yet on top. A write round that meets an edit is refused, so
+//! no write undoes one.
 //!
 //! # Limits
 //! - Only a standalone Redis is supported for now.
@@ -78,7 +79,7 @@ pub use self::builder::{WriteMode, WriteThroughBuilder};
 use self::group_commit::GroupCommit;
 use self::hydration::Hydration;
 use self::recovery::Recovery;
-use self::redis_state::{RedisState, RoundEnd, SourceRead};
+use self::redis_state::{Checked, RedisState, RoundEnd, SourceRead};
 use crate::clock::Clock;
 use crate::config_error::ConfigError;
 use crate::kind::TicketKind;
@@ -595,12 +596,24 @@ impl Shared {
     /// active, by one caller of all instances (the scripts hand the check
     /// out), and not at all while its writes keep it checked.
     async fn check(&self, uid: &Uid, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let read = match self.source.load(uid, now).await? {
+        let held = self.source.load(uid, now).await?;
+        let read = match &held {
+            // Async mode: charges answered and not written yet apply on top.
+            Some(edit) if edit.lineage == 0 && self.mode == WriteMode::Async => {
+                SourceRead::Edit(edit)
+            }
             Some(held) => SourceRead::At(held.point()),
             None => SourceRead::Nothing,
         };
-        if self.state.check(uid, read).await? {
-            tracing::info!(%uid, "the user was changed in the source by somebody else: Redis reloads it");
+        match self.state.check(uid, read).await? {
+            Checked::Kept => {}
+            Checked::Dropped => {
+                tracing::info!(%uid, "the user was changed in the source by somebody else: Redis reloads it");
+            }
+            Checked::Reseeded => {
+                tracing::info!(%uid, "the user was edited in the source: Redis took the edit, with the charges not written yet on top");
+                self.writer.nudge(uid, now);
+            }
         }
         Ok(())
     }

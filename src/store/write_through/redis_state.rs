@@ -57,13 +57,27 @@ const LINEAGE_BITS: u32 = 52;
 const VERSION_STEP_BITS: u32 = 20;
 
 /// What a check of the source found.
-pub(crate) enum SourceRead {
+pub(crate) enum SourceRead<'a> {
     /// A state at this point.
     At(Point),
+    /// A state made by an edit (of no lineage), whose balances take the
+    /// charges not written yet on top (async mode).
+    Edit(&'a UserSnapshot),
     /// No document.
     Nothing,
     /// Nothing known: the source did not answer.
     Unread,
+}
+
+/// What a check did to Redis's state.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// Kept: no edit.
+    Kept,
+    /// Dropped: the next request loads the source's state.
+    Dropped,
+    /// Reseeded from an edit, charges not written yet on top: pending.
+    Reseeded,
 }
 
 /// A user's state taken for a write round.
@@ -312,11 +326,17 @@ impl RedisState {
         Ok(self.redis.call("settle", call).await? == [1])
     }
 
-    /// Tells Redis what a read of the source found: Redis's state is
-    /// dropped when the source holds an edit it was not seeded from, or
-    /// nothing (see `lua/check.lua`), and marked checked otherwise (also
-    /// when the source could not be read); `true` when dropped.
-    pub(crate) async fn check(&self, uid: &Uid, held: SourceRead) -> Result<bool, StoreError> {
+    /// Tells Redis what a read of the source found: when the source holds
+    /// an edit Redis was not seeded from, or nothing, Redis's state is
+    /// replaced (see `lua/check.lua`): reseeded from the edit with the
+    /// charges no write carried yet on top (`SourceRead::Edit`, async mode),
+    /// or dropped. Otherwise it is marked checked (also when the source
+    /// could not be read).
+    pub(crate) async fn check(
+        &self,
+        uid: &Uid,
+        held: SourceRead<'_>,
+    ) -> Result<Checked, StoreError> {
         let mut call = ScriptCall::new(
             &SCRIPTS.check,
             &[
@@ -325,12 +345,30 @@ impl RedisState {
                 self.keys.high_water(uid),
             ],
         );
+        let point = |point: Point| format!("{}@{}", point.lineage, point.version);
         match held {
-            SourceRead::At(point) => call.arg(format!("{}@{}", point.lineage, point.version)),
+            SourceRead::At(at) => call.arg(point(at)),
             SourceRead::Nothing => call.arg(""),
             SourceRead::Unread => call.arg("unread"),
+            SourceRead::Edit(edit) => {
+                call.arg(point(edit.point()))
+                    .arg(self.new_lineage())
+                    .arg(edit.origins.to_string())
+                    .arg(self.idle_ttl_millis);
+                for (kind, balance) in self.kinds.iter().zip(&edit.balances) {
+                    call.arg(kind.name())
+                        .arg(balance.remaining)
+                        .arg(balance.last_refill.timestamp_millis());
+                }
+                &mut call
+            }
         };
-        Ok(self.redis.call("check", call).await? == [1])
+        match self.redis.call("check", call).await?.as_slice() {
+            [0] => Ok(Checked::Kept),
+            [1] => Ok(Checked::Dropped),
+            [2] => Ok(Checked::Reseeded),
+            reply => Err(unexpected("check", reply)),
+        }
     }
 
     /// Counts one more change made in `lineage` that the source may not

@@ -58,6 +58,9 @@ if outcome == 1 then
   for _, kind in ipairs(kinds) do
     kind.n = kind.n - tonumber(kind[1])
     kind.new_n = true
+    if not REDIS_HOLDS_THE_TRUTH then
+      redis.call('HINCRBY', KEYS[1], 'u:' .. kind.name, kind[1])
+    end
   end
   if IDEMPOTENCY_KEY then
     local ttl = tonumber(ARGV[3])

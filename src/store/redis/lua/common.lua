@@ -17,6 +17,8 @@
 --   v  the version, raised by every state the write-through takes
 --   a  the lineage's origins, 'lineage@version' points
 --   s  the kinds seeded from the source, as ',upload,ai,'
+--   u:<kind>  tickets charged that no write has carried to the source yet
+--      (an edit made meanwhile takes them on top: see check.lua)
 --   f  when Redis's state was last known to match the source (seeded from
 --      it, written to it, or checked against it), Redis TIME ms
 --   fc until when a check of the source is claimed (one caller checks)

@@ -64,6 +64,12 @@ for _, kind in ipairs(kinds) do
   if amount > 0 then
     kind.n = math.min(kind.n + amount, MAX_BALANCE)
     kind.new_n = true
+    if not REDIS_HOLDS_THE_TRUTH then
+      local unwritten = tonumber(redis.call('HGET', KEYS[1], 'u:' .. kind.name)) or 0
+      if unwritten > 0 then
+        redis.call('HSET', KEYS[1], 'u:' .. kind.name, math.max(0, unwritten - amount))
+      end
+    end
   end
   reply[#reply + 1] = amount
   reply[#reply + 1] = kind.n

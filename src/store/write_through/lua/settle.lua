@@ -4,7 +4,8 @@
 --   key goes once every mark is; the high-water key moves up to the
 --   written state (so that a hash restored from an older dump is stale);
 --   the state is checked against the source as of now (the write was
---   conditioned on what the source held: no edit came before it);
+--   conditioned on what the source held: no edit came before it); the
+--   unwritten charges the snapshot held (`ut`) are written now;
 -- - 'refused': the source holds a state this lineage does not descend
 --   from. Unless that state was taken from this very Redis history (a
 --   round whose lease ran out wrote it: its version is among those the
@@ -24,7 +25,7 @@
 -- Reply: {1} Redis keeps the state, {0} it does not hold it (any more).
 
 local key = KEYS[1]
-local stored = redis.call('HMGET', key, 'l', 'v', 'kv', 'm', 'c', 'h')
+local stored = redis.call('HMGET', key, 'l', 'v', 'kv', 'm', 'c', 'h', 'ut')
 if stored[1] ~= ARGV[1] then
   if not stored[1] then
     redis.call('DEL', KEYS[2])
@@ -61,6 +62,14 @@ if outcome == 'written' then
   local time = redis.call('TIME')
   local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   redis.call('HSET', key, 'c', covered, 'f', now)
+  -- (A round whose lease ran out finds a later snapshot's `ut`: that
+  -- round's settle accounts for it.)
+  if stored[3] == ARGV[2] then
+    for name, amount in string.gmatch(stored[7] or '', '(%S+)=(%d+)') do
+      local unwritten = tonumber(redis.call('HGET', key, 'u:' .. name)) or 0
+      redis.call('HSET', key, 'u:' .. name, math.max(0, unwritten - tonumber(amount)))
+    end
+  end
   if covered >= (tonumber(stored[4]) or 0) then
     redis.call('DEL', KEYS[2])
   end

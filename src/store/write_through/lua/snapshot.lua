@@ -50,12 +50,18 @@ if lease_wait > 0 or pace_wait > 0 then
 end
 local seeded = stored[3] or ','
 local balances = {}
+-- The unwritten charges this state holds: the write, if it lands, carries
+-- them (settle.lua).
+local carried = ''
 for i = 4, #ARGV do
   local name = ARGV[i]
   if not string.find(seeded, ',' .. name .. ',', 1, true) then
     return {1}
   end
-  local values = redis.call('HMGET', key, 'n:' .. name, 'r:' .. name)
+  local values = redis.call('HMGET', key, 'n:' .. name, 'r:' .. name, 'u:' .. name)
+  if tonumber(values[3]) then
+    carried = carried .. name .. '=' .. values[3] .. ' '
+  end
   local count, refill = tonumber(values[1]), tonumber(values[2])
   if not count or not refill then
     -- Partly lost: not the truth any more.
@@ -75,7 +81,7 @@ for previous in string.gmatch(stored[8] or '', '%d+') do
   end
 end
 redis.call('HSET', key, 'k', now + tonumber(ARGV[1]), 'kv', version,
-  'q', now + tonumber(ARGV[2]), 'h', taken)
+  'q', now + tonumber(ARGV[2]), 'h', taken, 'ut', carried)
 local reply = {2, tonumber(stored[1]), version, tonumber(stored[7]) or 0, 0}
 for origin_l, origin_v in string.gmatch(stored[4] or '', '(%d+)@(%d+)') do
   reply[#reply + 1] = tonumber(origin_l)
