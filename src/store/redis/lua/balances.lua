@@ -1,5 +1,6 @@
--- balances: read balances without writing anything; a due refill shows as
--- applied, a user never seen shows their initial balances.
+-- balances: read balances without changing them (caching a source, the
+-- claim of a due check of the source is the one thing written); a due
+-- refill shows as applied, a user never seen shows their initial balances.
 --
 -- KEYS[1] the user's balances; caching a source, KEYS[2] its high-water key.
 -- ARGV: decision time ('' = Redis TIME), kind count, then per kind: spec.
