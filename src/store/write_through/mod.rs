@@ -332,7 +332,7 @@ impl Shared {
         };
         // A retry finds the refund made already: counting it and asking for
         // a round again is harmless, and makes sure it is written.
-        if let Err(error) = self.state.mark_pending(uid, point.lineage).await {
+        if let Err(error) = self.state.mark_pending(uid, point).await {
             tracing::warn!(%uid, %error, "could not count a refund as pending");
         }
         self.writer.nudge(uid, now);
@@ -361,7 +361,7 @@ impl Shared {
         point: Point,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if !self.state.mark_pending(uid, point.lineage).await? {
+        if !self.state.mark_pending(uid, point).await? {
             return Err(lost(uid));
         }
         self.writer.nudge(uid, now);
@@ -464,7 +464,7 @@ impl Shared {
                 WriteMode::Sync => {
                     let written = self.writer.demand(uid, point, now).wait().await;
                     if written.is_err()
-                        && let Err(mark) = self.state.mark_pending(uid, point.lineage).await
+                        && let Err(mark) = self.state.mark_pending(uid, point).await
                     {
                         tracing::warn!(%uid, %mark, "could not count a refund as pending");
                     }

@@ -371,14 +371,15 @@ impl RedisState {
         }
     }
 
-    /// Counts one more change made in `lineage` that the source may not
-    /// hold yet; `false` when Redis no longer holds that lineage.
-    pub(crate) async fn mark_pending(&self, uid: &Uid, lineage: u64) -> Result<bool, StoreError> {
+    /// Counts one more change, made at `made_at`, that the source may not
+    /// hold yet; `false` when Redis no longer holds it: its lineage is gone,
+    /// and no edit's reseed carried it over (see `lua/mark.lua`).
+    pub(crate) async fn mark_pending(&self, uid: &Uid, made_at: Point) -> Result<bool, StoreError> {
         let mut call = ScriptCall::new(
             &SCRIPTS.mark,
             &[self.keys.balances(uid), self.keys.pending(uid)],
         );
-        call.arg(lineage);
+        call.arg(made_at.lineage).arg(made_at.version);
         Ok(self
             .redis
             .call("mark", call)
