@@ -23,6 +23,9 @@ pub enum KeyUse {
     /// The key already paid for this very request: answer `Replayed`,
     /// charge nothing.
     Replay,
+    /// The same, but that request never finished (its caller dropped it
+    /// after it charged): answer `InProgress`, charge nothing.
+    Running,
     /// The key already paid for another request: answer `KeyReused`,
     /// charge nothing.
     Reused,
@@ -39,12 +42,16 @@ pub struct Keys {
 struct Paid {
     cost: Vec<(usize, u32)>,
     until: DateTime<Utc>,
+    finished: bool,
 }
 
 impl Keys {
     /// How a charge of `cost` under `key` at `now` is to be treated.
     pub fn classify(&self, key: Option<&str>, cost: &[(usize, u32)], now: DateTime<Utc>) -> KeyUse {
         match key.and_then(|k| self.paid.get(k)) {
+            Some(paid) if paid.until > now && paid.cost == cost && !paid.finished => {
+                KeyUse::Running
+            }
             Some(paid) if paid.until > now && paid.cost == cost => KeyUse::Replay,
             Some(paid) if paid.until > now => KeyUse::Reused,
             _ => KeyUse::Charge,
@@ -64,6 +71,7 @@ impl Keys {
         let paid = Paid {
             cost: cost.to_vec(),
             until: now + ttl,
+            finished: true,
         };
         // Expired keys are as good as absent: dropping them keeps a long
         // run's model (cloned for every answer it weighs) small.
@@ -79,6 +87,14 @@ impl Keys {
             && self.paid.get(key).map(|paid| paid.until) == until
         {
             self.paid.remove(key);
+        }
+    }
+
+    /// The request `key` paid for never finished: its caller dropped it
+    /// after it charged, so nobody marked it done.
+    pub fn leave_running(&mut self, key: Option<&str>) {
+        if let Some(paid) = key.and_then(|key| self.paid.get_mut(key)) {
+            paid.finished = false;
         }
     }
 

@@ -502,6 +502,8 @@ impl Run {
             }
             None => {
                 self.checker.note(index, Some(user), "  -> dropped".into());
+                // Charged, nobody finishes its request: its key stays running.
+                charged_model.leave_key_running(&uid, key);
                 let mut touched = self.model.clone();
                 touched.touch_only(&uid, cost, now);
                 let candidates = vec![
@@ -814,7 +816,7 @@ impl Run {
                         if matches!(decision, Decision::Replayed | Decision::InProgress) {
                             let (want, _) =
                                 self.model.clone().charge(&uid, cost, key.as_deref(), now);
-                            if want.decision != Decision::Replayed {
+                            if !matches!(want.decision, Decision::Replayed | Decision::InProgress) {
                                 self.checker.fail(
                                     index,
                                     Some(user),

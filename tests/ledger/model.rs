@@ -216,6 +216,14 @@ impl Model {
         }
     }
 
+    /// A keyed charge whose caller dropped it after it charged: its key
+    /// stays running (nobody marked its request finished).
+    pub fn leave_key_running(&mut self, uid: &str, key: Option<&str>) {
+        if let Some(user) = self.users.get_mut(uid) {
+            user.keys.leave_running(key);
+        }
+    }
+
     /// Decides a charge and applies it.
     pub fn charge(
         &mut self,
@@ -237,6 +245,7 @@ impl Model {
             .all(|&(k, amount)| user.state[k].expect("touched").remaining >= amount);
         let decision = match user.keys.classify(key, cost, now) {
             KeyUse::Replay => Decision::Replayed,
+            KeyUse::Running => Decision::InProgress,
             KeyUse::Reused => Decision::KeyReused,
             KeyUse::Charge if affordable => Decision::Allowed,
             KeyUse::Charge => Decision::Refused,
@@ -245,7 +254,7 @@ impl Model {
             let expected = Expected {
                 decision,
                 balances: match decision {
-                    Decision::KeyReused => Vec::new(),
+                    Decision::KeyReused | Decision::InProgress => Vec::new(),
                     _ => balances(user),
                 },
             };

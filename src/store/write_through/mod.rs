@@ -287,7 +287,14 @@ impl Shared {
             WriteMode::Sync => {
                 let held = self.writer.demand(&receipt.uid, point, now).wait().await;
                 if held.is_err() && self.give_back(receipt, now).await.is_err() {
-                    tokio::spawn(self.clone().give_back_later(receipt.clone(), now));
+                    // Counted as a change under way: until it is made, Redis
+                    // holds a charge its request was told it did not make.
+                    let under_way = ChangeUnderWay::new(&self.changes);
+                    let retry = self.clone().give_back_later(receipt.clone(), now);
+                    tokio::spawn(async move {
+                        retry.await;
+                        drop(under_way);
+                    });
                 }
                 held
             }
