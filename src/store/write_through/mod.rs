@@ -626,12 +626,18 @@ impl Shared {
     }
 
     /// A check that is due, while the request goes on with Redis's state.
+    /// It counts as a change under way ([`WriteThrough::settled`] waits for
+    /// it): a check that read the source before an edit may still mark
+    /// Redis's state checked after it (the edit is then seen at the next
+    /// check, a second later).
     fn check_in_background(self: &Arc<Self>, uid: &Uid, now: DateTime<Utc>) {
         let (shared, uid) = (self.clone(), uid.clone());
+        let under_way = ChangeUnderWay::new(&self.changes);
         tokio::spawn(async move {
             if let Err(error) = shared.check(&uid, now).await {
                 tracing::debug!(%uid, %error, "could not check the source for an edit; the next due check tries again");
             }
+            drop(under_way);
         });
     }
 
