@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { deleteApp, initializeApp } from 'firebase/app';
+import { deleteApp, initializeApp, onLog } from 'firebase/app';
 import { connectAuthEmulator, createUserWithEmailAndPassword, getAuth } from 'firebase/auth';
 import {
   Timestamp,
@@ -25,6 +25,7 @@ import {
   serverTimestamp,
   setDoc,
   setLogLevel,
+  terminate,
   updateDoc,
 } from 'firebase/firestore';
 import { buildDemo, Demo, REPO } from './demo-server.mjs';
@@ -42,6 +43,12 @@ const PROJECT = 'demo-tickets';
 const RULES = readFileSync(join(REPO, 'docs', 'firestore.rules'), 'utf8');
 // How long the listener may take to see the last charge's write.
 const SNAPSHOT_TIMEOUT_MS = 20_000;
+// The Firestore emulator now and then garbles a Listen stream's framing
+// (firebase-tools issue 8654: "RESOURCE_EXHAUSTED: Received message larger
+// than max"); the SDK then waits up to 90 s before it listens again. A
+// listener that meets it is opened again on a new Firestore instance, at
+// most this many times.
+const LISTEN_REOPENS = 3;
 
 let executable;
 let auth;
@@ -85,14 +92,12 @@ async function signUp(name) {
   apps.push(app);
   const appAuth = getAuth(app);
   connectAuthEmulator(appAuth, `http://${auth.host}`, { disableWarnings: true });
-  const db = getFirestore(app);
-  connectFirestoreEmulator(db, '127.0.0.1', firestore.port);
   const { user } = await createUserWithEmailAndPassword(
     appAuth,
     `${name}@example.com`,
     'correct horse battery staple',
   );
-  return { db, user, token: await user.getIdToken() };
+  return { app, user, token: await user.getIdToken() };
 }
 
 // Calls the demo as the holder of `token`.
@@ -105,30 +110,69 @@ async function call(demo, token, method, path, body) {
   return { status: reply.status, body: await reply.text() };
 }
 
-// Resolves with the first snapshot data that `wanted` accepts.
-function snapshotWhere(ref, seen, wanted) {
+// A Firestore instance of `app` on the emulator.
+function firestoreOf(app) {
+  const db = getFirestore(app);
+  connectFirestoreEmulator(db, '127.0.0.1', firestore.port);
+  return db;
+}
+
+// Resolves with the first snapshot data of the document at `path` in
+// `app`'s Firestore that `wanted` accepts; pushes every ticketCount seen.
+function snapshotWhere(app, path, seen, wanted) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
+    let db = firestoreOf(app);
+    let stop = () => {};
+    let reopens = 0;
+    let reopening = false;
+    let settled = false;
+    const settle = (outcome, value) => {
+      settled = true;
+      clearTimeout(timer);
+      onLog(null);
       stop();
-      reject(new Error(`no wanted snapshot within ${SNAPSHOT_TIMEOUT_MS} ms; seen ${seen}`));
-    }, SNAPSHOT_TIMEOUT_MS);
-    const stop = onSnapshot(
-      ref,
-      (snapshot) => {
-        const data = snapshot.data();
-        if (!data) return;
-        seen.push(data.ticketCount);
-        if (wanted(data)) {
-          clearTimeout(timer);
-          stop();
-          resolve(data);
-        }
-      },
-      (error) => {
-        clearTimeout(timer);
-        reject(error);
-      },
+      outcome(value);
+    };
+    const timer = setTimeout(
+      () => settle(reject, new Error(`no wanted snapshot within ${SNAPSHOT_TIMEOUT_MS} ms; seen ${seen}`)),
+      SNAPSHOT_TIMEOUT_MS,
     );
+    const listen = () => {
+      stop = onSnapshot(
+        doc(db, ...path),
+        (snapshot) => {
+          const data = snapshot.data();
+          if (!data) return;
+          seen.push(data.ticketCount);
+          if (wanted(data)) settle(resolve, data);
+        },
+        (error) => settle(reject, error),
+      );
+    };
+    onLog(
+      ({ message }) => {
+        if (!message.includes('RESOURCE_EXHAUSTED') || reopening || settled) return;
+        if (reopens === LISTEN_REOPENS) {
+          settle(reject, new Error(`the Listen stream failed ${reopens + 1} times: ${message}`));
+          return;
+        }
+        reopens += 1;
+        reopening = true;
+        console.log(`reopening the listener after the emulator garbled its stream: ${message}`);
+        stop();
+        terminate(db).then(
+          () => {
+            reopening = false;
+            if (settled) return;
+            db = firestoreOf(app);
+            listen();
+          },
+          (error) => settle(reject, error),
+        );
+      },
+      { level: 'warn' },
+    );
+    listen();
   });
 }
 
@@ -138,7 +182,7 @@ test('a Web SDK user spends tickets until refused while onSnapshot sees ticketCo
     ['--firebase-auth', PROJECT, '--firestore-project', PROJECT, '--redis-url', redis.url],
     { FIREBASE_AUTH_EMULATOR_HOST: auth.host, FIRESTORE_EMULATOR_HOST: firestore.host },
   );
-  const { db, user, token } = await signUp('ada');
+  const { app, user, token } = await signUp('ada');
 
   // The demo creates the user's document at first sight.
   const first = await call(demo, token, 'GET', '/api/tickets');
@@ -146,7 +190,7 @@ test('a Web SDK user spends tickets until refused while onSnapshot sees ticketCo
   assert.equal(JSON.parse(first.body).upload.remaining, 5);
 
   const seen = [];
-  const atZero = snapshotWhere(doc(db, 'users', user.uid), seen, (data) => data.ticketCount === 0);
+  const atZero = snapshotWhere(app, ['users', user.uid], seen, (data) => data.ticketCount === 0);
   const statuses = [];
   while (statuses.at(-1) !== 429 && statuses.length < 10) {
     const reply = await call(demo, token, 'POST', '/api/uploads', new Uint8Array([0x89, 0x50]));
@@ -173,7 +217,8 @@ test('the rules let a client read its document and create it at sign-up, never w
   assert.ok(page.includes(RULES), 'docs/firebase.md shows docs/firestore.rules as it is');
   // The SDK logs every write the rules deny; here they are the point.
   setLogLevel('silent');
-  const { db, user } = await signUp('grace');
+  const { app, user } = await signUp('grace');
+  const db = firestoreOf(app);
   const mine = doc(db, 'users', user.uid);
   const refused = (promise) =>
     assert.rejects(promise, (error) => error.code === 'permission-denied');
