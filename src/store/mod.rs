@@ -162,16 +162,21 @@ pub struct Receipt {
     /// the failed request is charged again, and marked finished by
     /// [`TicketStore::finish`].
     pub idempotency_key: Option<IdempotencyKey>,
-    /// Where in the user's history the charge was made, when a cache in
-    /// front of a source of truth made it: a refund gives nothing back for
-    /// a charge that the state it meets does not include. (Only such a
-    /// cache, under feature `redis`, reads it.)
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// See [`Receipt::made_at`].
     pub(crate) made_at: Option<source::Point>,
     /// A random id of the charge, for such a cache: a refund retried after
     /// a failed write gives nothing back twice.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) charge_id: u64,
+}
+
+impl Receipt {
+    /// Where in the user's history the charge was made: set by a cache in
+    /// front of a source of truth (the write-through), whose refund gives
+    /// nothing back for a charge the state it meets does not include.
+    pub fn made_at(&self) -> Option<source::Point> {
+        self.made_at
+    }
 }
 
 /// What a refund did, per kind of the receipt's cost.

@@ -13,6 +13,7 @@
 
 use rand::Rng;
 use rand::rngs::StdRng;
+use tower_tickets::store::source::Point;
 
 /// One kind of fault on a target's menu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +216,37 @@ impl RedisFaults {
             .arg(format!("{}{{{uid}}}:w", self.prefix))
             .query(&mut self.connection())
             .expect("EXISTS")
+    }
+
+    /// Whether the state Redis holds for the user includes a change made
+    /// at `made_at`, read as the scripts' `includes` reads it (common.lua):
+    /// `None` when Redis holds no seeded state of the user.
+    pub fn includes(&self, uid: &str, made_at: Point) -> Option<bool> {
+        let (lineage, version, origins): (Option<u64>, Option<u64>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.hash(uid))
+                .arg("l")
+                .arg("v")
+                .arg("a")
+                .query(&mut self.connection())
+                .expect("HMGET");
+        let (lineage, version) = (lineage?, version?);
+        if made_at.lineage == 0 {
+            return Some(true);
+        }
+        if lineage == made_at.lineage {
+            return Some(version >= made_at.version);
+        }
+        let named = origins
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|origin| {
+                origin.split_once('@').is_some_and(|(l, v)| {
+                    l.parse() == Ok(made_at.lineage)
+                        && v.parse::<u64>().is_ok_and(|v| v > made_at.version)
+                })
+            });
+        Some(named)
     }
 
     /// Reads fields `n:<kind>` and `r:<kind>` of the user's hash.

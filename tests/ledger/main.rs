@@ -53,10 +53,6 @@ use targets::{PAUSE, Target, Truth};
 /// the background, once Redis answers again.
 const LATE_REFUND: Duration = Duration::from_secs(5);
 
-/// How many reloads back a lineage remembers where it came from (the
-/// store's `ticketsOrigins` holds 8 points; a reload may start one).
-const REMEMBERED_RELOADS: usize = 7;
-
 /// Operations per seed of the sync target on the emulator, where a held
 /// gate costs a Firestore timeout.
 const SYNC_ON_FIRESTORE_OPS: usize = 1000;
@@ -290,8 +286,6 @@ where
 struct Outstanding {
     receipt: Receipt,
     charged: Charged,
-    /// How many times Redis had reloaded the user when the charge was made.
-    reloads: usize,
 }
 
 /// What became of an operation that got no clean answer.
@@ -313,8 +307,6 @@ struct Run {
     receipts: Vec<Outstanding>,
     /// Hashes dumped for a later RESTORE, per user.
     dumps: HashMap<usize, Vec<u8>>,
-    /// How many times Redis reloaded each user from the source.
-    reloads: HashMap<usize, usize>,
     /// Operations left before a held Firestore is released.
     outage: usize,
     generator: Generator,
@@ -344,7 +336,6 @@ impl Run {
                 .collect(),
             receipts: Vec::new(),
             dumps: HashMap::new(),
-            reloads: HashMap::new(),
             outage: 0,
             generator: Generator::new(seed, shape),
         }
@@ -559,12 +550,7 @@ impl Run {
                 ),
             );
             self.finish(instance, &receipt).await;
-            let reloads = self.reloads_of(user);
-            self.outstanding(Outstanding {
-                receipt,
-                charged,
-                reloads,
-            });
+            self.outstanding(Outstanding { receipt, charged });
         }
         self.model = charged_model;
     }
@@ -700,27 +686,29 @@ impl Run {
     }
 
     async fn refund(&mut self, index: usize, at: usize, instance: usize) {
-        let Outstanding {
-            receipt,
-            charged,
-            reloads,
-        } = self.receipts.swap_remove(at);
+        let Outstanding { receipt, charged } = self.receipts.swap_remove(at);
         let user: usize = charged.uid[1..].parse().expect("u<n>");
         self.checker
             .note(index, Some(user), format!("  refunds {charged:?}"));
         let now = self.now();
         let mut refunded_model = self.model.clone();
         let want = refunded_model.refund(&charged, now);
+        // A write-through refund gives nothing back for a charge that the
+        // state it meets does not include: an async charge lost with Redis's
+        // state, or one made in a lineage that the state's origins no longer
+        // name (they remember a few reseeds back). The refund leaves that
+        // state's lineage and origins as they were: Redis says which.
+        let made_at = receipt.made_at();
         match self.target.instances[instance].refund(receipt, now).await {
             Ok(outcome) => {
                 self.checker
                     .note(index, Some(user), format!("  -> {outcome:?}"));
-                // An async charge may be lost with Redis's state, so its
-                // refund checks that the state includes it, which a lineage
-                // remembers only a few reloads back (`ticketsOrigins`): past
-                // that, a void refund is the store's right answer too.
-                let forgotten = self.reloads_of(user) - reloads >= REMEMBERED_RELOADS
-                    && self.target.behind().is_some_and(|b| !b.sync());
+                let forgotten = self
+                    .target
+                    .redis()
+                    .zip(made_at)
+                    .and_then(|(redis, made_at)| redis.includes(charged.uid.as_str(), made_at))
+                    == Some(false);
                 if forgotten && outcome.refunded.iter().all(|n| *n == 0) {
                     let mut touched = self.model.clone();
                     touched.touch_only(&charged.uid, &charged.cost, now);
@@ -803,12 +791,7 @@ impl Run {
                             charged.last_refills = receipt.last_refills.clone();
                             charged.remaining_after = receipt.remaining_after.clone();
                             self.finish(j % instances, &receipt).await;
-                            let reloads = self.reloads_of(user);
-                            self.outstanding(Outstanding {
-                                receipt,
-                                charged,
-                                reloads,
-                            });
+                            self.outstanding(Outstanding { receipt, charged });
                         }
                     } else {
                         // A key still running in the burst answers
@@ -980,9 +963,6 @@ impl Run {
         self.model.edit(uid.as_str(), state);
         self.checker.forget_refills(Some(uid.as_str()));
         self.checker.forget_document(uid.as_str());
-        // The edit's point and the reload from it both take a place among
-        // the origins a lineage remembers (async refunds look there).
-        *self.reloads.entry(user).or_default() += 2;
     }
 
     /// An operation answered with an error while the source's writes were
@@ -1033,12 +1013,7 @@ impl Run {
 
     /// After Redis lost or rolled back a user, the write-through store must
     /// reload one of the states Firestore may hold; the model takes it.
-    fn reloads_of(&self, user: usize) -> usize {
-        self.reloads.get(&user).copied().unwrap_or(0)
-    }
-
     async fn reload(&mut self, index: usize, user: usize, why: &str) {
-        *self.reloads.entry(user).or_default() += 1;
         let uid = self.uids[user].clone();
         if !self.model.users().any(|u| u == uid.as_str()) {
             return;
