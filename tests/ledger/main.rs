@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveTime, TimeDelta, Utc};
 use http::Method;
 use tower_tickets::store::{
-    AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, StoreError, TicketStore,
-    WriteMode,
+    AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt, StoreError, StoreErrorKind,
+    TicketStore, WriteMode,
 };
 use tower_tickets::{
     Cost, FakeClock, IdempotencyKey, Refill, RequestFingerprint, TicketKind, Tickets, Uid,
@@ -502,10 +502,8 @@ impl Run {
                     ("not charged", touched),
                     ("charged", charged_model),
                 ];
-                let unanswered = StoreError::new(
-                    tower_tickets::store::StoreErrorKind::Unavailable,
-                    "the future was dropped",
-                );
+                let unanswered =
+                    StoreError::new(StoreErrorKind::Unavailable, "the future was dropped");
                 self.resolve_as(
                     index,
                     user,
@@ -651,6 +649,20 @@ impl Run {
                 }
                 self.checker.note(index, Some(user), format!("  => {name}"));
                 self.model = candidate.clone();
+                // A charge whose script ran after its timeout held Redis's
+                // state until given back; an async round may have carried
+                // that state to the source meanwhile, and a Redis loss
+                // before the refund's own write brings it back (a ticket
+                // lost, never one minted).
+                let late_charge = candidates.iter().find(|(name, _)| *name == "charged");
+                let async_behind = self.target.behind().is_some_and(|b| !b.sync());
+                if let (Some((_, charged)), true) = (late_charge, async_behind)
+                    && how == Unanswered::Error
+                    && error.kind() == StoreErrorKind::Timeout
+                    && let Some(state) = charged.state(uid.as_str())
+                {
+                    self.model.may_have_held(uid.as_str(), state);
+                }
                 return;
             }
         }
@@ -835,10 +847,7 @@ impl Run {
                 ("not sent", self.model.clone()),
                 ("not charged, refilled", touched),
             ];
-            let error = StoreError::new(
-                tower_tickets::store::StoreErrorKind::Unavailable,
-                "a burst's charge failed",
-            );
+            let error = StoreError::new(StoreErrorKind::Unavailable, "a burst's charge failed");
             self.resolve(index, user, 0, &error, candidates).await;
         }
     }

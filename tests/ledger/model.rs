@@ -365,6 +365,18 @@ impl Model {
         user.seq
     }
 
+    /// The user's state may have been `state` for a while before it became
+    /// what it is: a reload may bring that state back too.
+    pub fn may_have_held(&mut self, uid: &str, state: UserState) {
+        let Some(user) = self.users.get_mut(uid) else {
+            return;
+        };
+        let now = std::mem::replace(&mut user.state, state);
+        self.record(uid, false);
+        self.users.get_mut(uid).expect("a known user").state = now;
+        self.record(uid, false);
+    }
+
     /// The states a reload from Firestore may bring back: in sync mode those
     /// since the last written one (a refusal's refill may not be written),
     /// in async mode any since the checkpoint.
