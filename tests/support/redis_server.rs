@@ -1,5 +1,6 @@
 //! `redis-server` processes for tests: a standalone server or a 3-master
-//! cluster, each on free 127.0.0.1 ports, stopped by pid when dropped.
+//! cluster with a replica per master, each on free 127.0.0.1 ports, stopped
+//! by pid when dropped.
 //!
 //! Contract suites share one server (or cluster) per test binary: it is
 //! started on first use and killed by a watchdog (`sh` waiting on a pipe
@@ -82,12 +83,14 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.cluster {
-            command.args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ]);
+            command
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()]);
         }
         let child = command.spawn().expect(
             "start redis-server (bash scripts/install-test-deps.sh installs it when missing)",
@@ -182,14 +185,26 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three cluster masters sharing the 16384 slots, no replicas.
+/// Three cluster masters sharing the 16384 slots, each with one replica
+/// that takes over when its master fails (the nodes time out after
+/// [`NODE_TIMEOUT_MS`]).
 pub struct RedisCluster {
+    /// The masters, in slot order.
     pub nodes: Vec<RedisServer>,
+    /// `replicas[i]` replicates `nodes[i]`.
+    pub replicas: Vec<RedisServer>,
 }
+
+/// How long a cluster node may be unreachable before the others fail it
+/// over: short, so that a failover test is quick, and long enough that a
+/// busy test machine does not fail a healthy master over.
+pub const NODE_TIMEOUT_MS: u64 = 2000;
 
 impl RedisCluster {
     pub fn start() -> Self {
         let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
+        let replicas: Vec<RedisServer> =
+            (0..3).map(|_| RedisServer::start_cluster_node()).collect();
         let slots_per_node = 16384 / nodes.len() + 1;
         for (i, node) in nodes.iter().enumerate() {
             let mut connection = node.connection();
@@ -208,7 +223,7 @@ impl RedisCluster {
                 .expect("set the config epoch");
         }
         let mut first = nodes[0].connection();
-        for node in &nodes[1..] {
+        for node in nodes[1..].iter().chain(&replicas) {
             redis::cmd("CLUSTER")
                 .arg("MEET")
                 .arg("127.0.0.1")
@@ -216,33 +231,83 @@ impl RedisCluster {
                 .exec(&mut first)
                 .expect("meet");
         }
-        let cluster = Self { nodes };
-        cluster.wait_ready();
+        let cluster = Self { nodes, replicas };
+        cluster.wait_until("every node knows every other", |info, _| {
+            info.contains("cluster_known_nodes:6")
+        });
+        for (master, replica) in cluster.nodes.iter().zip(&cluster.replicas) {
+            let id: String = redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut master.connection())
+                .expect("CLUSTER MYID");
+            redis::cmd("CLUSTER")
+                .arg("REPLICATE")
+                .arg(id)
+                .exec(&mut replica.connection())
+                .expect("CLUSTER REPLICATE");
+        }
+        cluster.wait_until(
+            "every slot is served and every replica in sync",
+            |info, role| {
+                info.contains("cluster_state:ok")
+                    && (role.starts_with("master") || role.contains("connected"))
+            },
+        );
         cluster
     }
 
-    /// Polls until every node sees the whole cluster serving every slot.
-    fn wait_ready(&self) {
+    /// Polls every node's `CLUSTER INFO` and `ROLE` (flattened) until
+    /// `ready` holds for all.
+    fn wait_until(&self, what: &str, ready: impl Fn(&str, &str) -> bool) {
         let deadline = Instant::now() + STARTUP_LIMIT;
-        let mut connections: Vec<_> = self.nodes.iter().map(|n| n.connection()).collect();
+        let mut connections: Vec<_> = self
+            .nodes
+            .iter()
+            .chain(&self.replicas)
+            .map(|n| n.connection())
+            .collect();
         loop {
-            let ready = connections.iter_mut().all(|c| {
+            let all = connections.iter_mut().all(|c| {
                 let info: String = redis::cmd("CLUSTER").arg("INFO").query(c).unwrap();
-                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+                let role: redis::Value = redis::cmd("ROLE").query(c).unwrap();
+                ready(&info, &flatten(&role))
             });
-            if ready {
+            if all {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the test cluster did not converge within {STARTUP_LIMIT:?}"
+                "the test cluster did not converge within {STARTUP_LIMIT:?}: {what}"
             );
             std::thread::sleep(POLL_INTERVAL);
         }
     }
 
+    /// Which of [`nodes`](Self::nodes) (or its replica, after a failover)
+    /// holds `key`'s slot.
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot: usize = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.nodes[0].connection())
+            .expect("CLUSTER KEYSLOT");
+        slot / (16384 / self.nodes.len() + 1)
+    }
+
+    /// The masters' URLs (a client finds the replicas from them).
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+/// A `ROLE` reply as words: `master ...` or `slave <host> <port> connected ...`.
+fn flatten(value: &redis::Value) -> String {
+    match value {
+        redis::Value::Array(items) => items.iter().map(flatten).collect::<Vec<_>>().join(" "),
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        redis::Value::SimpleString(text) => text.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        _ => String::new(),
     }
 }
 
@@ -296,7 +361,13 @@ pub fn shared_cluster() -> &'static RedisCluster {
     &CLUSTER
         .get_or_init(|| {
             let cluster = RedisCluster::start();
-            let watchdog = watch(&cluster.nodes.iter().collect::<Vec<_>>());
+            let watchdog = watch(
+                &cluster
+                    .nodes
+                    .iter()
+                    .chain(&cluster.replicas)
+                    .collect::<Vec<_>>(),
+            );
             Shared {
                 servers: cluster,
                 _watchdog: watchdog,

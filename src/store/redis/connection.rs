@@ -1,12 +1,17 @@
 //! One connection to a standalone Redis or to a Redis Cluster, shared by
 //! every call of a store.
 
+use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    Client, Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, Value,
+    from_redis_value,
+};
 
 use super::scripts::ScriptCall;
 
@@ -24,6 +29,25 @@ pub(crate) enum Connection {
     /// One multiplexed connection per master, routed by each script's first
     /// key (the user's hash tag).
     Cluster(ClusterConnection),
+}
+
+/// A server that holds a share of the keys, for the commands that are not
+/// about one user (`SCAN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Node {
+    /// The standalone server: it holds every key.
+    Standalone,
+    /// A cluster master, at the address the cluster announces for it.
+    Master { host: String, port: u16 },
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Standalone => f.write_str("the standalone server"),
+            Self::Master { host, port } => write!(f, "master {host}:{port}"),
+        }
+    }
 }
 
 impl Connection {
@@ -70,6 +94,58 @@ impl Connection {
         }
     }
 
+    /// The servers that hold the keys between them: the standalone server,
+    /// or each master that serves slots now (as `CLUSTER SLOTS` of any node
+    /// says; a failover changes them).
+    pub(crate) async fn nodes(&mut self) -> RedisResult<Vec<Node>> {
+        let Self::Cluster(connection) = self else {
+            return Ok(vec![Node::Standalone]);
+        };
+        let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(connection)
+            .await?;
+        let mut masters = Vec::new();
+        for range in ranges {
+            // [first slot, last slot, [host, port, id, ...] of the master, replicas...]
+            let Some(Value::Array(master)) = range.into_iter().nth(2) else {
+                return Err(malformed_slots());
+            };
+            let mut fields = master.into_iter();
+            let (Some(host), Some(port)) = (fields.next(), fields.next()) else {
+                return Err(malformed_slots());
+            };
+            let node = Node::Master {
+                host: from_redis_value(host)?,
+                port: from_redis_value(port)?,
+            };
+            if !masters.contains(&node) {
+                masters.push(node);
+            }
+        }
+        Ok(masters)
+    }
+
+    /// Sends one command to `node` (one of [`nodes`](Self::nodes)).
+    pub(crate) async fn query_on<T: FromRedisValue>(
+        &mut self,
+        node: &Node,
+        command: &Cmd,
+    ) -> RedisResult<T> {
+        match (self, node) {
+            (Self::Cluster(connection), Node::Master { host, port }) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                Ok(from_redis_value(
+                    connection.route_command(command.clone(), routing).await?,
+                )?)
+            }
+            (connection, _) => connection.query(command).await,
+        }
+    }
+
     /// Loads a script (on every master of a cluster).
     pub(crate) async fn load(&mut self, script: &Script) -> RedisResult<()> {
         match self {
@@ -78,4 +154,11 @@ impl Connection {
         };
         Ok(())
     }
+}
+
+fn malformed_slots() -> redis::RedisError {
+    redis::RedisError::from((
+        ErrorKind::UnexpectedReturnType,
+        "CLUSTER SLOTS answered a range without its master's host and port",
+    ))
 }

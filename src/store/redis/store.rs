@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use redis::RedisResult;
 
-use super::connection::Connection;
+use super::connection::{Connection, Node};
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
@@ -217,27 +217,34 @@ impl RedisStore {
         }
     }
 
-    /// One page of a `SCAN` for keys matching `pattern`, under the breaker
-    /// and the timeout: the next cursor (0 at the end) and the keys.
-    pub(crate) fn scan(
+    /// The servers that hold the keys between them (see
+    /// [`Connection::nodes`]), under the breaker and the timeout.
+    pub(crate) async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let mut connection = self.shared.connection.clone();
+        let reply = std::pin::pin!(connection.nodes());
+        self.shared.bounded("nodes", reply, drop).await
+    }
+
+    /// One page of a `SCAN` of `node` for keys matching `pattern`, under
+    /// the breaker and the timeout: the next cursor (0 at the end) and the
+    /// keys.
+    pub(crate) async fn scan(
         &self,
+        node: &Node,
         cursor: u64,
-        pattern: String,
+        pattern: &str,
         count: usize,
-    ) -> impl Future<Output = Result<(u64, Vec<String>), StoreError>> + Send + 'static {
-        let shared = self.shared.clone();
-        async move {
-            let mut command = redis::cmd("SCAN");
-            command
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(count);
-            let mut connection = shared.connection.clone();
-            let reply = std::pin::pin!(connection.query(&command));
-            shared.bounded("scan", reply, drop).await
-        }
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut command = redis::cmd("SCAN");
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        let mut connection = self.shared.connection.clone();
+        let reply = std::pin::pin!(connection.query_on(node, &command));
+        self.shared.bounded("scan", reply, drop).await
     }
 
     /// Gives back a charge whose reply came after the timeout: the request

@@ -388,19 +388,31 @@ impl RedisState {
             .is_some_and(|m| *m > 0))
     }
 
-    /// Every user with changes that the source may not hold yet.
+    /// Every user with changes that the source may not hold yet, on every
+    /// server that answers (one on a cluster master that does not, as
+    /// during a failover, waits for a later scan).
     pub(crate) async fn pending_users(&self) -> Result<Vec<Uid>, StoreError> {
         let pattern = self.keys.pending_pattern();
         let mut users = Vec::new();
-        let mut cursor = 0_u64;
-        loop {
-            let (next, keys) = self.redis.scan(cursor, pattern.clone(), SCAN_COUNT).await?;
-            users.extend(keys.iter().filter_map(|key| self.keys.pending_uid(key)));
-            if next == 0 {
-                return Ok(users);
+        for node in self.redis.nodes().await? {
+            let mut cursor = 0_u64;
+            loop {
+                match self.redis.scan(&node, cursor, &pattern, SCAN_COUNT).await {
+                    Ok((next, keys)) => {
+                        users.extend(keys.iter().filter_map(|key| self.keys.pending_uid(key)));
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %node, "could not scan for pending writes");
+                        break;
+                    }
+                }
             }
-            cursor = next;
         }
+        Ok(users)
     }
 }
 
