@@ -1,5 +1,6 @@
 //! Command-line flags; each has an environment variable of the same meaning.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -105,6 +106,16 @@ pub struct StoreArgs {
     )]
     pub redis_url: String,
 
+    /// A Redis Cluster instead of --redis-url: some of its nodes, as
+    /// `host:port,host:port,…` (the others are found from them).
+    #[arg(
+        long,
+        env = "TICKETS_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Vec<String>,
+
     /// Google Cloud project whose Firestore holds users/{uid}, written
     /// through from Redis (--redis-url), which decides; needs the `firestore`
     /// feature (`--features firestore`). Set FIRESTORE_EMULATOR_HOST=host:port to use
@@ -117,9 +128,43 @@ impl StoreArgs {
     /// Where balances live, for the start-up log.
     pub fn describe(&self) -> String {
         match (&self.firestore_project, self.store) {
-            (Some(project), _) => format!("redis {} over firestore {project}", self.redis_url),
+            (Some(project), _) => format!("{} over firestore {project}", self.redis()),
             (None, StoreKind::Memory) => "memory".into(),
-            (None, StoreKind::Redis) => format!("redis {}", self.redis_url),
+            (None, StoreKind::Redis) => self.redis().to_string(),
+        }
+    }
+
+    /// The Redis that --redis-url or --redis-cluster names.
+    pub fn redis(&self) -> RedisTarget {
+        if self.redis_cluster.is_empty() {
+            RedisTarget::Standalone(self.redis_url.clone())
+        } else {
+            RedisTarget::Cluster(
+                self.redis_cluster
+                    .iter()
+                    .map(|node| match node.contains("://") {
+                        true => node.clone(),
+                        false => format!("redis://{node}"),
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// A standalone Redis by URL, or a cluster by the URLs of some nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Standalone(String),
+    Cluster(Vec<String>),
+}
+
+impl fmt::Display for RedisTarget {
+    /// As the flag that names it, for messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Standalone(url) => write!(f, "--redis-url {url}"),
+            Self::Cluster(nodes) => write!(f, "--redis-cluster {}", nodes.join(",")),
         }
     }
 }

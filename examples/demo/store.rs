@@ -5,17 +5,21 @@ use std::sync::Arc;
 use tower_tickets::TicketKind;
 use tower_tickets::store::{MemoryStore, TicketStore};
 
-use crate::cli::{StoreArgs, StoreKind};
+use crate::cli::{RedisTarget, StoreArgs, StoreKind};
 
 /// Opens the store the flags ask for, or says why it cannot. `kinds` are the
 /// registry's: the Firestore source maps each to its document fields.
 pub async fn open(args: &StoreArgs, kinds: &[TicketKind]) -> Result<Arc<dyn TicketStore>, String> {
     if let Some(project) = &args.firestore_project {
-        return firestore(project, &args.redis_url, kinds).await;
+        return firestore(project, args.redis(), kinds).await;
     }
-    match args.store {
-        StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreKind::Redis => redis(&args.redis_url).await,
+    match (args.store, args.redis()) {
+        (StoreKind::Memory, RedisTarget::Cluster(_)) => Err(format!(
+            "{}: the embedded store uses no Redis; add --store redis (or --firestore-project)",
+            args.redis()
+        )),
+        (StoreKind::Memory, RedisTarget::Standalone(_)) => Ok(Arc::new(MemoryStore::new())),
+        (StoreKind::Redis, target) => redis(target).await,
     }
 }
 
@@ -23,19 +27,31 @@ pub async fn open(args: &StoreArgs, kinds: &[TicketKind]) -> Result<Arc<dyn Tick
 /// local cache for up to a second, so a client hammering at zero costs
 /// about one Redis call per second.
 #[cfg(feature = "redis")]
-async fn redis(url: &str) -> Result<Arc<dyn TicketStore>, String> {
-    use tower_tickets::store::{RedisStore, RefusalCache};
+async fn redis(target: RedisTarget) -> Result<Arc<dyn TicketStore>, String> {
+    use tower_tickets::store::RefusalCache;
 
-    let store = RedisStore::connect(url)
+    let store = redis_store(&target)
+        .connect()
         .await
-        .map_err(|e| format!("--store redis --redis-url {url}: {e}"))?;
+        .map_err(|e| format!("--store redis {target}: {e}"))?;
     Ok(Arc::new(RefusalCache::new(store)))
 }
 
+/// The Redis store's configuration for `target`, with the defaults.
+#[cfg(feature = "redis")]
+fn redis_store(target: &RedisTarget) -> tower_tickets::store::RedisStoreBuilder {
+    use tower_tickets::store::RedisStore;
+
+    match target {
+        RedisTarget::Standalone(url) => RedisStore::standalone(url.clone()),
+        RedisTarget::Cluster(nodes) => RedisStore::cluster(nodes.clone()),
+    }
+}
+
 #[cfg(not(feature = "redis"))]
-async fn redis(url: &str) -> Result<Arc<dyn TicketStore>, String> {
+async fn redis(target: RedisTarget) -> Result<Arc<dyn TicketStore>, String> {
     Err(format!(
-        "--store redis --redis-url {url}: this demo was built without the `redis` feature; \
+        "--store redis {target}: this demo was built without the `redis` feature; \
          rebuild it with `--features redis` (`--features redis,firestore,firebase` has every \
          flag)"
     ))
@@ -46,25 +62,25 @@ async fn redis(url: &str) -> Result<Arc<dyn TicketStore>, String> {
 #[cfg(feature = "firestore")]
 async fn firestore(
     project: &str,
-    redis_url: &str,
+    redis: RedisTarget,
     kinds: &[TicketKind],
 ) -> Result<Arc<dyn TicketStore>, String> {
-    use tower_tickets::store::{FirestoreSource, RedisStore, RefusalCache, WriteThrough};
+    use tower_tickets::store::{FirestoreSource, RefusalCache, WriteThrough};
 
     let source = FirestoreSource::connect(project, kinds.iter().cloned())
         .await
         .map_err(|e| format!("--firestore-project {project}: {e}"))?;
-    let store = WriteThrough::builder(RedisStore::standalone(redis_url), source)
+    let store = WriteThrough::builder(redis_store(&redis), source)
         .connect()
         .await
-        .map_err(|e| format!("--firestore-project {project} --redis-url {redis_url}: {e}"))?;
+        .map_err(|e| format!("--firestore-project {project} {redis}: {e}"))?;
     Ok(Arc::new(RefusalCache::new(store)))
 }
 
 #[cfg(not(feature = "firestore"))]
 async fn firestore(
     project: &str,
-    _redis_url: &str,
+    _redis: RedisTarget,
     _kinds: &[TicketKind],
 ) -> Result<Arc<dyn TicketStore>, String> {
     Err(format!(

@@ -51,8 +51,20 @@
 //! not written yet on top. A write round that meets an edit is refused, so
 //! no write undoes one.
 //!
+//! # Redis Cluster
+//! Every key of a user shares the user's hash tag, so each script runs on
+//! the master of one slot; the client follows `MOVED` and `ASK` during a
+//! resharding. The recovery scan asks `CLUSTER SLOTS` for the masters and
+//! scans each. When a master fails, its users' calls fail (503) until its
+//! replica is promoted (about the cluster's node timeout plus an election:
+//! under 4 s with a 2 s node timeout in `tests/write_through_cluster.rs`);
+//! a replica that missed the last writes holds an older state of the
+//! lineage, as a restore from an old dump would, and the next write round
+//! finds the source holding a version this history never took and reloads
+//! (sync mode loses no answered charge; async mode may lose what was not
+//! written yet, as with any Redis loss).
+//!
 //! # Limits
-//! - Only a standalone Redis is supported for now.
 //! - A source write that times out and lands after its round was answered
 //!   can keep a charge answered 503 (a lost ticket, never a minted one)
 //!   until the refund made after it is written, which a Redis loss in
