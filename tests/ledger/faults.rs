@@ -9,7 +9,9 @@
 //! | write-through, async | as sync minus RESTORE (a rollback is an async loss of another name) |
 //!
 //! The in-memory write-through targets also take edits made straight to
-//! the source (DESIGN.md §4), drawn as faults: they come from outside.
+//! the source (DESIGN.md §4), drawn as faults: they come from outside. On a
+//! Redis Cluster they take the same faults: FLUSHALL and pauses on every
+//! master, the others on the user's.
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -112,25 +114,68 @@ impl Fault {
     }
 }
 
-/// Redis commands the faults send, on a plain connection of their own.
+/// Redis commands the faults send, on a connection of their own (to the
+/// server, or to the cluster: keyed commands go to the key's master).
 #[derive(Clone)]
 pub struct RedisFaults {
-    client: redis::Client,
+    client: Client,
     prefix: String,
+}
+
+#[derive(Clone)]
+enum Client {
+    Standalone(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 impl RedisFaults {
     pub fn new(url: &str, prefix: &str) -> Self {
         Self {
-            client: redis::Client::open(url).expect("a Redis URL"),
+            client: Client::Standalone(redis::Client::open(url).expect("a Redis URL")),
             prefix: prefix.to_string(),
         }
     }
 
-    fn connection(&self) -> redis::Connection {
-        self.client
-            .get_connection()
-            .expect("the test Redis answers")
+    /// On the cluster whose masters are at `urls`.
+    pub fn cluster(urls: Vec<String>, prefix: &str) -> Self {
+        Self {
+            client: Client::Cluster(Box::new(
+                redis::cluster::ClusterClient::new(urls).expect("the cluster's URLs"),
+            )),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn connection(&self) -> Box<dyn redis::ConnectionLike> {
+        match &self.client {
+            Client::Standalone(client) => {
+                Box::new(client.get_connection().expect("the test Redis answers"))
+            }
+            Client::Cluster(client) => {
+                Box::new(client.get_connection().expect("the test cluster answers"))
+            }
+        }
+    }
+
+    /// Sends `command` to the server, or to every master of the cluster.
+    fn on_every_master(&self, command: &redis::Cmd) {
+        match &self.client {
+            Client::Standalone(_) => command.exec(&mut *self.connection()).expect("a command"),
+            Client::Cluster(client) => {
+                use redis::cluster_routing::{
+                    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+                };
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                ));
+                client
+                    .get_connection()
+                    .expect("the test cluster answers")
+                    .route_command(command, routing)
+                    .expect("a command on every master");
+            }
+        }
     }
 
     /// The user's balances hash (the layout in `RedisStore`'s docs).
@@ -139,9 +184,7 @@ impl RedisFaults {
     }
 
     pub fn flush_all(&self) {
-        redis::cmd("FLUSHALL")
-            .exec(&mut self.connection())
-            .expect("FLUSHALL");
+        self.on_every_master(&redis::cmd("FLUSHALL"));
     }
 
     /// Makes the user's state overdue for a check of the source, as two
@@ -152,14 +195,14 @@ impl RedisFaults {
             .arg(self.hash(uid))
             .arg("f")
             .arg("fc")
-            .exec(&mut self.connection())
+            .exec(&mut *self.connection())
             .expect("HDEL");
     }
 
     pub fn delete(&self, uid: &str) {
         redis::cmd("DEL")
             .arg(self.hash(uid))
-            .exec(&mut self.connection())
+            .exec(&mut *self.connection())
             .expect("DEL");
     }
 
@@ -167,7 +210,7 @@ impl RedisFaults {
     pub fn dump(&self, uid: &str) -> Option<Vec<u8>> {
         redis::cmd("DUMP")
             .arg(self.hash(uid))
-            .query(&mut self.connection())
+            .query(&mut *self.connection())
             .expect("DUMP")
     }
 
@@ -178,25 +221,17 @@ impl RedisFaults {
             .arg(0)
             .arg(dump)
             .arg("REPLACE")
-            .exec(&mut self.connection())
+            .exec(&mut *self.connection())
             .expect("RESTORE");
     }
 
     /// Holds every write command (scripts included) for `ms`.
     pub fn pause_writes(&self, ms: u64) {
-        redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(ms)
-            .arg("WRITE")
-            .exec(&mut self.connection())
-            .expect("CLIENT PAUSE");
+        self.on_every_master(redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE"));
     }
 
     pub fn unpause(&self) {
-        redis::cmd("CLIENT")
-            .arg("UNPAUSE")
-            .exec(&mut self.connection())
-            .expect("CLIENT UNPAUSE");
+        self.on_every_master(redis::cmd("CLIENT").arg("UNPAUSE"));
     }
 
     /// Whether a write-through store seeded the user's hash from Firestore
@@ -205,7 +240,7 @@ impl RedisFaults {
         redis::cmd("HEXISTS")
             .arg(self.hash(uid))
             .arg("v")
-            .query(&mut self.connection())
+            .query(&mut *self.connection())
             .expect("HEXISTS")
     }
 
@@ -214,7 +249,7 @@ impl RedisFaults {
     pub fn pending(&self, uid: &str) -> bool {
         redis::cmd("EXISTS")
             .arg(format!("{}{{{uid}}}:w", self.prefix))
-            .query(&mut self.connection())
+            .query(&mut *self.connection())
             .expect("EXISTS")
     }
 
@@ -228,7 +263,7 @@ impl RedisFaults {
                 .arg("l")
                 .arg("v")
                 .arg("a")
-                .query(&mut self.connection())
+                .query(&mut *self.connection())
                 .expect("HMGET");
         let (lineage, version) = (lineage?, version?);
         if made_at.lineage == 0 {
@@ -256,7 +291,7 @@ impl RedisFaults {
         for kind in kinds {
             command.arg(format!("n:{kind}")).arg(format!("r:{kind}"));
         }
-        let values: Vec<Option<i64>> = command.query(&mut self.connection()).expect("HMGET");
+        let values: Vec<Option<i64>> = command.query(&mut *self.connection()).expect("HMGET");
         values
             .chunks(2)
             .map(|pair| (pair[0].map(|n| n as u32), pair[1]))

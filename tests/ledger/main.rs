@@ -46,8 +46,8 @@ use checker::Checker;
 use faults::{Fault, FaultKind};
 use history::{Generator, Op, Shape};
 use model::{Charged, Decision, Model};
-use support::redis_server::RedisServer;
-use targets::{PAUSE, Target, Truth};
+use support::redis_server::{RedisCluster, RedisServer};
+use targets::{Deployment, PAUSE, Target, Truth};
 
 /// How long a charge answered with an error may take to be given back in
 /// the background, once Redis answers again.
@@ -56,6 +56,10 @@ const LATE_REFUND: Duration = Duration::from_secs(5);
 /// Operations per seed of the sync target on the emulator, where a held
 /// gate costs a Firestore timeout.
 const SYNC_ON_FIRESTORE_OPS: usize = 1000;
+
+/// Operations per seed of the targets on a Redis Cluster (six servers a
+/// seed).
+const ON_CLUSTER_OPS: usize = 1000;
 
 /// A long run says how far it got this often (operations).
 const PROGRESS_EVERY: usize = 50_000;
@@ -160,6 +164,28 @@ async fn write_through_async_in_memory() {
 /// The emulator's share: fewer seeds, each operation costing a round trip
 /// to the emulator (and a held gate its timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_sync_on_cluster() {
+    write_through(
+        "write_through_sync_on_cluster",
+        Backing::MemoryOnCluster,
+        WriteMode::Sync,
+        (&FIXED_SEEDS, ON_CLUSTER_OPS),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_async_on_cluster() {
+    write_through(
+        "write_through_async_on_cluster",
+        Backing::MemoryOnCluster,
+        WriteMode::Async,
+        (&FIXED_SEEDS, ON_CLUSTER_OPS),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_through_sync_on_firestore() {
     write_through(
         "write_through_sync_on_firestore",
@@ -181,11 +207,13 @@ async fn write_through_async_on_firestore() {
     .await;
 }
 
-/// What a write-through target keeps its truth in.
+/// What a write-through target keeps its truth in, and on which Redis.
 #[derive(Clone, Copy)]
 enum Backing {
     Memory,
     Firestore,
+    /// The in-memory source behind a 3-master Redis Cluster.
+    MemoryOnCluster,
 }
 
 /// Runs a write-through target on `seeds` (and a fresh one), `ops`
@@ -200,20 +228,28 @@ async fn write_through(
         async move {
             let mut faults = WRITE_THROUGH_FAULTS.to_vec();
             faults.extend([FaultKind::DumpOrRestore, FaultKind::DeleteUser]);
-            if let Backing::Memory = backing {
+            if let Backing::Memory | Backing::MemoryOnCluster = backing {
                 faults.push(FaultKind::EditSource);
                 // Each pause costs over a second: one fault in nineteen.
                 faults = faults.repeat(3);
                 faults.push(FaultKind::PauseRedis);
             }
             let prefix = format!("{}-{seed}:", test.replace('_', "-"));
-            let truth = match backing {
-                Backing::Memory => Truth::memory(),
-                Backing::Firestore => Truth::firestore(prefix.trim_end_matches(':')).await,
+            let (truth, deployment) = match backing {
+                Backing::Memory => (
+                    Truth::memory(),
+                    Deployment::Standalone(RedisServer::start()),
+                ),
+                Backing::Firestore => (
+                    Truth::firestore(prefix.trim_end_matches(':')).await,
+                    Deployment::Standalone(RedisServer::start()),
+                ),
+                Backing::MemoryOnCluster => {
+                    (Truth::memory(), Deployment::Cluster(RedisCluster::start()))
+                }
             };
             let count = 2 + (seed % 2) as usize;
-            let server = RedisServer::start();
-            Target::write_through(server, &prefix, truth, mode, count, faults, &clock).await
+            Target::write_through(deployment, &prefix, truth, mode, count, faults, &clock).await
         }
     })
     .await;

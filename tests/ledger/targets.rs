@@ -15,7 +15,7 @@ use crate::faults::{FaultKind, RedisFaults};
 use crate::kinds;
 use crate::model::{Birth, UserState};
 use crate::support::firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator, client_at};
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisCluster, RedisServer};
 use crate::support::tcp_gate::TcpGate;
 
 /// The Redis call timeout of every Redis-backed instance: long enough that
@@ -57,14 +57,37 @@ pub enum Backend {
     WriteThrough(Box<Behind>),
 }
 
+/// The Redis a write-through target runs on: its own (a FLUSHALL or a
+/// pause touches no other history).
+pub enum Deployment {
+    Standalone(RedisServer),
+    /// Three masters, a replica each.
+    Cluster(RedisCluster),
+}
+
+impl Deployment {
+    fn store(&self) -> RedisStoreBuilder {
+        match self {
+            Self::Standalone(server) => RedisStore::standalone(server.url()),
+            Self::Cluster(cluster) => RedisStore::cluster(cluster.urls()),
+        }
+    }
+
+    fn faults(&self, prefix: &str) -> RedisFaults {
+        match self {
+            Self::Standalone(server) => RedisFaults::new(&server.url(), prefix),
+            Self::Cluster(cluster) => RedisFaults::cluster(cluster.urls(), prefix),
+        }
+    }
+}
+
 /// A write-through target's servers.
 pub struct Behind {
     /// Every instance made so far, restarted ones too: their changes under
     /// way still land.
     made: std::sync::Mutex<Vec<WriteThrough>>,
-    redis_url: String,
     redis: RedisFaults,
-    _server: RedisServer,
+    deployment: Deployment,
     prefix: String,
     truth: Truth,
     mode: WriteMode,
@@ -175,11 +198,10 @@ impl Target {
         }
     }
 
-    /// `count` write-through stores on `server` (the target's own: a
-    /// FLUSHALL touches no other history) and `truth`.
+    /// `count` write-through stores on `deployment` and `truth`.
     #[allow(clippy::too_many_arguments)]
     pub async fn write_through(
-        server: RedisServer,
+        deployment: Deployment,
         prefix: &str,
         truth: Truth,
         mode: WriteMode,
@@ -187,12 +209,10 @@ impl Target {
         faults: Vec<FaultKind>,
         clock: &FakeClock,
     ) -> Self {
-        let url = server.url();
         let behind = Behind {
             made: std::sync::Mutex::default(),
-            redis: RedisFaults::new(&url, prefix),
-            redis_url: url,
-            _server: server,
+            redis: deployment.faults(prefix),
+            deployment,
             prefix: prefix.to_string(),
             truth,
             mode,
@@ -266,7 +286,9 @@ impl Target {
 
 impl Behind {
     async fn instance(&self) -> WriteThrough {
-        let redis = RedisStore::standalone(self.redis_url.clone())
+        let redis = self
+            .deployment
+            .store()
             .key_prefix(self.prefix.clone())
             .time_source(TimeSource::Caller)
             .timeout(REDIS_TIMEOUT);

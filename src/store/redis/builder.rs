@@ -9,7 +9,7 @@ use super::connection::Connection;
 use super::error::RedisSetupError;
 use super::keys::KeyLayout;
 use super::scripts::{CallContext, Truth};
-use super::store::{RedisStore, Shared};
+use super::store::{LATE_REPLY_DEADLINE, RedisStore, Shared};
 use crate::store::breaker::Breaker;
 
 /// Where the scripts read the time of a decision. See the
@@ -146,7 +146,9 @@ impl RedisStoreBuilder {
                 let client = Client::open(url.as_str()).map_err(RedisSetupError::InvalidUrl)?;
                 Connection::standalone(client, self.timeout).await
             }
-            Topology::Cluster(nodes) => Connection::cluster(nodes, self.timeout).await,
+            Topology::Cluster(nodes) => {
+                Connection::cluster(nodes, self.timeout, LATE_REPLY_DEADLINE).await
+            }
         }
         .map_err(RedisSetupError::Unreachable)?;
         super::eviction::check(&mut connection, self.truth, self.timeout).await?;

@@ -66,10 +66,17 @@ impl Connection {
     }
 
     /// Connects to the cluster that `nodes` (any of its masters) belong to.
-    pub(crate) async fn cluster(nodes: &[String], timeout: Duration) -> RedisResult<Self> {
+    /// The store bounds every call by `timeout` itself; the client waits
+    /// for a reply as long as `late_replies`, so that a script that ran
+    /// after its call timed out is still seen (and its charge given back).
+    pub(crate) async fn cluster(
+        nodes: &[String],
+        timeout: Duration,
+        late_replies: Duration,
+    ) -> RedisResult<Self> {
         let client = ClusterClientBuilder::new(nodes.to_vec())
             .connection_timeout(timeout)
-            .response_timeout(timeout)
+            .response_timeout(late_replies)
             .build()?;
         Ok(Self::Cluster(client.get_async_connection().await?))
     }

@@ -322,7 +322,7 @@ pub(crate) type RefundLate =
 
 /// How long a reply that came too late for its request is still awaited,
 /// to give back what the script charged.
-const LATE_REPLY_DEADLINE: Duration = Duration::from_secs(10);
+pub(super) const LATE_REPLY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How soon a late charge's refund tries again while the breaker is open.
 const BREAKER_RETRY: Duration = Duration::from_millis(20);
