@@ -7,6 +7,7 @@
 
 #[allow(dead_code)] // This binary uses part of the support code.
 mod support {
+    pub mod eventually;
     pub mod firestore_emulator;
     pub mod redis_server;
 }
@@ -22,6 +23,7 @@ use demo::server::{ADMIN_TOKEN, Demo};
 use firestore::FirestoreDb;
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use http::{Method, StatusCode};
+use support::eventually::eventually;
 use support::firestore_emulator::FirestoreEmulator;
 use support::redis_server::RedisCluster;
 
@@ -140,21 +142,32 @@ async fn three_instances_on_a_cluster_count_exactly_and_pace_one_users_writes_to
         statuses.push(send.await.unwrap());
     }
     for ((uid, _), statuses) in users.iter().zip(statuses.chunks(UPLOADS_PER_USER)) {
-        let created = statuses
-            .iter()
-            .filter(|s| **s == StatusCode::CREATED)
-            .count();
-        let refused = statuses
-            .iter()
-            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
-            .count();
+        let count = |status: StatusCode| statuses.iter().filter(|s| **s == status).count();
+        let (created, refused) = (
+            count(StatusCode::CREATED),
+            count(StatusCode::TOO_MANY_REQUESTS),
+        );
+        // A 503 (a backend too slow on a loaded machine) charges nothing,
+        // and a refusal may meet the tickets of an upload answered 503
+        // before they are given back; anything else is wrong.
+        let unavailable = count(StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
-            (created, refused),
-            (UPLOAD_TICKETS, UPLOADS_PER_USER - UPLOAD_TICKETS),
+            created + refused + unavailable,
+            UPLOADS_PER_USER,
             "{uid}: {statuses:?}"
         );
-        // Sync write-through: a 201 is answered once Firestore holds it.
-        assert_eq!(stack.ticket_count(uid).await, 0, "{uid}");
+        if unavailable == 0 {
+            assert_eq!(created, UPLOAD_TICKETS, "{uid}: {statuses:?}");
+        }
+        // Sync write-through: a 201 is answered once Firestore holds it;
+        // an upload answered 503 is given back in the background.
+        let left = (UPLOAD_TICKETS - created) as i64;
+        eventually(&format!("{uid}'s document at {left}"), || {
+            let stack = stack.clone();
+            let uid = uid.clone();
+            async move { stack.ticket_count(&uid).await == left }
+        })
+        .await;
     }
 
     // One busy user with plenty of tickets, uploading through every
@@ -179,6 +192,9 @@ async fn three_instances_on_a_cluster_count_exactly_and_pace_one_users_writes_to
                 while started.elapsed() < BUSY {
                     match stack.upload(client, &token).await {
                         StatusCode::CREATED => created += 1,
+                        // A backend too slow on a loaded machine: nothing
+                        // charged (checked below).
+                        StatusCode::SERVICE_UNAVAILABLE => {}
                         other => panic!("a busy upload answered {other}"),
                     }
                 }
@@ -192,7 +208,11 @@ async fn three_instances_on_a_cluster_count_exactly_and_pace_one_users_writes_to
     }
     let elapsed = started.elapsed();
     let writes = stack.firestore_writes().await - writes_before;
-    assert_eq!(stack.ticket_count(&uid).await, 1005 - created);
+    eventually("the busy user's document counts exactly the 201s", || {
+        let (stack, uid) = (stack.clone(), uid.clone());
+        async move { stack.ticket_count(&uid).await == 1005 - created }
+    })
+    .await;
     // About one write a second: the first may come at once, and the last
     // round may start just before the clients stop.
     let allowed = elapsed.as_secs() + 2;

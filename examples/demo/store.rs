@@ -25,7 +25,8 @@ pub async fn open(args: &StoreArgs, kinds: &[TicketKind]) -> Result<Arc<dyn Tick
 
 /// Redis decides; repeated refusals of a user at zero are answered from a
 /// local cache for up to a second, so a client hammering at zero costs
-/// about one Redis call per second.
+/// about one Redis call per second. A grant or refund through another
+/// instance drops the cached refusal at once (Redis pub/sub).
 #[cfg(feature = "redis")]
 async fn redis(target: RedisTarget) -> Result<Arc<dyn TicketStore>, String> {
     use tower_tickets::store::RefusalCache;
@@ -34,7 +35,11 @@ async fn redis(target: RedisTarget) -> Result<Arc<dyn TicketStore>, String> {
         .connect()
         .await
         .map_err(|e| format!("--store redis {target}: {e}"))?;
-    Ok(Arc::new(RefusalCache::new(store)))
+    let cache = RefusalCache::new(store.clone())
+        .shared_through(&store)
+        .await
+        .map_err(|e| format!("--store redis {target}: {e}"))?;
+    Ok(Arc::new(cache))
 }
 
 /// The Redis store's configuration for `target`, with the defaults.
@@ -74,7 +79,11 @@ async fn firestore(
         .connect()
         .await
         .map_err(|e| format!("--firestore-project {project} {redis}: {e}"))?;
-    Ok(Arc::new(RefusalCache::new(store)))
+    let cache = RefusalCache::new(store.clone())
+        .shared_through(store.redis())
+        .await
+        .map_err(|e| format!("--firestore-project {project} {redis}: {e}"))?;
+    Ok(Arc::new(cache))
 }
 
 #[cfg(not(feature = "firestore"))]

@@ -32,7 +32,9 @@ pub use self::error::{StoreError, StoreErrorKind};
 pub use self::firestore::{DEFAULT_FIRESTORE_TIMEOUT, FirestoreSource};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource};
+pub use self::redis::{
+    ChangeSubscription, RedisSetupError, RedisStore, RedisStoreBuilder, TimeSource,
+};
 pub use self::refusal_cache::RefusalCache;
 #[cfg(feature = "redis")]
 pub use self::source::MemorySource;

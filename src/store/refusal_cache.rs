@@ -27,8 +27,9 @@ const MAX_ENTRIES: usize = 100_000;
 /// lives at most the TTL (1 s by default), never past the next refill of the
 /// kinds it holds, and is dropped by this instance's grants, sets and
 /// refunds for that user. A grant or refund made through *another* instance
-/// is seen once the entry expires: within the TTL. Charges with an
-/// `Idempotency-Key` always reach the store (they may be replays).
+/// is seen once the entry expires, within the TTL, or at once with
+/// [`shared_through`](Self::shared_through) (Redis pub/sub). Charges with
+/// an `Idempotency-Key` always reach the store (they may be replays).
 ///
 /// ```
 /// use tower_tickets::store::{MemoryStore, RefusalCache};
@@ -40,6 +41,18 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct RefusalCache<S> {
     inner: S,
     shared: Arc<Shared>,
+    #[cfg(feature = "redis")]
+    feed: Option<Arc<Feed>>,
+}
+
+/// How the instances tell each other of balance changes (see
+/// [`RefusalCache::shared_through`]).
+#[cfg(feature = "redis")]
+struct Feed {
+    /// Tells the other instances that a user's balance changed.
+    redis: super::RedisStore,
+    /// Hears theirs while held.
+    _subscription: super::ChangeSubscription,
 }
 
 struct Shared {
@@ -85,7 +98,35 @@ impl<S> RefusalCache<S> {
                 ttl: TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX),
                 entries: Mutex::default(),
             }),
+            #[cfg(feature = "redis")]
+            feed: None,
         }
+    }
+
+    /// Makes the instances on `redis` tell each other of balance changes:
+    /// a grant, set, reset or refund made through another instance drops
+    /// this one's cached refusal of the user at once, not within the TTL.
+    /// Each such change costs one `PUBLISH`, and each instance holds one
+    /// subscribed connection ([`RedisStore::subscribe_changes`]); a message
+    /// missed while that connection reconnects leaves the TTL as the bound.
+    #[cfg(feature = "redis")]
+    pub async fn shared_through(
+        mut self,
+        redis: &super::RedisStore,
+    ) -> Result<Self, super::RedisSetupError> {
+        let cache = Arc::downgrade(&self.shared);
+        let subscription = redis
+            .subscribe_changes(move |uid| {
+                if let Some(cache) = cache.upgrade() {
+                    cache.forget(&uid);
+                }
+            })
+            .await?;
+        self.feed = Some(Arc::new(Feed {
+            redis: redis.clone(),
+            _subscription: subscription,
+        }));
+        Ok(self)
     }
 
     /// The wrapped store.
@@ -185,9 +226,17 @@ impl<S: TicketStore> RefusalCache<S> {
     /// failed call may still have changed the balance).
     fn changing<T: Send + 'static>(&self, uid: &Uid, change: StoreFuture<T>) -> StoreFuture<T> {
         let (shared, uid) = (self.shared.clone(), uid.clone());
+        #[cfg(feature = "redis")]
+        let feed = self.feed.clone();
         Box::pin(async move {
             let result = change.await;
             shared.forget(&uid);
+            #[cfg(feature = "redis")]
+            if let Some(feed) = feed
+                && let Err(error) = feed.redis.publish_change(&uid).await
+            {
+                tracing::debug!(%uid, %error, "could not tell the other instances of a change");
+            }
             result
         })
     }

@@ -30,7 +30,7 @@ pub enum TimeSource {
 
 /// Which servers to connect to.
 #[derive(Debug, Clone)]
-enum Topology {
+pub(crate) enum Topology {
     Standalone(String),
     Cluster(Vec<String>),
 }
@@ -168,6 +168,7 @@ impl RedisStoreBuilder {
         }
         Ok(RedisStore::from_shared(Shared {
             connection,
+            topology: self.topology,
             keys,
             context: CallContext {
                 time_source: self.time_source,

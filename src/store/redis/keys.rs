@@ -37,6 +37,11 @@ impl KeyLayout {
         })
     }
 
+    /// The pub/sub channel of balance changes (see `changes.rs`).
+    pub(crate) fn changes_channel(&self) -> String {
+        format!("{}changes", self.prefix)
+    }
+
     /// The hash of `uid`'s balances.
     pub(crate) fn balances(&self, uid: &Uid) -> String {
         format!("{}{{{}}}:t", self.prefix, uid.encoded())

@@ -2,6 +2,7 @@
 //! [`RedisStore`] for keys, time and faults.
 
 mod builder;
+mod changes;
 mod connection;
 mod error;
 mod eviction;
@@ -11,6 +12,7 @@ mod scripts;
 mod store;
 
 pub use self::builder::{RedisStoreBuilder, TimeSource};
+pub use self::changes::ChangeSubscription;
 
 pub use self::error::RedisSetupError;
 pub(crate) use self::keys::KeyLayout;

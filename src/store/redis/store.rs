@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use redis::RedisResult;
 
+use super::builder::Topology;
 use super::connection::{Connection, Node};
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
@@ -100,11 +101,13 @@ use crate::uid::Uid;
 /// [`Corrupt`](crate::store::StoreErrorKind) error naming the key.
 #[derive(Clone)]
 pub struct RedisStore {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 pub(crate) struct Shared {
     pub(crate) connection: Connection,
+    /// The servers, for connections of another kind (the change feed's).
+    pub(crate) topology: Topology,
     pub(crate) keys: KeyLayout,
     pub(crate) context: CallContext,
     pub(crate) timeout: std::time::Duration,
@@ -331,7 +334,7 @@ impl Shared {
     /// Awaits `reply` under the breaker and the timeout, mapping its errors
     /// (the one path of every Redis call); a reply still pending at the
     /// timeout goes to `late`.
-    async fn bounded<T, F>(
+    pub(super) async fn bounded<T, F>(
         &self,
         operation: &'static str,
         mut reply: F,

@@ -222,6 +222,12 @@ impl WriteThrough {
         }
     }
 
+    /// The Redis store that decides, for what it offers besides deciding
+    /// (e.g. [`RefusalCache::shared_through`](crate::store::RefusalCache::shared_through)).
+    pub fn redis(&self) -> &RedisStore {
+        &self.shared.redis
+    }
+
     /// How many users this instance is writing or about to write (a gauge
     /// for metrics: in async mode, how far the source is behind).
     pub fn pending_writes(&self) -> usize {
