@@ -1,9 +1,12 @@
 //! Redis over Firestore over HTTP: one priced router on the Redis store
-//! alone, then on the write-through store in sync and in async mode, with
-//! Google's Firestore emulator as Firestore.
+//! alone, then on the write-through store in sync and in async mode, on a
+//! standalone Redis and on a 3-master Redis Cluster (a replica each), with
+//! Google's Firestore emulator as Firestore. Then one user charged as fast
+//! as possible through three sync instances on the cluster: how often its
+//! document is written.
 //!
 //! Run with `cargo bench --features firestore --bench write_through` (about
-//! 3 min). It starts its own `redis-server` and Firestore emulator on free
+//! 5 min). It starts its own `redis-server`s and Firestore emulator on free
 //! 127.0.0.1 ports (the tests' harness) and drives the routers with `wrk`
 //! (Debian package `wrk`), which must be on the PATH. Without `--bench`
 //! (`cargo test --features firestore --benches`) it sends one request to
@@ -41,12 +44,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, StatusCode};
 use axum::routing::post;
-use firestore_emulator::FirestoreEmulator;
-use redis_server::RedisServer;
+use firestore_emulator::{FIRESTORE_TIMEOUT, FirestoreEmulator};
+use redis_server::{RedisCluster, RedisServer};
 use support::{Error, load_average};
 use tokio::net::TcpListener;
 use tower_tickets::identity::HeaderIdentity;
-use tower_tickets::store::{FirestoreSource, RedisStore, TicketStore, WriteMode, WriteThrough};
+use tower_tickets::store::{
+    ChargeOutcome, ChargeRequest, FirestoreSource, RedisStore, TicketStore, WriteMode, WriteThrough,
+};
 use tower_tickets::{Cost, TicketKind, Tickets, Uid};
 
 const USER_HEADER: &str = "x-user-id";
@@ -109,8 +114,10 @@ fn main() -> Result<(), Error> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let redis = RedisServer::start();
+    let cluster = RedisCluster::start();
     let emulator = FirestoreEmulator::start();
-    let targets = runtime.block_on(start_targets(&redis, &emulator, &schedule))?;
+    let targets = runtime.block_on(start_targets(&redis, &cluster, &emulator, &schedule))?;
+    let burst = runtime.block_on(one_users_burst(&cluster, &emulator, &schedule))?;
     if !schedule.measures {
         for target in &targets {
             assert_eq!(post_once(target.address)?, 201, "{}", target.name);
@@ -118,6 +125,8 @@ fn main() -> Result<(), Error> {
         println!("write_through: every router answered 201 (smoke run, nothing measured)");
         return Ok(());
     }
+    println!("{burst}");
+    println!();
 
     let script = wrk_script(schedule.users)?;
     for target in &targets {
@@ -148,9 +157,12 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves the three routers, their users created beforehand.
+/// Serves the routers, their users created beforehand: Redis alone, and
+/// the write-through in both modes on the standalone server and on the
+/// 3-master cluster (a replica each).
 async fn start_targets(
     redis: &RedisServer,
+    cluster: &RedisCluster,
     emulator: &FirestoreEmulator,
     schedule: &Schedule,
 ) -> Result<Vec<Target>, Error> {
@@ -159,22 +171,95 @@ async fn start_targets(
         .connect()
         .await?;
     let mut targets = vec![serve("Redis only", redis_only, None, schedule).await?];
-    for (name, mode) in [
-        ("Redis + Firestore, sync", WriteMode::Sync),
-        ("Redis + Firestore, async", WriteMode::Async),
+    for (name, mode, on_cluster) in [
+        ("Redis + Firestore, sync", WriteMode::Sync, false),
+        ("Redis + Firestore, async", WriteMode::Async, false),
+        ("Redis Cluster + Firestore, sync", WriteMode::Sync, true),
+        ("Redis Cluster + Firestore, async", WriteMode::Async, true),
     ] {
-        let project = format!("bench-{mode:?}").to_lowercase();
-        let source = FirestoreSource::new(emulator.client(&project).await, [kind()]);
-        let store = WriteThrough::builder(
-            RedisStore::standalone(redis.url()).key_prefix(format!("{project}:")),
-            source,
-        )
-        .mode(mode)
-        .connect()
-        .await?;
+        let project = format!("bench-{mode:?}-{on_cluster}").to_lowercase();
+        let source = FirestoreSource::new(emulator.client(&project).await, [kind()])
+            .timeout(FIRESTORE_TIMEOUT);
+        let redis = match on_cluster {
+            false => RedisStore::standalone(redis.url()),
+            true => RedisStore::cluster(cluster.urls()),
+        };
+        let store = WriteThrough::builder(redis.key_prefix(format!("{project}:")), source)
+            .mode(mode)
+            .connect()
+            .await?;
         targets.push(serve(name, store.clone(), Some(store), schedule).await?);
     }
     Ok(targets)
+}
+
+/// Instances sharing one busy user, and the clients each serves at once.
+const BURST_INSTANCES: usize = 3;
+const BURST_CLIENTS: usize = 8;
+
+/// One user charged as fast as possible through three sync write-through
+/// instances on the cluster, for one round: how many writes its document
+/// takes per second (the pace holds across instances: about one).
+async fn one_users_burst(
+    cluster: &RedisCluster,
+    emulator: &FirestoreEmulator,
+    schedule: &Schedule,
+) -> Result<String, Error> {
+    let db = emulator.client("bench-burst").await;
+    let mut instances = Vec::new();
+    for _ in 0..BURST_INSTANCES {
+        let source = FirestoreSource::new(db.clone(), [kind()]).timeout(FIRESTORE_TIMEOUT);
+        let store = WriteThrough::builder(
+            RedisStore::cluster(cluster.urls()).key_prefix("bench-burst:"),
+            source,
+        )
+        .connect()
+        .await?;
+        let tickets = Tickets::builder()
+            .kind(kind())
+            .store(store.clone())
+            .build()?;
+        instances.push((store, tickets));
+    }
+    let uid = Uid::parse("bench-busy")?;
+    instances[0].1.ensure_user(&uid).await?;
+    let duration = schedule.round.max(Duration::from_millis(1));
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = instances
+        .iter()
+        .flat_map(|instance| (0..BURST_CLIENTS).map(move |_| instance.clone()))
+        .map(|(store, tickets)| {
+            let uid = uid.clone();
+            tokio::spawn(async move {
+                let cost = tickets.check_cost(&Cost::of("upload", 1))?;
+                let mut allowed = 0_u64;
+                loop {
+                    let request = ChargeRequest::new(uid.clone(), cost.clone(), tickets.now());
+                    if let Ok(ChargeOutcome::Allowed { .. }) = store.charge(request).await {
+                        allowed += 1;
+                    }
+                    if started.elapsed() >= duration {
+                        return Ok::<_, Error>(allowed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut allowed = 0;
+    for client in clients {
+        allowed += client.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let writes: u64 = instances
+        .iter()
+        .map(|(store, _)| store.firestore_writes())
+        .sum();
+    Ok(format!(
+        "One user, {BURST_INSTANCES} sync instances on the cluster, {BURST_CLIENTS} clients each: \
+         {allowed} charges in {elapsed:.1} s, {writes} Firestore writes of its document \
+         ({:.2} per second)",
+        writes as f64 / elapsed
+    ))
 }
 
 fn kind() -> TicketKind {
