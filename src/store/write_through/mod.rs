@@ -62,7 +62,9 @@
 //! lineage, as a restore from an old dump would, and the next write round
 //! finds the source holding a version this history never took and reloads
 //! (sync mode loses no answered charge; async mode may lose what was not
-//! written yet, as with any Redis loss).
+//! written yet, as with any Redis loss). The cluster client retries a call
+//! whose connection dropped, so a script that ran just before the drop may
+//! run twice: a ticket lost, never one minted.
 //!
 //! # Limits
 //! - A source write that times out and lands after its round was answered
