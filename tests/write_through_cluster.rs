@@ -170,11 +170,12 @@ struct Answers {
     errors: u32,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_failover_under_load_loses_and_mints_nothing_and_service_comes_back() {
-    let mut cluster = RedisCluster::start();
-    let users = users_on_every_master(&cluster, "failover", 24);
-    let victim = users[0].1;
+/// A sync write-through on `cluster` over an in-memory source, its users
+/// created.
+async fn sync_store(
+    cluster: &RedisCluster,
+    users: &[(Uid, usize)],
+) -> (WriteThrough, MemorySource) {
     let source = MemorySource::new([roomy()]).timeout(Duration::from_secs(30));
     let store = WriteThrough::builder(
         RedisStore::cluster(cluster.urls()).timeout(Duration::from_millis(500)),
@@ -185,91 +186,190 @@ async fn a_master_failover_under_load_loses_and_mints_nothing_and_service_comes_
     .connect()
     .await
     .unwrap();
-    let tickets = tickets(&store);
-    for (uid, _) in &users {
-        tickets.ensure_user(uid).await.unwrap();
+    for (uid, _) in users {
+        tickets(&store).ensure_user(uid).await.unwrap();
+    }
+    (store, source)
+}
+
+/// Eight clients charging the users in turn until stopped; every answer is
+/// recorded, and for the users of one watched master, when each allowed
+/// charge was sent and answered.
+struct Load {
+    answers: Arc<Mutex<HashMap<Uid, Answers>>>,
+    watched_allowed: Arc<Mutex<Vec<(Instant, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(store: &WriteThrough, users: &[(Uid, usize)], watched: usize) -> Self {
+        let answers: Arc<Mutex<HashMap<Uid, Answers>>> = Arc::default();
+        let watched_allowed: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..8)
+            .map(|client| {
+                let (answers, watched_allowed, stop) =
+                    (answers.clone(), watched_allowed.clone(), stop.clone());
+                let (store, users) = (store.clone(), users.to_vec());
+                let tickets = tickets(&store);
+                tokio::spawn(async move {
+                    let mut turn = client;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (uid, master) = &users[turn % users.len()];
+                        turn += 1;
+                        let sent = Instant::now();
+                        let answer = charge_one(&tickets, &store, uid).await;
+                        let mut answers = answers.lock();
+                        let entry = answers.entry(uid.clone()).or_default();
+                        match answer {
+                            Some(true) => {
+                                entry.allowed += 1;
+                                if *master == watched {
+                                    watched_allowed.lock().push((sent, Instant::now()));
+                                }
+                            }
+                            Some(false) => panic!("{uid} ran out of tickets"),
+                            None => entry.errors += 1,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            answers,
+            watched_allowed,
+            stop,
+            clients,
+        }
     }
 
-    // Eight clients charge the users in turn until told to stop; each
-    // answer is recorded, and for the victim's users, when each allowed
-    // charge was sent and answered.
-    let answers: Arc<Mutex<HashMap<Uid, Answers>>> = Arc::default();
-    let victim_allowed_at: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|client| {
-            let (answers, victim_allowed_at, stop) =
-                (answers.clone(), victim_allowed_at.clone(), stop.clone());
-            let (store, tickets, users) = (store.clone(), tickets.clone(), users.clone());
-            tokio::spawn(async move {
-                let mut turn = client;
-                while !stop.load(Ordering::Relaxed) {
-                    let (uid, master) = &users[turn % users.len()];
-                    turn += 1;
-                    let sent = Instant::now();
-                    let answer = charge_one(&tickets, &store, uid).await;
-                    let mut answers = answers.lock();
-                    let entry = answers.entry(uid.clone()).or_default();
-                    match answer {
-                        Some(true) => {
-                            entry.allowed += 1;
-                            if *master == victim {
-                                victim_allowed_at.lock().push((sent, Instant::now()));
-                            }
-                        }
-                        Some(false) => panic!("{uid} ran out of tickets"),
-                        None => entry.errors += 1,
-                    }
-                }
-            })
+    /// Charges of the watched master's users allowed so far.
+    fn watched(&self) -> usize {
+        self.watched_allowed.lock().len()
+    }
+
+    /// Waits until the watched master's users were allowed `n` times.
+    async fn until_watched(&self, n: usize, what: &str) {
+        eventually(what, || {
+            let allowed = self.watched();
+            async move { allowed >= n }
         })
-        .collect();
-    let allowed_on_victim = || victim_allowed_at.lock().len();
-    eventually("load on the victim master", || {
-        let n = allowed_on_victim();
-        async move { n >= 100 }
-    })
-    .await;
+        .await;
+    }
+
+    /// When a charge of the watched users sent after `since` was first
+    /// allowed.
+    fn first_allowed_since(&self, since: Instant) -> Instant {
+        self.watched_allowed
+            .lock()
+            .iter()
+            .filter(|(sent, _)| *sent > since)
+            .map(|(_, answered)| *answered)
+            .min()
+            .expect("allowed since")
+    }
+
+    /// Stops the clients, lets the store settle, and checks every user:
+    /// every allowed charge is in the source (none minted); a charge
+    /// answered with an error may be there too (a ticket lost, never one
+    /// minted), but nothing else is.
+    async fn stop_and_check(
+        self,
+        store: &WriteThrough,
+        source: &MemorySource,
+        users: &[(Uid, usize)],
+    ) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        store.settled().await;
+        let answers = self.answers.lock();
+        for (uid, _) in users {
+            let Answers { allowed, errors } = answers.get(uid).copied().unwrap_or_default();
+            let spent = spent(source, uid);
+            assert!(
+                (allowed..=allowed + errors).contains(&spent),
+                "{uid}: {allowed} allowed, {errors} errors, the source counts {spent}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_under_load_loses_and_mints_nothing_and_service_comes_back() {
+    let mut cluster = RedisCluster::start();
+    let users = users_on_every_master(&cluster, "failover", 24);
+    let victim = users[0].1;
+    let (store, source) = sync_store(&cluster, &users).await;
+    let load = Load::start(&store, &users, victim);
+    load.until_watched(100, "load on the victim master").await;
 
     // The victim master dies; the cluster promotes its replica.
-    let before_kill = allowed_on_victim();
+    let before_kill = load.watched();
     cluster.nodes[victim].kill();
     let killed_at = Instant::now();
-    eventually("the victim's users allowed again, 100 times", || {
-        let n = allowed_on_victim();
-        async move { n >= before_kill + 100 }
-    })
+    load.until_watched(
+        before_kill + 100,
+        "the victim's users allowed again, 100 times",
+    )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
-    }
-    store.settled().await;
-
     // Service is back when a charge sent after the kill is allowed.
-    let back_at = victim_allowed_at
-        .lock()
-        .iter()
-        .filter(|(sent, _)| *sent > killed_at)
-        .map(|(_, answered)| *answered)
-        .min()
-        .expect("allowed since");
+    let back_at = load.first_allowed_since(killed_at);
     eprintln!(
         "failover: no charge of the killed master's users was allowed for {:?} \
          (cluster-node-timeout {} ms)",
         back_at - killed_at,
         support::redis_server::NODE_TIMEOUT_MS
     );
-    // Every allowed charge is in the source (none minted); a charge
-    // answered with an error may be there too (a ticket lost, never one
-    // minted), but nothing else is.
-    let answers = answers.lock();
-    for (uid, _) in &users {
-        let Answers { allowed, errors } = answers.get(uid).copied().unwrap_or_default();
-        let spent = spent(&source, uid);
-        assert!(
-            (allowed..=allowed + errors).contains(&spent),
-            "{uid}: {allowed} allowed, {errors} errors, the source counts {spent}"
+    load.stop_and_check(&store, &source, &users).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resharding_under_load_loses_and_mints_nothing() {
+    let cluster = RedisCluster::start();
+    let users = users_on_every_master(&cluster, "resharded", 24);
+    let (from, to) = (users[0].1, (users[0].1 + 1) % 3);
+    let (store, source) = sync_store(&cluster, &users).await;
+    let load = Load::start(&store, &users, from);
+    load.until_watched(100, "load on the first master").await;
+
+    // Every slot of the first master's users moves to the next master,
+    // keys and all, while the clients charge them (ASK, then MOVED).
+    let moved: Vec<u16> = users
+        .iter()
+        .filter(|(_, master)| *master == from)
+        .map(|(uid, _)| cluster.slot_of(&format!("{{{}}}", uid.as_str())))
+        .collect();
+    let before = load.watched();
+    let cluster = tokio::task::spawn_blocking({
+        let moved = moved.clone();
+        move || {
+            for slot in moved {
+                cluster.move_slot(slot, from, to);
+            }
+            cluster
+        }
+    })
+    .await
+    .unwrap();
+    load.until_watched(before + 100, "the moved users allowed again, 100 times")
+        .await;
+    load.stop_and_check(&store, &source, &users).await;
+    // The users' keys live on their new master only.
+    let keys_in = |node: usize, slot: u16| -> usize {
+        redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query(&mut cluster.nodes[node].connection())
+            .unwrap()
+    };
+    for slot in moved {
+        assert_eq!(
+            (keys_in(from, slot), keys_in(to, slot) > 0),
+            (0, true),
+            "slot {slot}"
         );
     }
 }

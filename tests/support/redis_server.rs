@@ -286,12 +286,70 @@ impl RedisCluster {
     /// Which of [`nodes`](Self::nodes) (or its replica, after a failover)
     /// holds `key`'s slot.
     pub fn master_of(&self, key: &str) -> usize {
-        let slot: usize = redis::cmd("CLUSTER")
+        usize::from(self.slot_of(key)) / (16384 / self.nodes.len() + 1)
+    }
+
+    /// The slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
             .query(&mut self.nodes[0].connection())
-            .expect("CLUSTER KEYSLOT");
-        slot / (16384 / self.nodes.len() + 1)
+            .expect("CLUSTER KEYSLOT")
+    }
+
+    /// Moves `slot` from master `from` to master `to` as a resharding does
+    /// (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE` of its keys in
+    /// batches, then `SETSLOT … NODE` on every master): meanwhile a client
+    /// gets `ASK` for the keys already moved, and `TRYAGAIN` for a script
+    /// whose keys are split.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let id = |node: &RedisServer| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut node.connection())
+                .expect("CLUSTER MYID")
+        };
+        let (from_node, to_node) = (&self.nodes[from], &self.nodes[to]);
+        let (from_id, to_id) = (id(from_node), id(to_node));
+        let setslot = |node: &RedisServer, state: &str, owner: &str| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(owner)
+                .exec(&mut node.connection())
+                .expect("CLUSTER SETSLOT");
+        };
+        setslot(to_node, "IMPORTING", &from_id);
+        setslot(from_node, "MIGRATING", &to_id);
+        let mut source = from_node.connection();
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(10)
+                .query(&mut source)
+                .expect("CLUSTER GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to_node.port())
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .exec(&mut source)
+                .expect("MIGRATE");
+        }
+        // The new owner first, then the old one, then the others.
+        let others = (0..self.nodes.len()).filter(|i| *i != from && *i != to);
+        for node in [to, from].into_iter().chain(others) {
+            setslot(&self.nodes[node], "NODE", &to_id);
+        }
     }
 
     /// The masters' URLs (a client finds the replicas from them).
