@@ -38,10 +38,14 @@ fn contract_kinds() -> [TicketKind; 3] {
     ]
 }
 
-/// A write-through on the shared cluster, with a source of its own.
+/// A write-through on the shared cluster, with a source of its own, and
+/// so a key prefix of its own: another store's recovery scan would find its
+/// pending users and write them to a source that never held them.
 async fn contract_store(mode: WriteMode, prefix: &str) -> WriteThrough {
+    static STORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STORES.fetch_add(1, Ordering::Relaxed);
     let redis = RedisStore::cluster(shared_cluster().urls())
-        .key_prefix(prefix)
+        .key_prefix(format!("{prefix}{n}:"))
         // The contract drives a FakeClock; decisions take the caller's time.
         .time_source(TimeSource::Caller)
         // 1,000 charges at once on a busy debug build queue past 100 ms.
@@ -58,13 +62,13 @@ async fn contract_store(mode: WriteMode, prefix: &str) -> WriteThrough {
 mod sync_mode {
     use super::*;
 
-    tower_tickets_contract!(contract_store(WriteMode::Sync, "wt-sync:"));
+    tower_tickets_contract!(contract_store(WriteMode::Sync, "wt-sync-"));
 }
 
 mod async_mode {
     use super::*;
 
-    tower_tickets_contract!(contract_store(WriteMode::Async, "wt-async:"));
+    tower_tickets_contract!(contract_store(WriteMode::Async, "wt-async-"));
 }
 
 /// A kind with room for every charge of the load below.
@@ -299,7 +303,7 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_under_load_loses_and_mints_nothing_and_service_comes_back() {
-    let mut cluster = RedisCluster::start();
+    let mut cluster = RedisCluster::failing_over_quickly();
     let users = users_on_every_master(&cluster, "failover", 24);
     let victim = users[0].1;
     let (store, source) = sync_store(&cluster, &users).await;
@@ -321,7 +325,7 @@ async fn a_master_failover_under_load_loses_and_mints_nothing_and_service_comes_
         "failover: no charge of the killed master's users was allowed for {:?} \
          (cluster-node-timeout {} ms)",
         back_at - killed_at,
-        support::redis_server::NODE_TIMEOUT_MS
+        support::redis_server::QUICK_NODE_TIMEOUT_MS
     );
     load.stop_and_check(&store, &source, &users).await;
 }

@@ -44,21 +44,22 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
-    cluster: bool,
+    /// A cluster node's `cluster-node-timeout` (ms); `None`: standalone.
+    cluster: Option<u64>,
 }
 
 impl RedisServer {
     /// A standalone server on a free port.
     pub fn start() -> Self {
-        Self::spawn(free_port(false), false)
+        Self::spawn(free_port(false), None)
     }
 
     /// A cluster-enabled node with no slots yet.
-    fn start_cluster_node() -> Self {
-        Self::spawn(free_port(true), true)
+    fn start_cluster_node(node_timeout_ms: u64) -> Self {
+        Self::spawn(free_port(true), Some(node_timeout_ms))
     }
 
-    fn spawn(port: u16, cluster: bool) -> Self {
+    fn spawn(port: u16, cluster: Option<u64>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("tower-tickets-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the server's directory");
@@ -82,7 +83,7 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if self.cluster {
+        if let Some(node_timeout_ms) = self.cluster {
             command
                 .args([
                     "--cluster-enabled",
@@ -90,7 +91,7 @@ impl RedisServer {
                     "--cluster-config-file",
                     "nodes.conf",
                 ])
-                .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()]);
+                .args(["--cluster-node-timeout", &node_timeout_ms.to_string()]);
         }
         let child = command.spawn().expect(
             "start redis-server (bash scripts/install-test-deps.sh installs it when missing)",
@@ -186,8 +187,7 @@ impl Drop for RedisServer {
 }
 
 /// Three cluster masters sharing the 16384 slots, each with one replica
-/// that takes over when its master fails (the nodes time out after
-/// [`NODE_TIMEOUT_MS`]).
+/// that takes over when its master fails.
 pub struct RedisCluster {
     /// The masters, in slot order.
     pub nodes: Vec<RedisServer>,
@@ -196,15 +196,29 @@ pub struct RedisCluster {
 }
 
 /// How long a cluster node may be unreachable before the others fail it
-/// over: short, so that a failover test is quick, and long enough that a
-/// busy test machine does not fail a healthy master over.
-pub const NODE_TIMEOUT_MS: u64 = 2000;
+/// over, by default: Redis's own default, so that a loaded test machine
+/// never fails a healthy master over (its replica may lack the last
+/// writes: a loss the tests do not expect).
+const NODE_TIMEOUT_MS: u64 = 15_000;
+
+/// The node timeout of [`RedisCluster::failing_over_quickly`].
+pub const QUICK_NODE_TIMEOUT_MS: u64 = 2000;
 
 impl RedisCluster {
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
-        let replicas: Vec<RedisServer> =
-            (0..3).map(|_| RedisServer::start_cluster_node()).collect();
+        Self::with_node_timeout(NODE_TIMEOUT_MS)
+    }
+
+    /// A cluster whose replicas take over [`QUICK_NODE_TIMEOUT_MS`] after
+    /// their master stops answering, for a failover test.
+    pub fn failing_over_quickly() -> Self {
+        Self::with_node_timeout(QUICK_NODE_TIMEOUT_MS)
+    }
+
+    fn with_node_timeout(node_timeout_ms: u64) -> Self {
+        let start = || RedisServer::start_cluster_node(node_timeout_ms);
+        let nodes: Vec<RedisServer> = (0..3).map(|_| start()).collect();
+        let replicas: Vec<RedisServer> = (0..3).map(|_| start()).collect();
         let slots_per_node = 16384 / nodes.len() + 1;
         for (i, node) in nodes.iter().enumerate() {
             let mut connection = node.connection();

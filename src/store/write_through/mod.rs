@@ -293,10 +293,11 @@ impl Shared {
         })
     }
 
-    /// Makes an allowed charge reach the source as the mode says. In sync
-    /// mode, when the source does not hold it after its round, the charge
-    /// is refunded in Redis (retried in the background while Redis does not
-    /// answer) and the error returned.
+    /// Makes an allowed charge reach the source as the mode says. When that
+    /// fails (sync: the source does not hold it after its round; async: it
+    /// could not be counted pending), the charge is refunded in Redis
+    /// (retried in the background while Redis does not answer) and the
+    /// error returned.
     async fn persist_charge(
         self: &Arc<Self>,
         receipt: &Receipt,
@@ -306,19 +307,39 @@ impl Shared {
         match self.mode {
             WriteMode::Sync => {
                 let held = self.writer.demand(&receipt.uid, point, now).wait().await;
-                if held.is_err() && self.give_back(receipt, now).await.is_err() {
-                    // Counted as a change under way: until it is made, Redis
-                    // holds a charge its request was told it did not make.
-                    let under_way = ChangeUnderWay::new(&self.changes);
-                    let retry = self.clone().give_back_later(receipt.clone(), now);
-                    tokio::spawn(async move {
-                        retry.await;
-                        drop(under_way);
-                    });
+                if held.is_err() {
+                    self.give_back_now_or_later(receipt, now).await;
                 }
                 held
             }
-            WriteMode::Async => self.mark_pending(&receipt.uid, point, now).await,
+            // A mark that failed (timed out, say) answers an error: the
+            // charge Redis holds must not stay (a mark that ran late counts
+            // it pending, and the refund after it too).
+            WriteMode::Async => match self.state.mark_pending(&receipt.uid, point).await {
+                Ok(true) => {
+                    self.writer.nudge(&receipt.uid, now);
+                    Ok(())
+                }
+                Ok(false) => Err(lost(&receipt.uid)),
+                Err(error) => {
+                    self.give_back_now_or_later(receipt, now).await;
+                    Err(error)
+                }
+            },
+        }
+    }
+
+    /// Gives back a charge answered with an error: at once, or else in the
+    /// background, counted as a change under way until it is made (Redis
+    /// holds a charge its request was told it did not make).
+    async fn give_back_now_or_later(self: &Arc<Self>, receipt: &Receipt, now: DateTime<Utc>) {
+        if self.give_back(receipt, now).await.is_err() {
+            let under_way = ChangeUnderWay::new(&self.changes);
+            let retry = self.clone().give_back_later(receipt.clone(), now);
+            tokio::spawn(async move {
+                retry.await;
+                drop(under_way);
+            });
         }
     }
 
@@ -335,7 +356,7 @@ impl Shared {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let uid = &receipt.uid;
-        let mut point = None;
+        let mut decided = None;
         for _ in 0..ATTEMPTS + WAITS {
             match self.redis.refund_cached(receipt.clone(), now).await? {
                 Cached::Unseeded => {
@@ -349,11 +370,17 @@ impl Shared {
                 Cached::Stale => self.check_before_deciding(uid, now).await,
                 Cached::Wait => tokio::time::sleep(WAIT_POLL).await,
                 seeded @ Cached::Seeded { .. } => {
-                    point = self.decision(uid, now, seeded).await?.and_then(|(_, p)| p);
+                    decided = self.decision(uid, now, seeded).await?;
                     break;
                 }
             }
         }
+        // Still waiting for a check after every attempt: nothing was given
+        // back yet, which the caller must hear (it retries later).
+        let Some((_, point)) = decided else {
+            return Err(unsettled(uid));
+        };
+        // Nothing to give back: the state it met does not hold the charge.
         let Some(point) = point else {
             return Ok(());
         };
