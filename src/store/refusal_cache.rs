@@ -231,11 +231,15 @@ impl<S: TicketStore> RefusalCache<S> {
         Box::pin(async move {
             let result = change.await;
             shared.forget(&uid);
+            // Told in the background: the change's caller (a request's
+            // refund, an admin) does not wait one more round trip for it.
             #[cfg(feature = "redis")]
-            if let Some(feed) = feed
-                && let Err(error) = feed.redis.publish_change(&uid).await
-            {
-                tracing::debug!(%uid, %error, "could not tell the other instances of a change");
+            if let Some(feed) = feed {
+                tokio::spawn(async move {
+                    if let Err(error) = feed.redis.publish_change(&uid).await {
+                        tracing::debug!(%uid, %error, "could not tell the other instances of a change");
+                    }
+                });
             }
             result
         })
