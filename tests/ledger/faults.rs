@@ -253,6 +253,18 @@ impl RedisFaults {
             .expect("EXISTS")
     }
 
+    /// The point (lineage and version) of the user's state in Redis, for
+    /// failure reports: `None` when Redis holds no seeded state.
+    pub fn point(&self, uid: &str) -> Option<(u64, u64)> {
+        let (lineage, version): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.hash(uid))
+            .arg("l")
+            .arg("v")
+            .query(&mut *self.connection())
+            .expect("HMGET");
+        Some((lineage?, version?))
+    }
+
     /// Whether the state Redis holds for the user includes a change made
     /// at `made_at`, read as the scripts' `includes` reads it (common.lua):
     /// `None` when Redis holds no seeded state of the user.

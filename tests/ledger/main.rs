@@ -268,6 +268,14 @@ where
     F: FnMut(u64, FakeClock) -> Fut,
     Fut: Future<Output = Target>,
 {
+    // `RUST_LOG=tower_tickets=warn`, say, shows what the stores logged
+    // (a refund retried or given up) next to a failing history.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let ops = std::env::var("LEDGER_OPS")
         .map(|n| n.parse().expect("LEDGER_OPS is a number"))
         .unwrap_or(default_ops);
@@ -637,12 +645,13 @@ impl Run {
         self.checker
             .note(index, Some(user), format!("  -> {how:?}: {error}"));
         // A write-through change goes on without its caller: its fate is
-        // known once it settles.
-        if let Some(behind) = self.target.behind() {
-            behind.settled().await;
-        }
+        // known once it settles (after the outage, which the error ends: a
+        // refund made in the background is followed until the source holds
+        // it).
         if self.outage > 0 {
             self.end_outage_for(index, user, error).await;
+        } else if let Some(behind) = self.target.behind() {
+            behind.settled().await;
         }
         // A call through the same instance's connection comes after the
         // abandoned one, if Redis got it.
@@ -675,11 +684,20 @@ impl Run {
         for (name, candidate) in &candidates {
             if candidate.raw(uid.as_str()) == raw {
                 if how == Unanswered::Error && (*name == "charged") {
+                    let redis = self
+                        .target
+                        .redis()
+                        .and_then(|redis| redis.point(uid.as_str()));
+                    let source = match self.target.behind() {
+                        Some(behind) => format!("{:?}", behind.document(&uid, now).await),
+                        None => "none".to_string(),
+                    };
                     self.checker.fail(
                         index,
                         Some(user),
                         &format!(
-                            "the store answered an error ({error}) but the charge stayed: {raw:?}"
+                            "the store answered an error ({error}) but the charge stayed: {raw:?}\n    \
+                             Redis's (lineage, version): {redis:?}\n    the source: {source}"
                         ),
                     );
                 }
