@@ -261,7 +261,7 @@ impl RedisStore {
         now: DateTime<Utc>,
         refund: Option<RefundLate>,
     ) {
-        let (store, started) = (self.clone(), Instant::now());
+        let store = self.clone();
         tokio::spawn(async move {
             let reply = match tokio::time::timeout(LATE_REPLY_DEADLINE, reply).await {
                 Ok(Ok(reply)) => reply,
@@ -283,6 +283,7 @@ impl RedisStore {
             else {
                 return;
             };
+            let replied = Instant::now();
             // Decided at the charge's instant (with `TimeSource::Caller`; Redis
             // reads its own clock otherwise): a refill timestamp never moves
             // backwards, so an instant behind the stored one refills nothing.
@@ -296,10 +297,13 @@ impl RedisStore {
                         tracing::info!(%uid, refunded = ?outcome.refunded, "gave back a charge answered after its timeout");
                     }
                     // The breaker opened on the timeouts: the refund was not
-                    // sent, so trying again cannot give twice.
+                    // sent, so trying again cannot give twice. A refund
+                    // through a store caching a source gives each charge
+                    // back once however often it runs: any failure (a
+                    // timeout under load, say) is tried again.
                     Err(error)
-                        if error.kind() == StoreErrorKind::CircuitOpen
-                            && started.elapsed() < LATE_REPLY_DEADLINE =>
+                        if (error.kind() == StoreErrorKind::CircuitOpen || refund.is_some())
+                            && replied.elapsed() < LATE_REPLY_DEADLINE =>
                     {
                         tokio::time::sleep(BREAKER_RETRY).await;
                         continue;
@@ -319,7 +323,8 @@ type LateReply = Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>>;
 
 /// How a charge whose reply came after its timeout is given back: by the
 /// store itself, or by a store that caches a source of truth in it (the
-/// refund must reach the source too).
+/// refund must reach the source too). Such a refund must give each charge
+/// back once however often it runs: it is retried after any failure.
 pub(crate) type RefundLate =
     Box<dyn Fn(Receipt, DateTime<Utc>) -> StoreFuture<RefundOutcome> + Send + Sync>;
 
@@ -327,7 +332,7 @@ pub(crate) type RefundLate =
 /// to give back what the script charged.
 pub(super) const LATE_REPLY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// How soon a late charge's refund tries again while the breaker is open.
+/// How soon a late charge's refund tries again after it failed.
 const BREAKER_RETRY: Duration = Duration::from_millis(20);
 
 impl Shared {

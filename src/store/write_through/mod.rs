@@ -362,6 +362,7 @@ impl Shared {
                 Cached::Unseeded => {
                     // The charge went with the state; its key must go too,
                     // or the request's retry is told it is in progress.
+                    tracing::debug!(%uid, "a charge to give back went with Redis's state");
                     if let Some(key) = &receipt.idempotency_key {
                         self.redis.forget_key(uid, key).await?;
                     }
@@ -382,14 +383,23 @@ impl Shared {
         };
         // Nothing to give back: the state it met does not hold the charge.
         let Some(point) = point else {
+            tracing::debug!(%uid, made_at = ?receipt.made_at(), "Redis's state does not hold the charge to give back");
             return Ok(());
         };
+        tracing::debug!(%uid, made_at = ?receipt.made_at(), ?point, "gave back a charge the source did not take");
         // A retry finds the refund made already: counting it and asking for
         // a round again is harmless, and makes sure it is written.
         if let Err(error) = self.state.mark_pending(uid, point).await {
             tracing::warn!(%uid, %error, "could not count a refund as pending");
         }
         self.writer.nudge(uid, now);
+        // Sync mode: a write of the charge may have landed (a write that
+        // timed out) while a round that failed fenced the source, and Redis
+        // then drops its state, refund and all: the refund is followed
+        // until the source holds it, and made again on the reloaded state.
+        if self.mode == WriteMode::Sync {
+            self.write_refund_in_background(receipt.clone(), point, now);
+        }
         Ok(())
     }
 
@@ -468,31 +478,48 @@ impl Shared {
         let (outcome, made_at, written) = self.refund_once(&receipt, now).await?;
         if let (Err(error), Some(made_at)) = (written, made_at) {
             tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying in the background");
-            tokio::spawn(async move {
-                let mut pause = REFUND_RETRY;
-                for _ in 0..REFUND_ATTEMPTS {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    // Redis remembers which charges it refunded only as long
-                    // as it keeps the user's state: once the source holds
-                    // the refund, applying it again to a reloaded state
-                    // would give the ticket back twice.
-                    if let Ok(Some(held)) = self.source.load(&receipt.uid, now).await
-                        && held.includes(made_at)
-                    {
-                        return;
-                    }
-                    match self.refund_once(&receipt, now).await {
-                        Ok((_, _, Ok(()))) => return,
-                        Ok((_, _, Err(error))) | Err(error) => {
-                            tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying");
-                        }
-                    }
-                }
-                tracing::error!(uid = %receipt.uid, "gave up writing a refund to the source; it stays pending in Redis");
-            });
+            self.write_refund_in_background(receipt, made_at, now);
         }
         Ok(outcome)
+    }
+
+    /// Sync mode: follows a refund applied in Redis at `made_at` until the
+    /// source holds it, in the background, counted as a change under way.
+    /// While it does not, the refund is applied again (a no-op on the state
+    /// that holds it already) and its round awaited: if Redis dropped its
+    /// state meanwhile (a round refused, a fence), the reloaded state gets
+    /// the refund when it holds the charge.
+    fn write_refund_in_background(
+        self: &Arc<Self>,
+        receipt: Receipt,
+        made_at: Point,
+        now: DateTime<Utc>,
+    ) {
+        let (shared, under_way) = (self.clone(), ChangeUnderWay::new(&self.changes));
+        tokio::spawn(async move {
+            let _counted = under_way;
+            let mut pause = REFUND_RETRY;
+            for _ in 0..REFUND_ATTEMPTS {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                // Redis remembers which charges it refunded only as long as
+                // it keeps the user's state: once the source holds the
+                // refund, applying it again to a reloaded state would give
+                // the ticket back twice.
+                if let Ok(Some(held)) = shared.source.load(&receipt.uid, now).await
+                    && held.includes(made_at)
+                {
+                    return;
+                }
+                match shared.refund_once(&receipt, now).await {
+                    Ok((_, _, Ok(()))) => return,
+                    Ok((_, _, Err(error))) | Err(error) => {
+                        tracing::warn!(uid = %receipt.uid, %error, "a refund is not in the source yet; retrying");
+                    }
+                }
+            }
+            tracing::error!(uid = %receipt.uid, "gave up writing a refund to the source; it stays pending in Redis");
+        });
     }
 
     /// Applies a refund in Redis (`Err` when that fails), and says where
