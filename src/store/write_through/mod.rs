@@ -807,8 +807,11 @@ impl WriteThrough {
     /// Waits until no change of this instance is under way: every charge,
     /// refund and adjustment made through it, whether or not its caller
     /// still waits, has been decided and answered by its write round (a
-    /// charge that timed out, until Redis's late reply is given back). For a
-    /// graceful shutdown, and for tests that look behind the store.
+    /// charge that timed out, until Redis's late reply is given back; in
+    /// sync mode, a refund or a give-back whose round failed, until the
+    /// source holds it or its retries give up: while the source is down,
+    /// that can take about a minute). For a graceful shutdown, and for tests
+    /// that look behind the store.
     pub async fn settled(&self) {
         let mut changes = self.shared.changes.subscribe();
         let _ = changes.wait_for(|n| *n == 0).await;
