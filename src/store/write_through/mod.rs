@@ -315,17 +315,13 @@ impl Shared {
             // A mark that failed (timed out, say) answers an error: the
             // charge Redis holds must not stay (a mark that ran late counts
             // it pending, and the refund after it too).
-            WriteMode::Async => match self.state.mark_pending(&receipt.uid, point).await {
-                Ok(true) => {
-                    self.writer.nudge(&receipt.uid, now);
-                    Ok(())
-                }
-                Ok(false) => Err(lost(&receipt.uid)),
-                Err(error) => {
+            WriteMode::Async => {
+                let marked = self.state.mark_pending(&receipt.uid, point).await;
+                if marked.is_err() {
                     self.give_back_now_or_later(receipt, now).await;
-                    Err(error)
                 }
-            },
+                self.marked(&receipt.uid, marked?, now)
+            }
         }
     }
 
@@ -425,7 +421,15 @@ impl Shared {
         point: Point,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if !self.state.mark_pending(uid, point).await? {
+        let marked = self.state.mark_pending(uid, point).await?;
+        self.marked(uid, marked, now)
+    }
+
+    /// After a change was counted pending (`marked`: Redis's state still
+    /// holds it), asks for a round; a change lost with the state is an
+    /// error.
+    fn marked(&self, uid: &Uid, marked: bool, now: DateTime<Utc>) -> Result<(), StoreError> {
+        if !marked {
             return Err(lost(uid));
         }
         self.writer.nudge(uid, now);
