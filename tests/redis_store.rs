@@ -35,7 +35,9 @@ mod focused {
         AdjustRequest, Adjustment, ChargeOutcome, ChargeRequest, KindBalance, RedisStore,
         RefusalCache, StoreErrorKind, TicketStore, TimeSource,
     };
-    use tower_tickets::{Cost, FakeClock, IdempotencyKey, TicketKind, Tickets, Uid};
+    use tower_tickets::{Cost, FakeClock, IdempotencyKey, Refill, TicketKind, Tickets, Uid};
+
+    use futures::future::join_all;
 
     use super::contract::{fresh_uid, start};
     use super::support::race::allowed_among_concurrent_charges;
@@ -161,6 +163,155 @@ mod focused {
         }
         assert_eq!(outcomes, (5, 15), "alice had 2 left, bob 3");
         assert_eq!(script_calls(&server), 20);
+    }
+
+    #[tokio::test]
+    async fn charges_queued_together_go_in_fewer_calls_each_decided() {
+        let server = RedisServer::start();
+        let store = store_on(&server, "batched:").await;
+        let tickets = tickets();
+        let users: Vec<Uid> = (0..40)
+            .map(|n| fresh_uid(&format!("batched-{n}")))
+            .collect();
+        store
+            .charge(charge_request(&tickets, &users[0], "upload"))
+            .await
+            .unwrap();
+        reset_stats(&server);
+        // 4 charges of "ai" (capacity 3) per user, all in flight at once.
+        let charges = users
+            .iter()
+            .cycle()
+            .take(4 * users.len())
+            .map(|uid| store.charge(charge_request(&tickets, uid, "ai")));
+        let mut allowed = std::collections::HashMap::<&Uid, usize>::new();
+        for (uid, outcome) in users.iter().cycle().zip(join_all(charges).await) {
+            if let ChargeOutcome::Allowed { .. } = outcome.unwrap() {
+                *allowed.entry(uid).or_default() += 1;
+            }
+        }
+        assert!(allowed.values().all(|&n| n == 3), "{allowed:?}");
+        assert_eq!(allowed.len(), users.len());
+        let calls = command_calls(&server);
+        let count = |name: &str| calls.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+        assert_eq!(count("hmget"), 160, "one decision per charge: {calls:?}");
+        assert!(
+            count("evalsha") < 160,
+            "charges queued while a call was in flight went together: {calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_batching_each_charge_is_its_own_call() {
+        let server = RedisServer::start();
+        let store = RedisStore::standalone(server.url())
+            .batching(false)
+            .connect()
+            .await
+            .unwrap();
+        let tickets = tickets();
+        let uid = fresh_uid("unbatched");
+        store
+            .charge(charge_request(&tickets, &uid, "upload"))
+            .await
+            .unwrap();
+        reset_stats(&server);
+        let charges = (0..10).map(|_| store.charge(charge_request(&tickets, &uid, "upload")));
+        let allowed = join_all(charges)
+            .await
+            .into_iter()
+            .filter(|outcome| matches!(outcome, Ok(ChargeOutcome::Allowed { .. })))
+            .count();
+        assert_eq!(allowed, 4);
+        assert_eq!(script_calls(&server), 10);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_user_fails_alone_in_a_batch() {
+        let server = RedisServer::start();
+        let store = store_on(&server, "mixed:").await;
+        let tickets = tickets();
+        let corrupt = fresh_uid("corrupt");
+        redis::cmd("SET")
+            .arg(format!("mixed:{{{corrupt}}}:t"))
+            .arg("hello")
+            .exec(&mut server.connection())
+            .unwrap();
+        let healthy: Vec<Uid> = (0..8).map(|n| fresh_uid(&format!("healthy-{n}"))).collect();
+        reset_stats(&server);
+        let charges = std::iter::once(&corrupt)
+            .chain(&healthy)
+            .cycle()
+            .take(3 * (healthy.len() + 1))
+            .map(|uid| store.charge(charge_request(&tickets, uid, "upload")));
+        let outcomes = join_all(charges).await;
+        for (uid, outcome) in std::iter::once(&corrupt)
+            .chain(&healthy)
+            .cycle()
+            .zip(&outcomes)
+        {
+            match outcome {
+                Err(error) if uid == &corrupt => {
+                    assert_eq!(error.kind(), StoreErrorKind::Corrupt, "{error}");
+                    assert!(error.to_string().contains("holds a string"), "{error}");
+                }
+                Ok(ChargeOutcome::Allowed { .. }) if uid != &corrupt => {}
+                other => panic!("{uid}: {other:?}"),
+            }
+        }
+        let read = store
+            .balances(&healthy[0], tickets.kinds(), tickets.now())
+            .await;
+        assert_eq!(read.unwrap()[0].remaining, 2);
+        let calls = command_calls(&server);
+        let evalsha = calls
+            .iter()
+            .find(|(n, _)| n == "evalsha")
+            .map_or(0, |(_, c)| *c);
+        assert!(evalsha < 27, "the charges went together: {calls:?}");
+    }
+
+    #[tokio::test]
+    async fn charges_in_one_call_each_decide_at_their_own_instant() {
+        // An hourly refill; two users at zero since `start()`, charged in
+        // one call at two instants on the caller's clock: only the one past
+        // the refill is allowed.
+        let server = RedisServer::start();
+        let store = RedisStore::standalone(server.url())
+            .time_source(TimeSource::Caller)
+            .connect()
+            .await
+            .unwrap();
+        let tickets = Tickets::builder()
+            .kind(
+                TicketKind::new("ai", 3)
+                    .initial(0)
+                    .refill(Refill::rolling(std::time::Duration::from_secs(3600))),
+            )
+            .clock(FakeClock::at(start()))
+            .build()
+            .unwrap();
+        let (early, late) = (fresh_uid("early"), fresh_uid("late"));
+        for uid in [&early, &late] {
+            store
+                .ensure_user(uid, tickets.kinds(), start())
+                .await
+                .unwrap();
+        }
+        let at = |uid: &Uid, minutes| {
+            let mut request = charge_request(&tickets, uid, "ai");
+            request.now = start() + chrono::TimeDelta::minutes(minutes);
+            store.charge(request)
+        };
+        let (early_outcome, late_outcome) = tokio::join!(at(&early, 10), at(&late, 70));
+        assert!(matches!(
+            early_outcome.unwrap(),
+            ChargeOutcome::Refused { .. }
+        ));
+        assert!(matches!(
+            late_outcome.unwrap(),
+            ChargeOutcome::Allowed { .. }
+        ));
     }
 
     #[tokio::test]

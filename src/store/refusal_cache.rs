@@ -107,7 +107,7 @@ impl<S> RefusalCache<S> {
     /// a grant, set, reset or refund made through another instance drops
     /// this one's cached refusal of the user at once, not within the TTL.
     /// Each such change costs one `PUBLISH`, and each instance holds one
-    /// subscribed connection ([`RedisStore::subscribe_changes`]); a message
+    /// subscribed connection ([`RedisStore::subscribe_changes`](super::RedisStore::subscribe_changes)); a message
     /// missed while that connection reconnects leaves the TTL as the bound.
     #[cfg(feature = "redis")]
     pub async fn shared_through(

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -82,14 +82,29 @@ impl Connection {
     }
 
     /// Runs a script: `EVALSHA`, and after a `NOSCRIPT` (a restarted or
-    /// flushed Redis) loads the script and sends the call again.
-    pub(crate) async fn invoke(&mut self, call: &ScriptCall) -> RedisResult<Vec<i64>> {
-        match self.query(&call.command).await {
+    /// flushed Redis) loads the script and sends the call again. Errors
+    /// inside the reply (one decision's, in a charge for several users)
+    /// are left to `T` (see [`Connection::send`]).
+    pub(crate) async fn invoke<T: FromRedisValue>(&mut self, call: &ScriptCall) -> RedisResult<T> {
+        match self.send(&call.command).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.load(call.script).await?;
-                self.query(&call.command).await
+                self.send(&call.command).await
             }
             reply => reply,
+        }
+    }
+
+    /// Sends one command; an error reply fails it, errors within an array
+    /// reply are left to `T` (`query` would fail the whole reply on any).
+    async fn send<T: FromRedisValue>(&mut self, command: &Cmd) -> RedisResult<T> {
+        let reply = match self {
+            Self::Standalone(connection) => connection.req_packed_command(command).await?,
+            Self::Cluster(connection) => connection.req_packed_command(command).await?,
+        };
+        match reply {
+            Value::ServerError(error) => Err(error.into()),
+            reply => Ok(from_redis_value(reply)?),
         }
     }
 

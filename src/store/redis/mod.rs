@@ -1,8 +1,10 @@
 //! The Redis store: every decision is one atomic Lua script call. See
 //! [`RedisStore`] for keys, time and faults.
 
+mod batcher;
 mod builder;
 mod changes;
+mod charge_call;
 mod connection;
 mod error;
 mod eviction;

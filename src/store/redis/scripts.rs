@@ -85,13 +85,19 @@ pub(crate) struct ScriptCall {
 
 impl ScriptCall {
     /// A call of `script` on `keys`; arguments follow with [`ScriptCall::arg`].
-    pub(crate) fn new(script: &'static Script, keys: &[String]) -> Self {
+    pub(crate) fn new<'a>(
+        script: &'static Script,
+        keys: impl IntoIterator<Item = &'a String, IntoIter: Clone>,
+    ) -> Self {
+        let keys = keys.into_iter();
         let mut command = Cmd::with_capacity(24, 256);
         command
             .arg("EVALSHA")
             .arg(script.get_hash())
-            .arg(keys.len())
-            .arg(keys);
+            .arg(keys.clone().count());
+        for key in keys {
+            command.arg(key);
+        }
         Self { script, command }
     }
 
@@ -137,9 +143,16 @@ impl CallContext {
     /// The decision time argument: the caller's instant in Unix ms, or `''`
     /// for the Redis server's clock.
     pub(crate) fn time_arg(&self, now: DateTime<Utc>) -> String {
+        self.time_ms(now)
+            .map_or_else(String::new, |ms| ms.to_string())
+    }
+
+    /// The decision time: the caller's instant in Unix ms, or `None` for
+    /// the Redis server's clock.
+    pub(crate) fn time_ms(&self, now: DateTime<Utc>) -> Option<i64> {
         match self.time_source {
-            TimeSource::Redis => String::new(),
-            TimeSource::Caller => now.timestamp_millis().to_string(),
+            TimeSource::Redis => None,
+            TimeSource::Caller => Some(now.timestamp_millis()),
         }
     }
 
@@ -157,25 +170,59 @@ impl CallContext {
     }
 }
 
-/// Appends `kind`'s spec (see `lua/common.lua`): name, the balance an unseen
-/// user starts with, capacity, refill.
+/// Appends `kind`'s spec (see `lua/common.lua`) for a decision at `now`.
 pub(crate) fn push_kind(
     call: &mut ScriptCall,
     kind: &TicketKind,
     starting_balance: u32,
     now: DateTime<Utc>,
 ) {
-    call.arg(kind.name())
-        .arg(starting_balance)
-        .arg(kind.capacity());
-    match kind.refill_schedule() {
-        Refill::Rolling { period } => {
-            call.arg("R").arg(millis(*period));
-        }
-        calendar @ Refill::Calendar { .. } => {
-            call.arg("C");
-            for cutoff in calendar_cutoffs(calendar, now) {
-                call.arg(cutoff.timestamp_millis());
+    KindSpec::new(kind, now).push(call, starting_balance);
+}
+
+/// A kind as the scripts take it: for a calendar refill, with the cutoffs
+/// around the instant of the decision.
+pub(crate) struct KindSpec<'a> {
+    kind: &'a TicketKind,
+    cutoffs: Option<[DateTime<Utc>; 3]>,
+}
+
+impl<'a> KindSpec<'a> {
+    /// `kind`'s spec for a decision at `now`.
+    pub(crate) fn new(kind: &'a TicketKind, now: DateTime<Utc>) -> Self {
+        let cutoffs = match kind.refill_schedule() {
+            Refill::Rolling { .. } => None,
+            calendar @ Refill::Calendar { .. } => Some(calendar_cutoffs(calendar, now)),
+        };
+        Self { kind, cutoffs }
+    }
+
+    /// Whether both specs send the same values (decisions of one call may
+    /// share it).
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        std::ptr::eq(self.kind, other.kind) && self.cutoffs == other.cutoffs
+    }
+
+    /// The kind.
+    pub(crate) fn kind(&self) -> &'a TicketKind {
+        self.kind
+    }
+
+    /// Appends the spec: name, the balance an unseen user starts with,
+    /// capacity, refill.
+    pub(crate) fn push(&self, call: &mut ScriptCall, starting_balance: u32) {
+        call.arg(self.kind.name())
+            .arg(starting_balance)
+            .arg(self.kind.capacity());
+        match (self.kind.refill_schedule(), &self.cutoffs) {
+            (Refill::Rolling { period }, _) => {
+                call.arg("R").arg(millis(*period));
+            }
+            (Refill::Calendar { .. }, cutoffs) => {
+                call.arg("C");
+                for cutoff in cutoffs.iter().flatten() {
+                    call.arg(cutoff.timestamp_millis());
+                }
             }
         }
     }

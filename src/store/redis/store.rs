@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use redis::RedisResult;
 
+use super::batcher::Batcher;
 use super::builder::Topology;
+use super::charge_call::{Charge, charge_call};
 use super::connection::{Connection, Node};
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
@@ -48,14 +50,16 @@ use crate::uid::Uid;
 /// ```
 ///
 /// Any number of app instances share one truth. Each operation is one `EVALSHA` of a script
-/// from `lua/` (built once, reloaded by the `redis` crate after a
-/// `NOSCRIPT`), sent over one multiplexed connection per store (concurrent
-/// calls are pipelined on one socket) that reconnects by itself. Standalone
-/// Redis and Redis Cluster run the same scripts.
+/// from `lua/` (built once, reloaded after a `NOSCRIPT`), sent over one
+/// multiplexed connection per store (concurrent calls are pipelined on one
+/// socket) that reconnects by itself. On a standalone server, charges that
+/// come while a charge call is in flight go together in the next call, each
+/// decided on its own ([`RedisStoreBuilder::batching`](crate::store::RedisStoreBuilder::batching)).
+/// Standalone Redis and Redis Cluster run the same scripts.
 ///
 /// # Keys
-/// One user's keys share the hash tag `{uid}`, so every script touches a
-/// single cluster slot:
+/// One user's keys share the hash tag `{uid}`, so every script on one user
+/// touches a single cluster slot:
 /// - `<prefix>{<uid>}:t`: a hash with, per kind, `n:<kind>` (tickets left)
 ///   and `r:<kind>` (last refill, Unix milliseconds). It expires a few
 ///   refill periods after its last refill ([`RedisStoreBuilder::idle_periods`](crate::store::RedisStoreBuilder::idle_periods);
@@ -112,6 +116,9 @@ pub(crate) struct Shared {
     pub(crate) context: CallContext,
     pub(crate) timeout: std::time::Duration,
     pub(crate) breaker: Arc<Breaker>,
+    /// Sends charges queued while a call is in flight together; `None`
+    /// sends each alone.
+    pub(crate) batcher: Option<Batcher>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -494,26 +501,38 @@ impl RedisStore {
             fingerprint,
         } = request;
         let context = &self.shared.context;
-        let items = cost.items();
         let charge_id = new_charge_id();
-        let mut call = ScriptCall::new(
-            &context.scripts().charge,
-            &self.user_keys(&uid, idempotency_key.as_ref()),
-        );
-        call.arg(context.time_arg(now))
-            .arg(context.idle_ttl(items.iter().map(|item| &*item.kind)))
-            .arg(millis(IDEMPOTENCY_TTL))
-            .arg(format!("{}#{charge_id}", fingerprint.as_str()))
-            .arg(items.len());
-        for item in items {
-            call.arg(item.amount);
-            push_kind(&mut call, &item.kind, item.kind.initial_balance(), now);
-        }
+        let charge = Charge {
+            keys: self.user_keys(&uid, idempotency_key.as_ref()),
+            time: context.time_ms(now),
+            idle_ttl: context.idle_ttl(cost.items().iter().map(|item| &*item.kind)),
+            fingerprint: idempotency_key
+                .as_ref()
+                .map(|_| format!("{}#{charge_id}", fingerprint.as_str())),
+            cost: cost.clone(),
+            now,
+        };
         // The reply is boxed so that, past the timeout, it can be awaited in
         // the background: Redis may still run the script and charge.
         let truth = context.truth;
-        let mut connection = self.shared.connection.clone();
-        let reply: LateReply = Box::pin(async move { connection.invoke(&call).await });
+        let shared = self.shared.clone();
+        let reply: LateReply = Box::pin(async move {
+            match &shared.batcher {
+                Some(batcher) => batcher.charge(charge).await,
+                None => {
+                    let script = &shared.context.scripts().charge;
+                    let call = charge_call(script, std::iter::once(&charge));
+                    let mut connection = shared.connection.clone();
+                    let replies: Vec<RedisResult<Vec<i64>>> = connection.invoke(&call).await?;
+                    replies.into_iter().next().unwrap_or_else(|| {
+                        Err(redis::RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "the charge script answered no decision",
+                        )))
+                    })
+                }
+            }
+        });
         let (store, charged) = (
             self.clone(),
             (

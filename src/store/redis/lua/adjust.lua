@@ -2,7 +2,7 @@
 -- due refills, all kinds at once, at most once per idempotency key.
 --
 -- KEYS[1] the user's balances; then (caching a source) the high-water key;
--- then, optional, the idempotency key (IDEMPOTENCY_KEY).
+-- then, optional, the idempotency key (see user_keys).
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, idempotency TTL ms,
 --       request fingerprint, kind count, then per kind: 'grant', 'set' or
 --       'reset', amount, spec.
@@ -16,11 +16,12 @@
 --        Caching a source: UNSEEDED, STALE, or {outcome, lineage, version,
 --        check (see seeded_point), ...}.
 
+local HIGH_WATER, IDEMPOTENCY_KEY = user_keys(1, #KEYS)
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(6, tonumber(ARGV[5]), 2)
 local reply = {1}
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version, check = seeded_point(KEYS[1], kinds)
+  local lineage, version, check = seeded_point(KEYS[1], HIGH_WATER, kinds)
   if not lineage then
     return version
   end
@@ -52,7 +53,7 @@ for _, kind in ipairs(kinds) do
   elseif kind[1] == 'set' then
     kind.n = amount
   else
-    kind.n = math.max(kind.n, tonumber(kind.capacity))
+    kind.n = math.max(kind.n, kind.spec.capacity)
     if kind.r < t then
       kind.r = t
       kind.new_r = true

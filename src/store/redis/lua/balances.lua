@@ -9,11 +9,12 @@
 -- Reply: {remaining, last refill, ...}; caching a source, UNSEEDED, STALE,
 --        or {lineage, version, check, remaining, last refill, ...}.
 
+local HIGH_WATER = user_keys(1, #KEYS)
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(3, tonumber(ARGV[2]), 0)
 local reply = {}
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version, check = seeded_point(KEYS[1], kinds)
+  local lineage, version, check = seeded_point(KEYS[1], HIGH_WATER, kinds)
   if not lineage then
     return version
   end

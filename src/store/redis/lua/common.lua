@@ -28,26 +28,25 @@
 -- state unchecked for longer than 2 * CHECK_EVERY_MS: somebody may have
 -- edited the source meanwhile, and it answers STALE so that the caller
 -- checks first (see seeded_point).
--- Every key a script touches carries the same hash tag {<uid>}, so a script
--- runs on a single cluster slot.
+-- Every key of one user carries the same hash tag {<uid>}, so a script on
+-- one user runs on a single cluster slot (only on a standalone server does
+-- the charge script decide for several users in one call).
 --
--- A kind travels in ARGV as a spec: the script's own per-kind values first,
--- then the kind's name, the balance a user unseen so far starts with, its
--- capacity, and its refill: 'R', <period ms> for a rolling refill, or 'C'
--- and the last three calendar cutoffs before the caller's clock's next
--- boundary (a calendar refill is due once its boundary has passed, that is
--- once the decision time is past the cutoff; Lua knows no time zones, so
--- Rust computes them).
+-- A kind travels in ARGV as a spec: the kind's name, the balance a user
+-- unseen so far starts with, its capacity, and its refill: 'R', <period ms>
+-- for a rolling refill, or 'C' and the last three calendar cutoffs before
+-- the caller's clock's next boundary (a calendar refill is due once its
+-- boundary has passed, that is once the decision time is past the cutoff;
+-- Lua knows no time zones, so Rust computes them). A script reads it into a
+-- spec table (read_spec) and decides on a kind table (see new_kinds()) that
+-- holds the user's balance and points to the spec: a charge script
+-- deciding for several users reads each spec once.
+--
+-- Every function here is a closure built again on every call (Redis runs a
+-- script's body per call), and every table and string a call makes is
+-- garbage to collect: what a charge runs is kept to few of each.
 
 local MAX_BALANCE = 4294967295
-
--- Caching a source, KEYS[2] is the user's high-water key (see
--- seeded_point) and an idempotency key comes third; else it comes second.
-local HIGH_WATER = (not REDIS_HOLDS_THE_TRUTH) and KEYS[2] or nil
-local IDEMPOTENCY_KEY = KEYS[2]
-if HIGH_WATER then
-  IDEMPOTENCY_KEY = KEYS[3]
-end
 
 -- The one-element reply of a script that found the user not seeded.
 local UNSEEDED = {-1}
@@ -63,72 +62,142 @@ local WAIT = {-3}
 -- twice that: DESIGN.md §4 asks for 2 s).
 local CHECK_EVERY_MS = 1000
 
--- Aborts the script with an error that names what is wrong; Rust turns
--- it into a StoreError of kind Corrupt.
+-- Aborts the script (or, in a charge for several users, that user's
+-- decision) with an error that names what is wrong; Rust turns it into a
+-- StoreError of kind Corrupt.
 local function corrupt(what)
   error({err = 'TICKETS_CORRUPT ' .. what})
 end
 
--- The instant of the decision in Unix ms: the caller's, or this Redis
+-- The keys of one user's call after its balances at KEYS[first], out of
+-- `count`: caching a source, the high-water key (see seeded_point) comes
+-- second; an idempotency key, if any, last.
+local function user_keys(first, count)
+  local high_water = nil
+  if not REDIS_HOLDS_THE_TRUTH then
+    high_water = KEYS[first + 1]
+  end
+  local idempotency_key = nil
+  if count > (high_water and 2 or 1) then
+    idempotency_key = KEYS[first + count - 1]
+  end
+  return high_water, idempotency_key
+end
+
+-- This Redis server's clock in Unix ms, read once per call: a script runs
+-- atomically, so every decision of the call happens at that instant.
+local redis_now = nil
+local function redis_time()
+  if not redis_now then
+    local now = redis.call('TIME')
+    redis_now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  end
+  return redis_now
+end
+
+-- The instant of a decision in Unix ms: the caller's, or this Redis
 -- server's clock when the caller sends ''.
 local function decision_time(arg)
   if arg == '' then
-    local now = redis.call('TIME')
-    return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+    return redis_time()
   end
   return tonumber(arg)
 end
 
--- Reads `count` kind specs from ARGV, starting at `at`; each begins with
--- `own` (0 to 3) values of the calling script, kept as kind[1] to kind[3].
--- A charge runs this on every request, so the table is built in one
--- constructor (no rehashing) and values a decision may not need (the
--- initial balance, the capacity) stay strings until load() needs them.
+-- Reads the kind spec at ARGV[at]; returns it and the index after it.
+-- Values a decision may not need stay strings (the initial balance) or are
+-- compared once here (whether a new user starts below capacity); `fields`
+-- is what load() reads of a call on this kind alone.
+local function read_spec(at)
+  local name = ARGV[at]
+  local n_field, r_field, p_field = 'n:' .. name, 'r:' .. name, 'p:' .. name
+  local spec = {name = name, n_field = n_field, r_field = r_field, p_field = p_field,
+    fields = REDIS_HOLDS_THE_TRUTH and {n_field, r_field, p_field} or {n_field, r_field},
+    initial = ARGV[at + 1], capacity = tonumber(ARGV[at + 2]),
+    kept = ARGV[at + 1] ~= ARGV[at + 2], period = false, cutoffs = false}
+  if ARGV[at + 3] == 'R' then
+    spec.period = tonumber(ARGV[at + 4])
+    return spec, at + 5
+  end
+  spec.cutoffs = {tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), tonumber(ARGV[at + 6])}
+  return spec, at + 7
+end
+
+-- The kinds of the decision being made. A table costs Redis more than a
+-- decision's arithmetic, so the next decision of the call (a charge script
+-- deciding for several users) reuses them: new_kinds(count) empties the list
+-- to `count` kinds, set_kind(k, ...) sets the k-th. Nothing keeps a kind table
+-- past its decision.
+local decision_kinds = {}
+local function new_kinds(count)
+  for k = #decision_kinds, count + 1, -1 do
+    decision_kinds[k] = nil
+  end
+  return decision_kinds
+end
+
+-- Sets the k-th kind of the decision: its spec, up to three values of the
+-- calling script (kind[1] to kind[3]), and the balance load() fills in.
+local function set_kind(k, spec, first, second, third)
+  local state = decision_kinds[k]
+  if not state then
+    decision_kinds[k] = {first, second, third, spec = spec, n = 0, r = 0, born = false,
+      new_n = false, new_r = false, marked = false}
+    return
+  end
+  state[1], state[2], state[3], state.spec = first, second, third, spec
+  state.n, state.r, state.born, state.new_n, state.new_r, state.marked =
+    0, 0, false, false, false, false
+end
+
+-- Reads `count` kinds from ARGV, starting at `at`; each is `own` (0 to 3)
+-- values of the calling script, then a spec.
 local function read_kinds(at, count, own)
-  local kinds = {}
+  local list = new_kinds(count)
   for k = 1, count do
     local first, second, third = nil, nil, nil
     if own > 0 then first = ARGV[at] end
     if own > 1 then second = ARGV[at + 1] end
     if own > 2 then third = ARGV[at + 2] end
-    at = at + own
-    local name = ARGV[at]
-    local kind = {first, second, third, name = name, n_field = 'n:' .. name, r_field = 'r:' .. name,
-      initial = ARGV[at + 1], capacity = ARGV[at + 2], period = false, cutoffs = false,
-      n = 0, r = 0, born = false, new_n = false, new_r = false, marked = false}
-    if ARGV[at + 3] == 'R' then
-      kind.period = tonumber(ARGV[at + 4])
-      at = at + 5
-    else
-      kind.cutoffs = {tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), tonumber(ARGV[at + 6])}
-      at = at + 7
-    end
-    kinds[k] = kind
+    local spec
+    spec, at = read_spec(at + own)
+    set_kind(k, spec, first, second, third)
   end
-  return kinds
+  return list
 end
 
--- The latest last-refill instant at which a refill is due at `t`, or nil.
-local function cutoff(kind, t)
-  if kind.period then
-    return t - kind.period
+-- The latest last-refill instant at which a refill of `spec` is due at `t`,
+-- or nil.
+local function cutoff(spec, t)
+  if spec.period then
+    return t - spec.period
   end
   local latest = nil
-  for _, c in ipairs(kind.cutoffs) do
-    if c < t then
-      latest = c
+  for c = 1, 3 do
+    if spec.cutoffs[c] < t then
+      latest = spec.cutoffs[c]
     end
   end
   return latest
 end
 
+-- The error for a stored field that is not a number this crate wrote.
+local function not_a_number(key, field, value)
+  corrupt(key .. ' field ' .. field .. ' holds ' .. string.format('%q', tostring(value)) ..
+    ', not a number written by tower-tickets')
+end
+
 -- A stored field as a number, or an error naming the key and field.
 local function stored_integer(key, field, value)
-  if type(value) ~= 'string' or not string.match(value, '^%d+$') then
-    corrupt(key .. ' field ' .. field .. ' holds ' .. string.format('%q', tostring(value)) ..
-      ', not a number written by tower-tickets')
+  if type(value) ~= 'string' or not string.find(value, '^%d+$') then
+    not_a_number(key, field, value)
   end
   return tonumber(value)
+end
+
+-- The error for a key that holds another type than a script expects.
+local function wrong_type(key, expected)
+  corrupt(key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not ' .. expected)
 end
 
 -- The user's point when Redis caches a source of truth and holds every kind
@@ -145,20 +214,20 @@ end
 -- version of the last state the source took, or of the seeding) names
 -- another lineage or a later version. A hash restored from an old dump
 -- is such a hash; the write-through then reloads the user.
-local function seeded_point(key, kinds)
+local function seeded_point(key, high_water, kinds)
   local fields = {'l', 'v', 's', 'f', 'fc'}
   for _, kind in ipairs(kinds) do
-    fields[#fields + 1] = kind.n_field
-    fields[#fields + 1] = kind.r_field
+    fields[#fields + 1] = kind.spec.n_field
+    fields[#fields + 1] = kind.spec.r_field
   end
   local ok, values = pcall(redis.call, 'HMGET', key, unpack(fields))
   if not ok then
-    corrupt(key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not the hash of ticket balances')
+    wrong_type(key, 'the hash of ticket balances')
   end
   if not values[1] or not values[2] then
     return nil, UNSEEDED
   end
-  local mark = HIGH_WATER and redis.call('GET', HIGH_WATER)
+  local mark = redis.call('GET', high_water)
   if mark then
     local mark_l, mark_v = string.match(mark, '^(%d+) (%d+)$')
     if mark_l ~= values[1] or tonumber(mark_v) > tonumber(values[2]) then
@@ -167,14 +236,13 @@ local function seeded_point(key, kinds)
   end
   local seeded = values[3] or ','
   for k, kind in ipairs(kinds) do
-    if not string.find(seeded, ',' .. kind.name .. ',', 1, true)
+    if not string.find(seeded, ',' .. kind.spec.name .. ',', 1, true)
         or not values[4 + 2 * k] or not values[5 + 2 * k] then
       return nil, UNSEEDED
     end
   end
   local check = 0
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local now = redis_time()
   local unchecked = now - (tonumber(values[4]) or 0)
   if unchecked > CHECK_EVERY_MS and (tonumber(values[5]) or 0) <= now then
     if unchecked > 2 * CHECK_EVERY_MS then
@@ -211,47 +279,61 @@ end
 
 -- Loads each kind's balance into kind.n and kind.r, with a due refill
 -- applied: topped up to capacity (never lowered) and refilled at `t`. A kind
--- never seen starts at kind.initial, refilled at kind.born or else at `t`.
--- kind.new_n and kind.new_r tell save() which fields changed; kind.marked
--- whether the hash holds the kind's p:<kind> field (Redis holding the
--- truth).
+-- never seen starts at its initial balance, refilled at kind.born or else at
+-- `t`. kind.new_n and kind.new_r tell save() which fields changed;
+-- kind.marked whether the hash holds the kind's p:<kind> field (Redis
+-- holding the truth).
 local function load(key, kinds, t)
-  local fields = {}
-  for k, kind in ipairs(kinds) do
-    fields[2 * k - 1] = kind.n_field
-    fields[2 * k] = kind.r_field
-  end
-  if REDIS_HOLDS_THE_TRUTH then
-    for _, kind in ipairs(kinds) do
-      fields[#fields + 1] = 'p:' .. kind.name
+  local count = #kinds
+  local fields
+  if count == 1 then
+    fields = kinds[1].spec.fields
+  else
+    fields = {}
+    for k = 1, count do
+      local spec = kinds[k].spec
+      fields[2 * k - 1] = spec.n_field
+      fields[2 * k] = spec.r_field
+      if REDIS_HOLDS_THE_TRUTH then
+        fields[2 * count + k] = spec.p_field
+      end
     end
   end
   local ok, values = pcall(redis.call, 'HMGET', key, unpack(fields))
   if not ok then
-    corrupt(key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not the hash of ticket balances')
+    wrong_type(key, 'the hash of ticket balances')
   end
-  for k, kind in ipairs(kinds) do
-    kind.marked = REDIS_HOLDS_THE_TRUTH and values[2 * #kinds + k] ~= false
+  for k = 1, count do
+    local kind = kinds[k]
+    local spec = kind.spec
+    kind.marked = REDIS_HOLDS_THE_TRUTH and values[2 * count + k] ~= false
     local n, r = values[2 * k - 1], values[2 * k]
     if not n and not r then
-      kind.n, kind.r = tonumber(kind.initial), kind.born or t
+      kind.n, kind.r = tonumber(spec.initial), kind.born or t
       kind.new_n, kind.new_r = true, true
     else
-      kind.n = stored_integer(key, fields[2 * k - 1], n)
-      kind.r = stored_integer(key, fields[2 * k], r)
+      -- (stored_integer, inline: this runs on every charge)
+      if type(n) ~= 'string' or not string.find(n, '^%d+$') then
+        not_a_number(key, spec.n_field, n)
+      end
+      if type(r) ~= 'string' or not string.find(r, '^%d+$') then
+        not_a_number(key, spec.r_field, r)
+      end
+      kind.n, kind.r = tonumber(n), tonumber(r)
       if kind.n > MAX_BALANCE then
-        corrupt(key .. ' field ' .. fields[2 * k - 1] .. ' holds ' .. n .. ', above 2^32 - 1')
+        corrupt(key .. ' field ' .. spec.n_field .. ' holds ' .. n .. ', above 2^32 - 1')
       end
     end
-    local due = cutoff(kind, t)
+    local due = cutoff(spec, t)
     if due and kind.r <= due then
-      kind.n, kind.r = math.max(kind.n, tonumber(kind.capacity)), t
+      kind.n, kind.r = math.max(kind.n, spec.capacity), t
       kind.new_n, kind.new_r = true, true
     end
   end
 end
 
--- Writes the fields that changed, then decides when the hash expires:
+-- Writes the fields that changed (listed in a table the next decision of
+-- the call reuses), then decides when the hash expires:
 -- - at least `idle_ttl` ms after a refill (a new kind, a due refill), never
 --   shortened (another kind of the same user may need longer): by then a
 --   refill is due anyway, so forgetting the user gives back nothing they had
@@ -265,35 +347,33 @@ end
 --   kind's p:<kind> field tells the calls that do not carry it. It is read
 --   (load() sets kind.marked), never inferred: written when the kind must
 --   be kept and is not marked, dropped when it is marked and need not be.
--- (The checks are inline: every function defined in this file is a closure
--- built again on every call.)
+local save_fields = {}
 local function save(key, kinds, idle_ttl)
-  local fields = {}
+  local fields, count = save_fields, 0
   local released, refilled, kept = false, false, false
-  for _, kind in ipairs(kinds) do
+  for k = 1, #kinds do
+    local kind = kinds[k]
+    local spec = kind.spec
     if kind.new_n then
-      fields[#fields + 1] = kind.n_field
-      fields[#fields + 1] = kind.n
+      fields[count + 1], fields[count + 2], count = spec.n_field, kind.n, count + 2
       if REDIS_HOLDS_THE_TRUTH then
-        local keep = kind.initial ~= kind.capacity or kind.n > tonumber(kind.capacity)
+        local keep = spec.kept or kind.n > spec.capacity
         if keep and not kind.marked then
-          fields[#fields + 1] = 'p:' .. kind.name
-          fields[#fields + 1] = 1
+          fields[count + 1], fields[count + 2], count = spec.p_field, 1, count + 2
           kept = true
         elseif kind.marked and not keep then
           released = released or {}
-          released[#released + 1] = 'p:' .. kind.name
+          released[#released + 1] = spec.p_field
         end
       end
     end
     if kind.new_r then
-      fields[#fields + 1] = kind.r_field
-      fields[#fields + 1] = kind.r
+      fields[count + 1], fields[count + 2], count = spec.r_field, kind.r, count + 2
       refilled = true
     end
   end
-  if #fields > 0 then
-    redis.call('HSET', key, unpack(fields))
+  if count > 0 then
+    redis.call('HSET', key, unpack(fields, 1, count))
   end
   if released then
     redis.call('HDEL', key, unpack(released))
@@ -318,9 +398,10 @@ end
 -- The reply tail every script ends with: remaining and last refill per kind,
 -- in the order of the request.
 local function balances_reply(reply, kinds)
-  for _, kind in ipairs(kinds) do
-    reply[#reply + 1] = kind.n
-    reply[#reply + 1] = kind.r
+  local at = #reply
+  for k = 1, #kinds do
+    reply[at + 2 * k - 1] = kinds[k].n
+    reply[at + 2 * k] = kinds[k].r
   end
   return reply
 end

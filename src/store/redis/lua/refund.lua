@@ -5,7 +5,7 @@
 -- retry is charged again.
 --
 -- KEYS[1] the user's balances; then (caching a source) the high-water key;
--- then, optional, the idempotency key (IDEMPOTENCY_KEY).
+-- then, optional, the idempotency key (see user_keys).
 -- ARGV: decision time ('' = Redis TIME), idle TTL ms, kind count, then per
 --       kind: amount, last refill at the charge (Unix ms), balance left by
 --       the charge, spec.
@@ -20,13 +20,14 @@
 --        Caching a source: UNSEEDED, STALE, or {lineage, version, check
 --        (see seeded_point), then as above}.
 
+local HIGH_WATER, IDEMPOTENCY_KEY = user_keys(1, #KEYS)
 local t = decision_time(ARGV[1])
 local count = tonumber(ARGV[3])
 local kinds = read_kinds(4, count, 3)
 local reply = {}
 local included = true
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version, check = seeded_point(KEYS[1], kinds)
+  local lineage, version, check = seeded_point(KEYS[1], HIGH_WATER, kinds)
   if not lineage then
     return version
   end
@@ -58,16 +59,16 @@ end
 for _, kind in ipairs(kinds) do
   local amount = included and tonumber(kind[1]) or 0
   if amount > 0 and kind.r ~= tonumber(kind[2]) then
-    local left, capacity = tonumber(kind[3]), tonumber(kind.capacity)
+    local left, capacity = tonumber(kind[3]), kind.spec.capacity
     amount = math.max(left + amount, capacity) - math.max(left, capacity)
   end
   if amount > 0 then
     kind.n = math.min(kind.n + amount, MAX_BALANCE)
     kind.new_n = true
     if not REDIS_HOLDS_THE_TRUTH then
-      local unwritten = tonumber(redis.call('HGET', KEYS[1], 'u:' .. kind.name)) or 0
+      local unwritten = tonumber(redis.call('HGET', KEYS[1], 'u:' .. kind.spec.name)) or 0
       if unwritten > 0 then
-        redis.call('HSET', KEYS[1], 'u:' .. kind.name, math.max(0, unwritten - amount))
+        redis.call('HSET', KEYS[1], 'u:' .. kind.spec.name, math.max(0, unwritten - amount))
       end
     end
   end

@@ -1,0 +1,91 @@
+//! Batching: charges queued while a call is in flight go to Redis together,
+//! in one call of the charge script (one round trip, one reply, one `TIME`).
+
+use redis::{ErrorKind, RedisError, RedisResult, Script};
+use tokio::sync::{mpsc, oneshot};
+
+use super::charge_call::{Charge, charge_call};
+use super::connection::Connection;
+
+/// The most charges one call decides: Redis runs nothing else while a
+/// script runs, and a charge costs it a few microseconds.
+const MOST_PER_CALL: usize = 64;
+
+/// A queued charge and where its reply goes.
+struct Queued {
+    charge: Charge,
+    reply: oneshot::Sender<RedisResult<Vec<i64>>>,
+}
+
+/// The queue of one store's charges, and the task that sends them: a charge
+/// that finds no call in flight goes at once, alone; the charges that come
+/// meanwhile go together when that call's reply is in.
+pub(crate) struct Batcher {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl Batcher {
+    /// Starts the sending task on the current tokio runtime (the one the
+    /// connection lives on); it ends when the batcher is dropped.
+    pub(crate) fn start(connection: Connection, script: &'static Script) -> Self {
+        let (queue, queued) = mpsc::unbounded_channel();
+        tokio::spawn(send_queued(connection, script, queued));
+        Self { queue }
+    }
+
+    /// The charge script's reply for `charge`, once its call is answered.
+    /// Nothing is queued until the future is first polled.
+    pub(crate) async fn charge(&self, charge: Charge) -> RedisResult<Vec<i64>> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Queued { charge, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Sends the queued charges, one call at a time, until the batcher is
+/// dropped.
+async fn send_queued(
+    mut connection: Connection,
+    script: &'static Script,
+    mut queued: mpsc::UnboundedReceiver<Queued>,
+) {
+    let mut batch = Vec::with_capacity(MOST_PER_CALL);
+    while queued.recv_many(&mut batch, MOST_PER_CALL).await > 0 {
+        let call = charge_call(script, batch.iter().map(|queued| &queued.charge));
+        let replies: RedisResult<Vec<RedisResult<Vec<i64>>>> = connection.invoke(&call).await;
+        match replies {
+            Ok(replies) if replies.len() == batch.len() => {
+                for (queued, reply) in batch.drain(..).zip(replies) {
+                    // A caller that gave up dropped its receiver: nothing to
+                    // tell (a late charge's reply is still awaited).
+                    let _ = queued.reply.send(reply);
+                }
+            }
+            Ok(replies) => {
+                let error = RedisError::from((
+                    ErrorKind::UnexpectedReturnType,
+                    "the charge script answered another number of decisions than it was sent",
+                    format!("{} for {}", replies.len(), batch.len()),
+                ));
+                for queued in batch.drain(..) {
+                    let _ = queued.reply.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                for queued in batch.drain(..) {
+                    let _ = queued.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The error of a charge whose batcher is gone (its runtime shut down).
+fn stopped() -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        "the Redis store's batching task has stopped (was its tokio runtime shut down?)",
+    ))
+}
