@@ -202,6 +202,59 @@ mod focused {
     }
 
     #[tokio::test]
+    async fn charges_of_different_shapes_in_one_call() {
+        // Per user, at once: a charge of one kind, one of two kinds, and a
+        // keyed charge sent twice (the retry finds it in progress).
+        let server = RedisServer::start();
+        let store = store_on(&server, "shapes:").await;
+        let tickets = tickets();
+        let users: Vec<Uid> = (0..6).map(|n| fresh_uid(&format!("shapes-{n}"))).collect();
+        let both = tickets
+            .check_cost(&Cost::of("upload", 2).and("ai", 1))
+            .unwrap();
+        let mut charges = Vec::new();
+        for uid in &users {
+            charges.push(charge_request(&tickets, uid, "upload"));
+            let mut two_kinds = charge_request(&tickets, uid, "upload");
+            two_kinds.cost = both.clone();
+            charges.push(two_kinds);
+            for _ in 0..2 {
+                let mut keyed = charge_request(&tickets, uid, "ai");
+                keyed.idempotency_key = Some(IdempotencyKey::parse("retry-1").unwrap());
+                charges.push(keyed);
+            }
+        }
+        reset_stats(&server);
+        let outcomes = join_all(charges.into_iter().map(|request| store.charge(request))).await;
+        for (uid, outcomes) in users.iter().zip(outcomes.chunks(4)) {
+            let kinds: Vec<_> = outcomes
+                .iter()
+                .map(|outcome| match outcome {
+                    Ok(ChargeOutcome::Allowed { .. }) => "allowed",
+                    Ok(ChargeOutcome::InProgress) => "in progress",
+                    other => panic!("{uid}: {other:?}"),
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                ["allowed", "allowed", "allowed", "in progress"],
+                "{uid}"
+            );
+            let read = store
+                .balances(uid, tickets.kinds(), tickets.now())
+                .await
+                .unwrap();
+            assert_eq!((read[0].remaining, read[1].remaining), (2, 1), "{uid}");
+        }
+        let calls = command_calls(&server);
+        let evalsha = calls
+            .iter()
+            .find(|(n, _)| n == "evalsha")
+            .map_or(0, |(_, c)| *c);
+        assert!(evalsha < 24, "the charges went together: {calls:?}");
+    }
+
+    #[tokio::test]
     async fn without_batching_each_charge_is_its_own_call() {
         let server = RedisServer::start();
         let store = RedisStore::standalone(server.url())

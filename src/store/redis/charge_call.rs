@@ -1,6 +1,8 @@
 //! The charge script's call: one user's decision, or several decided in one
 //! `EVALSHA` (see `lua/charge.lua` for the layout).
 
+use std::ops::Range;
+
 use chrono::{DateTime, Utc};
 use redis::Script;
 
@@ -17,23 +19,29 @@ pub(crate) struct Charge {
     pub(crate) time: Option<i64>,
     /// How long the user's hash outlives a refill, in ms.
     pub(crate) idle_ttl: u64,
-    /// `<fingerprint>#<charge id>`, with an idempotency key only.
+    /// `<fingerprint>#<charge id>`, with an idempotency key (the last of
+    /// `keys`) only.
     pub(crate) fingerprint: Option<String>,
     pub(crate) cost: CheckedCost,
     /// The caller's instant: the calendar cutoffs are computed around it.
     pub(crate) now: DateTime<Utc>,
 }
 
-/// One `EVALSHA` of the charge `script` deciding `charges` in order; each
-/// kind spec they use is sent once.
+/// One `EVALSHA` of the charge `script` deciding `charges` in order. The
+/// kind specs they use, and their shapes (key count, time, idle TTL, kinds),
+/// are sent once each: most charges of a call share one.
 pub(crate) fn charge_call<'a>(
     script: &'static Script,
     charges: impl Iterator<Item = &'a Charge> + Clone,
 ) -> ScriptCall {
     let mut specs: Vec<KindSpec<'_>> = Vec::new();
-    // Per charge, per item: the index of its spec (from 1, as Lua counts).
-    let mut uses: Vec<usize> = Vec::new();
+    // Each charge's spec indices (from 1, as Lua counts), one after another.
+    let mut spec_indices: Vec<usize> = Vec::new();
+    let mut shapes: Vec<Shape> = Vec::new();
+    // Each charge's shape index (from 1).
+    let mut shape_of: Vec<usize> = Vec::new();
     for charge in charges.clone() {
+        let first = spec_indices.len();
         for item in charge.cost.items() {
             let spec = KindSpec::new(&item.kind, charge.now);
             let index = match specs.iter().position(|known| known.same_as(&spec)) {
@@ -43,27 +51,67 @@ pub(crate) fn charge_call<'a>(
                     specs.len() - 1
                 }
             };
-            uses.push(index + 1);
+            spec_indices.push(index + 1);
         }
+        let shape = Shape {
+            key_count: charge.keys.len(),
+            time: charge.time,
+            idle_ttl: charge.idle_ttl,
+            specs: first..spec_indices.len(),
+        };
+        let same = |known: &Shape| known.same_as(&shape, &spec_indices);
+        let index = match shapes.iter().position(same) {
+            Some(index) => index,
+            None => {
+                shapes.push(shape);
+                shapes.len() - 1
+            }
+        };
+        shape_of.push(index + 1);
     }
     let mut call = ScriptCall::new(script, charges.clone().flat_map(|charge| &charge.keys));
     call.arg(millis(IDEMPOTENCY_TTL)).arg(specs.len());
     for spec in &specs {
         spec.push(&mut call, spec.kind().initial_balance());
     }
-    let mut uses = uses.into_iter();
-    for charge in charges {
-        call.arg(charge.keys.len());
-        match charge.time {
+    call.arg(shapes.len());
+    for shape in &shapes {
+        call.arg(shape.key_count);
+        match shape.time {
             Some(ms) => call.arg(ms),
             None => call.arg(""),
         };
-        call.arg(charge.idle_ttl)
-            .arg(charge.fingerprint.as_deref().unwrap_or(""))
-            .arg(charge.cost.items().len());
+        call.arg(shape.idle_ttl).arg(shape.specs.len());
+        for index in &spec_indices[shape.specs.clone()] {
+            call.arg(*index);
+        }
+    }
+    for (charge, shape) in charges.zip(shape_of) {
+        call.arg(shape);
+        if let Some(fingerprint) = &charge.fingerprint {
+            call.arg(fingerprint);
+        }
         for item in charge.cost.items() {
-            call.arg(uses.next().unwrap_or_default()).arg(item.amount);
+            call.arg(item.amount);
         }
     }
     call
+}
+
+/// What charges of one call may share.
+struct Shape {
+    key_count: usize,
+    time: Option<i64>,
+    idle_ttl: u64,
+    /// Where its spec indices are in the list of every charge's.
+    specs: Range<usize>,
+}
+
+impl Shape {
+    fn same_as(&self, other: &Self, spec_indices: &[usize]) -> bool {
+        self.key_count == other.key_count
+            && self.time == other.time
+            && self.idle_ttl == other.idle_ttl
+            && spec_indices[self.specs.clone()] == spec_indices[other.specs.clone()]
+    }
 }

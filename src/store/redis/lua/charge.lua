@@ -6,11 +6,14 @@
 --
 -- KEYS: each decision's keys in turn: the user's balances; then (caching a
 --       source) the high-water key; then, optional, the idempotency key.
--- ARGV: idempotency TTL ms, spec count, the specs (see common.lua), then
---       per decision: its key count, decision time ('' = Redis TIME), idle
---       TTL ms, '<request fingerprint>#<charge id>' with an idempotency key
---       (the id goes into the key's record) or '', kind count, then per
---       kind: the index of its spec (from 1), amount.
+-- ARGV: idempotency TTL ms, spec count, the specs (see common.lua), shape
+--       count, the shapes, then the decisions.
+--       A shape is what the decisions of a call share (most decisions of a
+--       route do): key count, decision time ('' = Redis TIME), idle TTL ms,
+--       kind count, then the index of each kind's spec (from 1).
+--       A decision: the index of its shape (from 1), with an idempotency
+--       key '<request fingerprint>#<charge id>' (the id goes into the key's
+--       record), then each kind's amount.
 -- Reply: per decision, in order, {outcome, remaining, last refill, ...}
 --        with outcome 0 refused, 1 allowed, 2 replayed (the key already paid
 --        for this request, which finished), 3 in progress (it has not
@@ -24,16 +27,29 @@
 
 local IDEMPOTENCY_TTL = tonumber(ARGV[1])
 
--- The decision whose keys start at KEYS[first] (`key_count` of them) and
--- whose arguments start at ARGV[at].
-local function charge(first, key_count, at, specs)
-  local key = KEYS[first]
-  local high_water, idempotency_key = user_keys(first, key_count)
-  local t = decision_time(ARGV[at + 1])
-  local count = tonumber(ARGV[at + 4])
-  local kinds = new_kinds(count)
+-- Reads the shape at ARGV[at]; returns it and the index after it.
+local function read_shape(at, specs)
+  local count = tonumber(ARGV[at + 3])
+  local key_count = tonumber(ARGV[at])
+  local shape = {key_count = key_count, time = ARGV[at + 1], idle_ttl = ARGV[at + 2],
+    keyed = key_count > (REDIS_HOLDS_THE_TRUTH and 1 or 2), specs = {}}
   for k = 1, count do
-    set_kind(k, specs[tonumber(ARGV[at + 3 + 2 * k])], tonumber(ARGV[at + 4 + 2 * k]))
+    shape.specs[k] = specs[tonumber(ARGV[at + 3 + k])]
+  end
+  return shape, at + 4 + count
+end
+
+-- The decision of `shape` whose keys start at KEYS[first] and whose
+-- arguments start at ARGV[at].
+local function charge(first, shape, at)
+  local key = KEYS[first]
+  local high_water, idempotency_key = user_keys(first, shape.key_count)
+  local t = decision_time(shape.time)
+  local count = #shape.specs
+  local kinds = new_kinds(count)
+  local amounts = shape.keyed and at + 2 or at + 1
+  for k = 1, count do
+    set_kind(k, shape.specs[k], tonumber(ARGV[amounts + k - 1]))
   end
   local reply = {}
   if not REDIS_HOLDS_THE_TRUTH then
@@ -55,7 +71,7 @@ local function charge(first, key_count, at, specs)
   local outcome = 1
   local fingerprint, charge_id = nil, nil
   if idempotency_key then
-    fingerprint, charge_id = string.match(ARGV[at + 3], '^([^#]*)#(%d+)$')
+    fingerprint, charge_id = string.match(ARGV[at + 1], '^([^#]*)#(%d+)$')
     local record = idempotency_record(idempotency_key)
     if record and record.expires > t then
       if record.fingerprint ~= fingerprint then
@@ -88,7 +104,7 @@ local function charge(first, key_count, at, specs)
         (t + IDEMPOTENCY_TTL) .. ' R ' .. fingerprint .. '#' .. charge_id, 'PX', IDEMPOTENCY_TTL)
     end
   end
-  save(key, kinds, ARGV[at + 2])
+  save(key, kinds, shape.idle_ttl)
   reply[1] = outcome
   return balances_reply(reply, kinds)
 end
@@ -97,10 +113,15 @@ local specs, at = {}, 3
 for s = 1, tonumber(ARGV[2]) do
   specs[s], at = read_spec(at)
 end
+local shapes, shape_count = {}, tonumber(ARGV[at])
+at = at + 1
+for s = 1, shape_count do
+  shapes[s], at = read_shape(at, specs)
+end
 local replies, first = {}, 1
 while at <= #ARGV do
-  local key_count = tonumber(ARGV[at])
-  local ok, reply = pcall(charge, first, key_count, at, specs)
+  local shape = shapes[tonumber(ARGV[at])]
+  local ok, reply = pcall(charge, first, shape, at)
   if not ok and type(reply) ~= 'table' then
     -- Redis hands errors raised as {err = ...} to pcall as their text; a
     -- text without an error code is a fault of the script itself.
@@ -111,7 +132,7 @@ while at <= #ARGV do
     reply = {err = reply}
   end
   replies[#replies + 1] = reply
-  first = first + key_count
-  at = at + 5 + 2 * tonumber(ARGV[at + 4])
+  first = first + shape.key_count
+  at = at + (shape.keyed and 2 or 1) + #shape.specs
 end
 return replies

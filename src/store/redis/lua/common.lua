@@ -220,8 +220,8 @@ local function seeded_point(key, high_water, kinds)
     fields[#fields + 1] = kind.spec.n_field
     fields[#fields + 1] = kind.spec.r_field
   end
-  local ok, values = pcall(redis.call, 'HMGET', key, unpack(fields))
-  if not ok then
+  local values = redis.pcall('HMGET', key, unpack(fields))
+  if values.err then
     wrong_type(key, 'the hash of ticket balances')
   end
   if not values[1] or not values[2] then
@@ -299,8 +299,8 @@ local function load(key, kinds, t)
       end
     end
   end
-  local ok, values = pcall(redis.call, 'HMGET', key, unpack(fields))
-  if not ok then
+  local values = redis.pcall('HMGET', key, unpack(fields))
+  if values.err then
     wrong_type(key, 'the hash of ticket balances')
   end
   for k = 1, count do
