@@ -88,27 +88,7 @@ const GENERATOR: &str = "--load-generator";
 /// The naive middleware's decision: refill to capacity once a period has
 /// passed since the last refill, then spend if the balance allows.
 /// ARGV: cost, capacity, period (ms). Reply: {allowed, remaining, refill}.
-const NAIVE_SCRIPT: &str = r"
-local key = KEYS[1]
-local cost = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local period = tonumber(ARGV[3])
-local now = redis.call('TIME')
-local t = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local stored = redis.call('HMGET', key, 'n', 'r')
-local n, r = tonumber(stored[1]), tonumber(stored[2])
-if not n then
-  n, r = capacity, t
-elseif t - r >= period then
-  n, r = math.max(n, capacity), t
-end
-if n < cost then
-  return {0, n, r}
-end
-n = n - cost
-redis.call('HSET', key, 'n', n, 'r', r)
-return {1, n, r}
-";
+const NAIVE_SCRIPT: &str = include_str!("lua/naive.lua");
 
 /// How long the run lasts.
 struct Schedule {

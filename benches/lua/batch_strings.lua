@@ -1,0 +1,18 @@
+-- Another layout's floor (see benches/redis_decision.sh): each user's
+-- balance one string '<left> <last refill>', every user of the call read
+-- by one MGET and written by one MSET, so that Redis commands per decision
+-- no longer grow with the call. Per user: parse, spend, format, reply.
+local values = redis.call('MGET', unpack(KEYS))
+local writes, replies = {}, {}
+for i = 1, #KEYS do
+  local n, r = 1000000000, 0
+  if values[i] then
+    local left, last = string.match(values[i], '^(%d+) (%d+)$')
+    n, r = tonumber(left), tonumber(last)
+  end
+  n = n - 1
+  writes[2 * i - 1], writes[2 * i] = KEYS[i], n .. ' ' .. r
+  replies[i] = {1, n, r}
+end
+redis.call('MSET', unpack(writes))
+return replies
