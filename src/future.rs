@@ -199,7 +199,7 @@ where
                             receipt,
                         },
                         Decision::Answer(rejection) => State::Answered {
-                            response: Some(settle.tickets.reject(&rejection, request.headers())),
+                            response: Some(settle.tickets.respond(rejection, request.headers())),
                         },
                     })
                 }

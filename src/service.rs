@@ -61,7 +61,7 @@ where
         let shared = &self.tickets.shared;
         let (parts, body) = request.into_parts();
         let reject = |rejection: Rejection| {
-            ResponseFuture::rejected(self.tickets.reject(&rejection, &parts.headers))
+            ResponseFuture::rejected(self.tickets.respond(rejection, &parts.headers))
         };
 
         // 1. Identify: no store is touched for an unknown or hostile user.
