@@ -40,7 +40,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody>,
-        settle: Option<Box<Settle>>,
+        settle: Option<Settle>,
     }
 
     impl<S, ReqBody> PinnedDrop for ResponseFuture<S, ReqBody>
@@ -155,7 +155,7 @@ where
                 request: Some(request),
                 inner: Some(inner),
             },
-            settle: Some(Box::new(Settle {
+            settle: Some(Settle {
                 span: telemetry::decision_span(&uid, &cost),
                 tickets,
                 plan,
@@ -164,7 +164,7 @@ where
                 now,
                 ratelimit: None,
                 store_started: Instant::now(),
-            })),
+            }),
         }
     }
 }
@@ -410,9 +410,10 @@ impl Settle {
         }
     }
 
-    /// Adds the `RateLimit` headers of the kinds charged.
-    fn stamp<B>(&self, mut response: Response<B>) -> Response<B> {
-        if let Some(ratelimit) = &self.ratelimit {
+    /// Adds the `RateLimit` headers of the kinds charged (once: the value
+    /// is handed over, not copied).
+    fn stamp<B>(&mut self, mut response: Response<B>) -> Response<B> {
+        if let Some(ratelimit) = self.ratelimit.take() {
             let headers: &mut HeaderMap = response.headers_mut();
             let policy = match &self.plan.pricing {
                 Pricing::Fixed { policy, .. } => policy.clone(),
@@ -421,7 +422,7 @@ impl Settle {
                 }
             };
             headers.insert(RATELIMIT_POLICY_NAME, policy);
-            headers.insert(RATELIMIT_NAME, ratelimit.clone());
+            headers.insert(RATELIMIT_NAME, ratelimit);
         }
         response
     }
