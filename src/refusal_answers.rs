@@ -10,6 +10,7 @@
 //! registry cannot know what that catalogue reads.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -81,7 +82,7 @@ impl RefusalAnswers {
 /// only the whole seconds left until the refill (`Retry-After`, the
 /// `RateLimit` header's `t`, the wait in words) and whether it falls the
 /// same day.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq)]
 pub(crate) struct AnswerKey {
     language: &'static str,
     /// The kind's address: the registry's kinds never change once built.
@@ -111,6 +112,18 @@ impl AnswerKey {
             wait_secs: seconds_until(refill_at, now),
             same_day: refill_at.date_naive() == now.date_naive(),
         }
+    }
+}
+
+/// Hashes the kind, the refill instant and the wait only: what tells most
+/// answers apart. Hashing every field, each one a SipHash round, cost more
+/// than the rest of a refusal's lookup; keys alike in these three (another
+/// language, balance or cost) are told apart by `Eq`, and are few.
+impl Hash for AnswerKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(self.kind);
+        state.write_i64(self.refill_at.timestamp_millis());
+        state.write_u64(self.wait_secs);
     }
 }
 
