@@ -110,7 +110,9 @@ impl AnswerKey {
             remaining,
             refill_at,
             wait_secs: seconds_until(refill_at, now),
-            same_day: refill_at.date_naive() == now.date_naive(),
+            // UTC days (what the catalogue words), without `date_naive`'s
+            // addition of the zero offset.
+            same_day: refill_at.naive_utc().date() == now.naive_utc().date(),
         }
     }
 }
