@@ -24,7 +24,6 @@ use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME};
 use crate::rejection::{QuotaExceeded, QuotaItem, Rejection};
 use crate::store::{ChargeOutcome, KindBalance, Receipt, StoreError, StoreErrorKind, StoreFuture};
 use crate::telemetry::{self, StoreOperation};
-use crate::tickets::Tickets;
 use crate::uid::Uid;
 use crate::unanswered::{self, Settled, Settlement, Unanswered};
 
@@ -65,7 +64,7 @@ pin_project! {
             };
             unanswered::settle_in_background(
                 unanswered,
-                settle.tickets.clone(),
+                settle.plan.tickets.clone(),
                 settle.cost.clone(),
                 settle.plan.refund_unanswered,
                 settle.span.clone(),
@@ -76,7 +75,6 @@ pin_project! {
 
 /// What the later states need to know about the decision.
 struct Settle {
-    tickets: Tickets,
     plan: Arc<Plan>,
     uid: Uid,
     cost: CheckedCost,
@@ -143,7 +141,6 @@ where
         charge: StoreFuture<ChargeOutcome>,
         request: Request<ReqBody>,
         inner: S,
-        tickets: Tickets,
         plan: Arc<Plan>,
         uid: Uid,
         cost: CheckedCost,
@@ -157,7 +154,6 @@ where
             },
             settle: Some(Settle {
                 span: telemetry::decision_span(&uid, &cost),
-                tickets,
                 plan,
                 uid,
                 cost,
@@ -199,7 +195,9 @@ where
                             receipt,
                         },
                         Decision::Answer(rejection) => State::Answered {
-                            response: Some(settle.tickets.respond(rejection, request.headers())),
+                            response: Some(
+                                settle.plan.tickets.respond(rejection, request.headers()),
+                            ),
                         },
                     })
                 }
@@ -393,9 +391,9 @@ impl Settle {
     /// key (so that its retries are told it was processed), else nothing.
     fn settlement(&mut self, receipt: Receipt, failed: bool) -> Option<Settlement> {
         let settlement = if failed {
-            Settled::refund(&self.tickets, receipt)
+            Settled::refund(&self.plan.tickets, receipt)
         } else if receipt.idempotency_key.is_some() {
-            Settled::finish(&self.tickets, &receipt)
+            Settled::finish(&self.plan.tickets, &receipt)
         } else {
             return None;
         };
