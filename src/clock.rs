@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 
 /// A source of the current time.
 ///
@@ -76,5 +76,57 @@ impl Clock for FakeClock {
 /// store keeps, so that all backends agree on the same instants.
 pub(crate) fn now_millis(clock: &dyn Clock) -> DateTime<Utc> {
     let now = clock.now();
+    let nanos = now.nanosecond();
+    // Dropping the sub-millisecond part leaves the date alone: no second
+    // conversion from a timestamp (the layer does this on every request).
+    // A leap second (nanos past 1e9) takes the timestamp's way, which moves
+    // it into the next second.
+    if nanos < 1_000_000_000
+        && let Some(truncated) = now.naive_utc().with_nanosecond(nanos - nanos % 1_000_000)
+    {
+        return truncated.and_utc();
+    }
     DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct At(DateTime<Utc>);
+
+    impl Clock for At {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+    }
+
+    fn truncated(at: &str) -> String {
+        now_millis(&At(at.parse().unwrap())).to_rfc3339()
+    }
+
+    #[test]
+    fn now_is_truncated_to_whole_milliseconds() {
+        assert_eq!(
+            truncated("2026-03-29T10:00:00.123456789Z"),
+            "2026-03-29T10:00:00.123+00:00"
+        );
+        assert_eq!(
+            truncated("2026-03-29T23:59:59.999999999Z"),
+            "2026-03-29T23:59:59.999+00:00"
+        );
+        assert_eq!(
+            truncated("1969-12-31T23:59:59.999500Z"),
+            "1969-12-31T23:59:59.999+00:00"
+        );
+        // A leap second is read as the second after it, as a timestamp would.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|day| day.and_hms_nano_opt(23, 59, 59, 1_500_600_000))
+            .unwrap()
+            .and_utc();
+        assert_eq!(
+            now_millis(&At(leap)).to_rfc3339(),
+            "2017-01-01T00:00:00.500+00:00"
+        );
+    }
 }

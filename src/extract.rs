@@ -30,7 +30,7 @@ where
         let tickets = Tickets::from_ref(state);
         tickets
             .identify(parts)
-            .map_err(|e| tickets.reject(&Rejection::Unauthenticated(e), &parts.headers))
+            .map_err(|e| tickets.respond(Rejection::Unauthenticated(e), &parts.headers))
     }
 }
 
@@ -48,6 +48,6 @@ where
         tickets
             .balances(&uid)
             .await
-            .map_err(|e| tickets.reject(&Rejection::StoreUnavailable(Arc::new(e)), &parts.headers))
+            .map_err(|e| tickets.respond(Rejection::StoreUnavailable(Arc::new(e)), &parts.headers))
     }
 }

@@ -24,7 +24,6 @@ use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME};
 use crate::rejection::{QuotaExceeded, QuotaItem, Rejection};
 use crate::store::{ChargeOutcome, KindBalance, Receipt, StoreError, StoreErrorKind, StoreFuture};
 use crate::telemetry::{self, StoreOperation};
-use crate::tickets::Tickets;
 use crate::uid::Uid;
 use crate::unanswered::{self, Settled, Settlement, Unanswered};
 
@@ -40,7 +39,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody>,
-        settle: Option<Box<Settle>>,
+        settle: Option<Settle>,
     }
 
     impl<S, ReqBody> PinnedDrop for ResponseFuture<S, ReqBody>
@@ -65,7 +64,7 @@ pin_project! {
             };
             unanswered::settle_in_background(
                 unanswered,
-                settle.tickets.clone(),
+                settle.plan.tickets.clone(),
                 settle.cost.clone(),
                 settle.plan.refund_unanswered,
                 settle.span.clone(),
@@ -76,7 +75,6 @@ pin_project! {
 
 /// What the later states need to know about the decision.
 struct Settle {
-    tickets: Tickets,
     plan: Arc<Plan>,
     uid: Uid,
     cost: CheckedCost,
@@ -143,7 +141,6 @@ where
         charge: StoreFuture<ChargeOutcome>,
         request: Request<ReqBody>,
         inner: S,
-        tickets: Tickets,
         plan: Arc<Plan>,
         uid: Uid,
         cost: CheckedCost,
@@ -155,16 +152,15 @@ where
                 request: Some(request),
                 inner: Some(inner),
             },
-            settle: Some(Box::new(Settle {
+            settle: Some(Settle {
                 span: telemetry::decision_span(&uid, &cost),
-                tickets,
                 plan,
                 uid,
                 cost,
                 now,
                 ratelimit: None,
                 store_started: Instant::now(),
-            })),
+            }),
         }
     }
 }
@@ -199,7 +195,9 @@ where
                             receipt,
                         },
                         Decision::Answer(rejection) => State::Answered {
-                            response: Some(settle.tickets.reject(&rejection, request.headers())),
+                            response: Some(
+                                settle.plan.tickets.respond(rejection, request.headers()),
+                            ),
                         },
                     })
                 }
@@ -393,9 +391,9 @@ impl Settle {
     /// key (so that its retries are told it was processed), else nothing.
     fn settlement(&mut self, receipt: Receipt, failed: bool) -> Option<Settlement> {
         let settlement = if failed {
-            Settled::refund(&self.tickets, receipt)
+            Settled::refund(&self.plan.tickets, receipt)
         } else if receipt.idempotency_key.is_some() {
-            Settled::finish(&self.tickets, &receipt)
+            Settled::finish(&self.plan.tickets, &receipt)
         } else {
             return None;
         };
@@ -410,9 +408,10 @@ impl Settle {
         }
     }
 
-    /// Adds the `RateLimit` headers of the kinds charged.
-    fn stamp<B>(&self, mut response: Response<B>) -> Response<B> {
-        if let Some(ratelimit) = &self.ratelimit {
+    /// Adds the `RateLimit` headers of the kinds charged (once: the value
+    /// is handed over, not copied).
+    fn stamp<B>(&mut self, mut response: Response<B>) -> Response<B> {
+        if let Some(ratelimit) = self.ratelimit.take() {
             let headers: &mut HeaderMap = response.headers_mut();
             let policy = match &self.plan.pricing {
                 Pricing::Fixed { policy, .. } => policy.clone(),
@@ -421,7 +420,7 @@ impl Settle {
                 }
             };
             headers.insert(RATELIMIT_POLICY_NAME, policy);
-            headers.insert(RATELIMIT_NAME, ratelimit.clone());
+            headers.insert(RATELIMIT_NAME, ratelimit);
         }
         response
     }

@@ -31,14 +31,16 @@ use crate::tickets::Tickets;
 /// ```
 #[derive(Clone)]
 pub struct TicketLayer {
-    pub(crate) tickets: Tickets,
     pub(crate) plan: Arc<Plan>,
 }
 
 /// How a layer prices requests, when it refunds and what it does with a
-/// replayed `Idempotency-Key`.
+/// replayed `Idempotency-Key`; with the registry it charges, so that a
+/// request clones one `Arc` for both.
 #[derive(Clone)]
 pub(crate) struct Plan {
+    /// The registry the layer charges.
+    pub(crate) tickets: Tickets,
     pub(crate) pricing: Pricing,
     pub(crate) refund_on: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
     pub(crate) replays: Replays,
@@ -82,8 +84,8 @@ impl TicketLayer {
 
     fn with(tickets: Tickets, pricing: Pricing) -> Self {
         Self {
-            tickets,
             plan: Arc::new(Plan {
+                tickets,
                 pricing,
                 refund_on: Arc::new(|status: StatusCode| status.is_server_error()),
                 replays: Replays::default(),
@@ -131,7 +133,6 @@ impl TicketLayer {
         let mut plan = Plan::clone(&self.plan);
         change(&mut plan);
         Self {
-            tickets: self.tickets,
             plan: Arc::new(plan),
         }
     }
@@ -141,6 +142,6 @@ impl<S> Layer<S> for TicketLayer {
     type Service = TicketService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TicketService::new(inner, self.tickets.clone(), self.plan.clone())
+        TicketService::new(inner, self.plan.clone())
     }
 }

@@ -17,7 +17,7 @@ mod layer;
 pub mod messages;
 mod ratelimit_headers;
 mod refill;
-mod refusal_bodies;
+mod refusal_answers;
 mod rejection;
 mod service;
 pub mod store;

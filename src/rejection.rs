@@ -14,7 +14,7 @@ use crate::identity::IdentityError;
 use crate::kind::TicketKind;
 use crate::messages::{Day, Message, Messages, negotiate};
 use crate::ratelimit_headers::{self, RATELIMIT_NAME, RATELIMIT_POLICY_NAME, seconds_until};
-use crate::refusal_bodies::{BodyKey, RefusalBodies};
+use crate::refusal_answers::{Answer, AnswerKey, RefusalAnswers};
 use crate::store::StoreError;
 
 /// The problem type of a 429.
@@ -254,54 +254,52 @@ impl Rejection {
         messages: &dyn Messages,
         request_headers: &HeaderMap,
     ) -> Response<B> {
-        self.respond(messages, request_headers, None)
+        self.clone().respond(messages, request_headers, None)
     }
 
-    /// [`Self::to_response`], reusing the body of a recent identical
-    /// one-kind refusal from `bodies` (only for the built-in catalogue: see
-    /// [`RefusalBodies`]).
+    /// [`Self::to_response`], reusing the answer of a recent identical
+    /// one-kind refusal from `answers` (only for the built-in catalogue: see
+    /// [`RefusalAnswers`]). The rejection moves into the response's
+    /// extensions.
     pub(crate) fn respond<B: From<Bytes>>(
-        &self,
+        self,
         messages: &dyn Messages,
         request_headers: &HeaderMap,
-        bodies: Option<&RefusalBodies>,
+        answers: Option<&RefusalAnswers>,
     ) -> Response<B> {
         let language = negotiate(request_headers, messages.languages());
         let status = self.status();
         let mut headers = HeaderMap::new();
-        let message = match self {
+        let message = match &self {
             Self::QuotaExceeded(q) => {
                 // The first kind that cannot pay speaks for the refusal.
                 let Some(first) = q.violated().next().or(q.items.first()) else {
-                    return self.problem(
-                        messages,
-                        language,
-                        StatusCode::TOO_MANY_REQUESTS,
-                        headers,
-                        &Message::BadRequest {
-                            reason: "no tickets left",
-                        },
-                    );
+                    let message = Message::BadRequest {
+                        reason: "no tickets left",
+                    };
+                    let answer = problem(messages, language, &self, headers, &message);
+                    return self.response(status, answer);
                 };
-                let retry_after = q
-                    .violated()
-                    .map(|i| seconds_until(i.refill_at, q.now))
-                    .max()
-                    .unwrap_or(0);
-                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-                headers.insert(
-                    RATELIMIT_POLICY_NAME,
-                    ratelimit_headers::policy(q.items.iter().map(|i| &*i.kind)),
-                );
-                headers.insert(
-                    RATELIMIT_NAME,
-                    ratelimit_headers::remaining(
-                        q.items.iter().map(|i| (&*i.kind, i.remaining, i.refill_at)),
-                        q.now,
-                    ),
-                );
-                // Built only when no recent identical refusal left its body.
-                let render = || {
+                // Built only when no recent identical refusal left its answer.
+                let build = || {
+                    let mut headers = HeaderMap::new();
+                    let retry_after = q
+                        .violated()
+                        .map(|i| seconds_until(i.refill_at, q.now))
+                        .max()
+                        .unwrap_or(0);
+                    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                    headers.insert(
+                        RATELIMIT_POLICY_NAME,
+                        ratelimit_headers::policy(q.items.iter().map(|i| &*i.kind)),
+                    );
+                    headers.insert(
+                        RATELIMIT_NAME,
+                        ratelimit_headers::remaining(
+                            q.items.iter().map(|i| (&*i.kind, i.remaining, i.refill_at)),
+                            q.now,
+                        ),
+                    );
                     let message = Message::QuotaExceeded {
                         label: first.kind.display_label(language),
                         cost: first.cost,
@@ -319,11 +317,12 @@ impl Rejection {
                         violated_policies: q.violated().map(|i| i.kind.name()).collect(),
                     };
                     let kind = (QUOTA_EXCEEDED_TYPE, status);
-                    problem_body(messages, language, kind, &message, Some(members))
+                    let body = problem_body(messages, language, kind, &message, Some(members));
+                    problem_answer(headers, language, body)
                 };
-                let body = match (bodies, q.items.as_slice()) {
-                    (Some(bodies), [only]) => {
-                        let key = BodyKey::new(
+                let answer = match (answers, q.items.as_slice()) {
+                    (Some(answers), [only]) => {
+                        let key = AnswerKey::new(
                             language,
                             &only.kind,
                             only.cost,
@@ -331,11 +330,11 @@ impl Rejection {
                             only.refill_at,
                             q.now,
                         );
-                        bodies.get_or_render(key, render)
+                        Answer::clone(&answers.get_or_build(key, &only.kind, build))
                     }
-                    _ => render(),
+                    _ => build(),
                 };
-                return self.answer(status, headers, language, body);
+                return self.response(status, answer);
             }
             Self::Unauthenticated(IdentityError::Unavailable { retry_after, .. }) => {
                 let secs = retry_after.as_secs().max(1);
@@ -351,13 +350,9 @@ impl Rejection {
                     IdentityError::Missing { .. } => "no credentials were sent".to_string(),
                     other => other.to_string(),
                 };
-                return self.problem(
-                    messages,
-                    language,
-                    status,
-                    headers,
-                    &Message::Unauthenticated { reason: &reason },
-                );
+                let message = Message::Unauthenticated { reason: &reason };
+                let answer = problem(messages, language, &self, headers, &message);
+                return self.response(status, answer);
             }
             Self::StoreUnavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -371,46 +366,42 @@ impl Rejection {
             }
             Self::KeyReused => Message::KeyReused,
         };
-        self.problem(messages, language, status, headers, &message)
+        let answer = problem(messages, language, &self, headers, &message);
+        self.response(status, answer)
     }
 
-    /// A problem without the quota members of a 429.
-    fn problem<B: From<Bytes>>(
-        &self,
-        messages: &dyn Messages,
-        language: &str,
-        status: StatusCode,
-        headers: HeaderMap,
-        message: &Message<'_>,
-    ) -> Response<B> {
-        let body = problem_body(
-            messages,
-            language,
-            (self.problem_type(), status),
-            message,
-            None,
-        );
-        self.answer(status, headers, language, body)
-    }
-
-    fn answer<B: From<Bytes>>(
-        &self,
-        status: StatusCode,
-        headers: HeaderMap,
-        language: &str,
-        body: Bytes,
-    ) -> Response<B> {
-        let mut response = Response::new(B::from(body));
+    /// The response: `status`, `answer`, and this rejection in its
+    /// extensions.
+    fn response<B: From<Bytes>>(self, status: StatusCode, answer: Answer) -> Response<B> {
+        let mut response = Response::new(B::from(answer.body));
         *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Ok(language) = HeaderValue::from_str(language) {
-            response.headers_mut().insert(CONTENT_LANGUAGE, language);
-        }
-        response.extensions_mut().insert(self.clone());
+        *response.headers_mut() = answer.headers;
+        response.extensions_mut().insert(self);
         response
     }
+}
+
+/// `rejection`'s problem, without the quota members of a 429.
+fn problem(
+    messages: &dyn Messages,
+    language: &str,
+    rejection: &Rejection,
+    headers: HeaderMap,
+    message: &Message<'_>,
+) -> Answer {
+    let kind = (rejection.problem_type(), rejection.status());
+    let body = problem_body(messages, language, kind, message, None);
+    problem_answer(headers, language, body)
+}
+
+/// `headers` with the problem's content type and language, and `body`.
+fn problem_answer(mut headers: HeaderMap, language: &str, body: Bytes) -> Answer {
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Ok(language) = HeaderValue::from_str(language) {
+        headers.insert(CONTENT_LANGUAGE, language);
+    }
+    Answer { headers, body }
 }

@@ -14,24 +14,18 @@ use crate::idempotency::{IdempotencyKey, RequestFingerprint};
 use crate::layer::{Plan, Pricing};
 use crate::rejection::Rejection;
 use crate::store::ChargeRequest;
-use crate::tickets::Tickets;
 
 /// Wraps a service so that every request pays its cost first. Made by
 /// [`TicketLayer`](crate::TicketLayer).
 #[derive(Clone)]
 pub struct TicketService<S> {
     inner: S,
-    tickets: Tickets,
     plan: Arc<Plan>,
 }
 
 impl<S> TicketService<S> {
-    pub(crate) fn new(inner: S, tickets: Tickets, plan: Arc<Plan>) -> Self {
-        Self {
-            inner,
-            tickets,
-            plan,
-        }
+    pub(crate) fn new(inner: S, plan: Arc<Plan>) -> Self {
+        Self { inner, plan }
     }
 }
 
@@ -57,11 +51,12 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let now = self.tickets.now();
-        let shared = &self.tickets.shared;
+        let tickets = &self.plan.tickets;
+        let now = tickets.now();
+        let shared = &tickets.shared;
         let (parts, body) = request.into_parts();
         let reject = |rejection: Rejection| {
-            ResponseFuture::rejected(self.tickets.reject(&rejection, &parts.headers))
+            ResponseFuture::rejected(tickets.respond(rejection, &parts.headers))
         };
 
         // 1. Identify: no store is touched for an unknown or hostile user.
@@ -105,7 +100,6 @@ where
             charge,
             Request::from_parts(parts, body),
             inner,
-            self.tickets.clone(),
             self.plan.clone(),
             uid,
             cost,

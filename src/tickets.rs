@@ -18,7 +18,7 @@ use crate::kind::TicketKind;
 use crate::layer::TicketLayer;
 use crate::messages::{DefaultMessages, Messages};
 use crate::refill::Refill;
-use crate::refusal_bodies::RefusalBodies;
+use crate::refusal_answers::RefusalAnswers;
 use crate::rejection::Rejection;
 use crate::store::{MemoryStore, StoreError, TicketStore};
 use crate::uid::Uid;
@@ -50,8 +50,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) identity: Arc<dyn IdentityExtractor>,
     pub(crate) messages: Arc<dyn Messages>,
-    /// Bodies of recent refusals; only with the built-in catalogue.
-    pub(crate) refusal_bodies: Option<RefusalBodies>,
+    /// Answers of recent refusals; only with the built-in catalogue.
+    pub(crate) refusal_answers: Option<RefusalAnswers>,
 }
 
 impl fmt::Debug for Tickets {
@@ -102,9 +102,10 @@ impl TicketsBuilder {
     /// French).
     ///
     /// A custom catalogue words every refusal afresh. With the default one,
-    /// the problem body of a one-kind 429 is reused while nothing it says
-    /// changes (same kind, balance, refill, and wait to the second), which
-    /// makes a client hammering a route at zero cheap to answer.
+    /// the answer of a one-kind 429 (problem body and headers) is reused
+    /// while nothing it says changes (same kind, balance, refill, and wait
+    /// to the second), which makes a client hammering a route at zero cheap
+    /// to answer.
     pub fn messages(mut self, messages: impl Messages) -> Self {
         self.messages = Some(Arc::new(messages));
         self
@@ -132,7 +133,7 @@ impl TicketsBuilder {
                 store,
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 identity: self.identity.unwrap_or_else(|| Arc::new(ExtensionIdentity)),
-                refusal_bodies: self.messages.is_none().then(RefusalBodies::default),
+                refusal_answers: self.messages.is_none().then(RefusalAnswers::default),
                 messages: self.messages.unwrap_or_else(|| Arc::new(DefaultMessages)),
             }),
         })
@@ -234,10 +235,19 @@ impl Tickets {
         rejection: &Rejection,
         request_headers: &HeaderMap,
     ) -> Response<B> {
+        self.respond(rejection.clone(), request_headers)
+    }
+
+    /// [`Self::reject`], the rejection moved into the response.
+    pub(crate) fn respond<B: From<Bytes>>(
+        &self,
+        rejection: Rejection,
+        request_headers: &HeaderMap,
+    ) -> Response<B> {
         rejection.respond(
             &*self.shared.messages,
             request_headers,
-            self.shared.refusal_bodies.as_ref(),
+            self.shared.refusal_answers.as_ref(),
         )
     }
 

@@ -608,7 +608,7 @@ async fn thousand_concurrent_uploads_on_five_tickets_allow_five() {
 }
 
 #[tokio::test]
-async fn repeated_refusals_are_worded_as_of_each_request() {
+async fn repeated_refusals_are_answered_as_of_each_request() {
     use tower::ServiceExt;
     use tower_tickets::Rejection;
     use tower_tickets::messages::DefaultMessages;
@@ -633,12 +633,20 @@ async fn repeated_refusals_are_worded_as_of_each_request() {
             let response = app.router.clone().oneshot(request).await.unwrap();
             assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
             let rejection = response.extensions().get::<Rejection>().unwrap().clone();
+            let mut answered = response.headers().clone();
+            // Set by axum from the body it is given.
+            answered.remove(axum::http::header::CONTENT_LENGTH);
             let body = axum::body::to_bytes(response.into_body(), usize::MAX)
                 .await
                 .unwrap();
-            // The same refusal rendered afresh, without any reuse.
+            // The same refusal answered afresh, without any reuse.
             let fresh: axum::http::Response<Body> =
                 rejection.to_response(&DefaultMessages, &headers);
+            assert_eq!(
+                &answered,
+                fresh.headers(),
+                "after {step} ms more, in {language}"
+            );
             let fresh = axum::body::to_bytes(fresh.into_body(), usize::MAX)
                 .await
                 .unwrap();

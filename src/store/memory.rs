@@ -126,6 +126,11 @@ impl KindBalances {
             .map(|(_, balance)| *balance)
     }
 
+    /// Stores `balance` as `kind`'s.
+    fn set(&mut self, kind: &Arc<TicketKind>, balance: KindBalance) {
+        *self.entry(kind, balance) = balance;
+    }
+
     /// `kind`'s balance, stored as `fresh` if absent.
     fn entry(&mut self, kind: &Arc<TicketKind>, fresh: KindBalance) -> &mut KindBalance {
         if !matches!(&self.first, Some((k, _)) if !same_kind(k, kind)) {
@@ -455,10 +460,10 @@ impl TicketStore for MemoryStore {
             if !affordable {
                 return ChargeOutcome::Refused { balances };
             }
+            // Refreshed above: the stored balances are those just read.
             for (item, balance) in cost.items().iter().zip(&mut balances) {
-                let stored = user.refreshed(&item.kind, now);
-                stored.remaining -= item.amount;
-                *balance = *stored;
+                balance.remaining -= item.amount;
+                user.balances.set(&item.kind, *balance);
             }
             let charge_id = match &idempotency_key {
                 Some(key) => {
