@@ -48,14 +48,11 @@
 
 local MAX_BALANCE = 4294967295
 
--- The one-element reply of a script that found the user not seeded.
-local UNSEEDED = {-1}
--- The one-element reply of a script that found the user's state too long
--- unchecked against the source: nothing was decided, and the caller checks.
-local STALE = {-2}
--- The same while another caller checks: nothing was decided, and the
--- caller asks again shortly.
-local WAIT = {-3}
+-- The one-element replies of a script that decided nothing, built where
+-- they are returned (a table built on every call costs every call):
+-- UNSEEDED {-1}, the user is not seeded; STALE {-2}, the user's state went
+-- too long unchecked against the source, and the caller checks; WAIT {-3},
+-- the same while another caller checks, and the caller asks again shortly.
 
 -- How often a user's state is checked against the source, at most, while
 -- the user is active (an edit made straight to the source is seen within
@@ -225,20 +222,20 @@ local function seeded_point(key, high_water, kinds)
     wrong_type(key, 'the hash of ticket balances')
   end
   if not values[1] or not values[2] then
-    return nil, UNSEEDED
+    return nil, {-1} -- UNSEEDED
   end
   local mark = redis.call('GET', high_water)
   if mark then
     local mark_l, mark_v = string.match(mark, '^(%d+) (%d+)$')
     if mark_l ~= values[1] or tonumber(mark_v) > tonumber(values[2]) then
-      return nil, UNSEEDED
+      return nil, {-1} -- UNSEEDED
     end
   end
   local seeded = values[3] or ','
   for k, kind in ipairs(kinds) do
     if not string.find(seeded, ',' .. kind.spec.name .. ',', 1, true)
         or not values[4 + 2 * k] or not values[5 + 2 * k] then
-      return nil, UNSEEDED
+      return nil, {-1} -- UNSEEDED
     end
   end
   local check = 0
@@ -247,12 +244,12 @@ local function seeded_point(key, high_water, kinds)
   if unchecked > CHECK_EVERY_MS and (tonumber(values[5]) or 0) <= now then
     if unchecked > 2 * CHECK_EVERY_MS then
       redis.call('HSET', key, 'fc', now + 2 * CHECK_EVERY_MS)
-      return nil, STALE
+      return nil, {-2} -- STALE
     end
     redis.call('HSET', key, 'fc', now + CHECK_EVERY_MS)
     check = 1
   elseif unchecked > 2 * CHECK_EVERY_MS then
-    return nil, WAIT
+    return nil, {-3} -- WAIT
   end
   return stored_integer(key, 'l', values[1]), stored_integer(key, 'v', values[2]), check
 end
