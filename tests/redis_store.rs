@@ -85,6 +85,14 @@ mod focused {
             .collect()
     }
 
+    /// How often `command` ran since the stats were reset.
+    fn calls_of(server: &RedisServer, command: &str) -> u64 {
+        command_calls(server)
+            .iter()
+            .find(|(name, _)| name == command)
+            .map_or(0, |(_, calls)| *calls)
+    }
+
     fn reset_stats(server: &RedisServer) {
         redis::cmd("CONFIG")
             .arg("RESETSTAT")
@@ -98,9 +106,10 @@ mod focused {
     ];
 
     /// How many scripts the store ran since the stats were reset, after
-    /// checking that it sent nothing else: every other command counted is
-    /// one a script runs, and each script reads the user's hash once, so
-    /// `hmget` counts the scripts run (none loaded, none sent as `EVAL`).
+    /// checking that it sent nothing else and decided one charge per call:
+    /// every other command counted is one a script runs, and each decision
+    /// reads the user's hash once, so `hmget` counts the scripts run (none
+    /// loaded, none sent as `EVAL`).
     fn script_calls(server: &RedisServer) -> u64 {
         let calls = command_calls(server);
         let count = |name: &str| calls.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
@@ -192,12 +201,11 @@ mod focused {
         }
         assert!(allowed.values().all(|&n| n == 3), "{allowed:?}");
         assert_eq!(allowed.len(), users.len());
-        let calls = command_calls(&server);
-        let count = |name: &str| calls.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
-        assert_eq!(count("hmget"), 160, "one decision per charge: {calls:?}");
+        assert_eq!(calls_of(&server, "hmget"), 160, "one decision per charge");
+        let calls = calls_of(&server, "evalsha");
         assert!(
-            count("evalsha") < 160,
-            "charges queued while a call was in flight went together: {calls:?}"
+            calls < 160,
+            "charges queued while a call was in flight went together: {calls} calls"
         );
     }
 
@@ -246,12 +254,8 @@ mod focused {
                 .unwrap();
             assert_eq!((read[0].remaining, read[1].remaining), (2, 1), "{uid}");
         }
-        let calls = command_calls(&server);
-        let evalsha = calls
-            .iter()
-            .find(|(n, _)| n == "evalsha")
-            .map_or(0, |(_, c)| *c);
-        assert!(evalsha < 24, "the charges went together: {calls:?}");
+        let calls = calls_of(&server, "evalsha");
+        assert!(calls < 24, "the charges went together: {calls} calls");
     }
 
     #[tokio::test]
@@ -316,12 +320,8 @@ mod focused {
             .balances(&healthy[0], tickets.kinds(), tickets.now())
             .await;
         assert_eq!(read.unwrap()[0].remaining, 2);
-        let calls = command_calls(&server);
-        let evalsha = calls
-            .iter()
-            .find(|(n, _)| n == "evalsha")
-            .map_or(0, |(_, c)| *c);
-        assert!(evalsha < 27, "the charges went together: {calls:?}");
+        let calls = calls_of(&server, "evalsha");
+        assert!(calls < 27, "the charges went together: {calls} calls");
     }
 
     #[tokio::test]
