@@ -4,7 +4,7 @@
 use redis::{ErrorKind, RedisError, RedisResult, Script};
 use tokio::sync::{mpsc, oneshot};
 
-use super::charge_call::{Charge, charge_call};
+use super::charge_call::{Charge, decide};
 use super::connection::Connection;
 
 /// The most charges one call decides: Redis runs nothing else while a
@@ -53,24 +53,13 @@ async fn send_queued(
 ) {
     let mut batch = Vec::with_capacity(MOST_PER_CALL);
     while queued.recv_many(&mut batch, MOST_PER_CALL).await > 0 {
-        let call = charge_call(script, batch.iter().map(|queued| &queued.charge));
-        let replies: RedisResult<Vec<RedisResult<Vec<i64>>>> = connection.invoke(&call).await;
-        match replies {
-            Ok(replies) if replies.len() == batch.len() => {
+        let charges = batch.iter().map(|queued| &queued.charge);
+        match decide(&mut connection, script, charges).await {
+            Ok(replies) => {
                 for (queued, reply) in batch.drain(..).zip(replies) {
                     // A caller that gave up dropped its receiver: nothing to
                     // tell (a late charge's reply is still awaited).
                     let _ = queued.reply.send(reply);
-                }
-            }
-            Ok(replies) => {
-                let error = RedisError::from((
-                    ErrorKind::UnexpectedReturnType,
-                    "the charge script answered another number of decisions than it was sent",
-                    format!("{} for {}", replies.len(), batch.len()),
-                ));
-                for queued in batch.drain(..) {
-                    let _ = queued.reply.send(Err(error.clone()));
                 }
             }
             Err(error) => {

@@ -4,8 +4,9 @@
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
-use redis::Script;
+use redis::{ErrorKind, RedisError, RedisResult, Script};
 
+use super::connection::Connection;
 use super::scripts::{KindSpec, ScriptCall, millis};
 use crate::cost::CheckedCost;
 use crate::idempotency::IDEMPOTENCY_TTL;
@@ -27,10 +28,30 @@ pub(crate) struct Charge {
     pub(crate) now: DateTime<Utc>,
 }
 
+/// Decides `charges` in one call of the charge `script`: each one's reply,
+/// in order (a decision that failed is an error in its place).
+pub(crate) async fn decide<'a>(
+    connection: &mut Connection,
+    script: &'static Script,
+    charges: impl Iterator<Item = &'a Charge> + Clone,
+) -> RedisResult<Vec<RedisResult<Vec<i64>>>> {
+    let sent = charges.clone().count();
+    let replies: Vec<RedisResult<Vec<i64>>> =
+        connection.invoke(&charge_call(script, charges)).await?;
+    if replies.len() != sent {
+        return Err(RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "the charge script answered another number of decisions than it was sent",
+            format!("{} for {sent}", replies.len()),
+        )));
+    }
+    Ok(replies)
+}
+
 /// One `EVALSHA` of the charge `script` deciding `charges` in order. The
 /// kind specs they use, and their shapes (key count, time, idle TTL, kinds),
 /// are sent once each: most charges of a call share one.
-pub(crate) fn charge_call<'a>(
+fn charge_call<'a>(
     script: &'static Script,
     charges: impl Iterator<Item = &'a Charge> + Clone,
 ) -> ScriptCall {

@@ -10,7 +10,7 @@ use redis::RedisResult;
 
 use super::batcher::Batcher;
 use super::builder::Topology;
-use super::charge_call::{Charge, charge_call};
+use super::charge_call::{Charge, decide};
 use super::connection::{Connection, Node};
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
@@ -521,9 +521,9 @@ impl RedisStore {
                 Some(batcher) => batcher.charge(charge).await,
                 None => {
                     let script = &shared.context.scripts().charge;
-                    let call = charge_call(script, std::iter::once(&charge));
                     let mut connection = shared.connection.clone();
-                    let replies: Vec<RedisResult<Vec<i64>>> = connection.invoke(&call).await?;
+                    let replies = decide(&mut connection, script, std::iter::once(&charge)).await?;
+                    // `decide` answered one reply per charge: exactly one.
                     replies.into_iter().next().unwrap_or_else(|| {
                         Err(redis::RedisError::from((
                             redis::ErrorKind::UnexpectedReturnType,
