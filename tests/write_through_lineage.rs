@@ -18,9 +18,12 @@ use std::time::Duration;
 
 use tower_tickets::store::{
     AdjustOutcome, AdjustRequest, Adjustment, ChargeOutcome, ChargeRequest, MemorySource,
-    RedisStore, SourceOfTruth, StoreError, TicketStore, WriteMode, WriteThrough,
+    RedisStore, SourceOfTruth, StoreError, TicketStore, TimeSource, WriteMode, WriteThrough,
 };
-use tower_tickets::{ConfigError, Cost, IdempotencyKey, TicketKind, Tickets, Uid};
+use tower_tickets::{
+    Clock, ConfigError, Cost, FakeClock, IdempotencyKey, Refill, SystemClock, TicketKind, Tickets,
+    Uid,
+};
 
 use support::eventually::eventually;
 use support::redis_server::RedisServer;
@@ -40,21 +43,32 @@ struct Fixture {
 
 impl Fixture {
     async fn new(mode: WriteMode) -> Self {
+        Self::with(mode, SystemClock, vec![upload()]).await
+    }
+
+    /// The store on `clock`, for the `kinds` (the first is the one
+    /// [`charge`](Self::charge) spends).
+    async fn with(mode: WriteMode, clock: impl Clock + Clone, kinds: Vec<TicketKind>) -> Self {
         let server = RedisServer::start();
-        let source = MemorySource::new([upload()]).timeout(Duration::from_secs(30));
+        let source = MemorySource::new(kinds.clone()).timeout(Duration::from_secs(30));
         let store = WriteThrough::builder(
-            RedisStore::standalone(server.url()).timeout(Duration::from_secs(2)),
+            RedisStore::standalone(server.url())
+                .timeout(Duration::from_secs(2))
+                .time_source(TimeSource::Caller),
             source.clone(),
         )
         .mode(mode)
         .write_interval(Duration::from_millis(5))
         .recovery_interval(Duration::from_millis(50))
+        .clock(clock.clone())
         .connect()
         .await
         .expect("connect to the test server");
-        let tickets = Tickets::builder()
-            .kind(upload())
+        let tickets = kinds
+            .into_iter()
+            .fold(Tickets::builder(), |builder, kind| builder.kind(kind))
             .store(store.clone())
+            .clock(clock)
             .build()
             .expect("the source has the registry's kinds");
         let uid = Uid::parse("lineage-user").unwrap();
@@ -73,7 +87,14 @@ impl Fixture {
     }
 
     fn charge(&self) -> impl Future<Output = Result<ChargeOutcome, StoreError>> + 'static {
-        let cost = self.tickets.check_cost(&Cost::of("upload", 1)).unwrap();
+        self.charge_of(Cost::of("upload", 1))
+    }
+
+    fn charge_of(
+        &self,
+        cost: Cost,
+    ) -> impl Future<Output = Result<ChargeOutcome, StoreError>> + 'static {
+        let cost = self.tickets.check_cost(&cost).unwrap();
         let request = ChargeRequest::new(self.uid.clone(), cost, self.tickets.now());
         self.store.charge(request)
     }
@@ -536,4 +557,42 @@ async fn an_edit_takes_the_unwritten_async_charges_on_top() {
     })
     .await;
     assert_eq!(f.answered().await, 3);
+}
+
+/// A refused charge applies the day's upload refill (refused for the AI
+/// generation it also costs, whose refill is weekly), and the round that
+/// should write it fails (the source unreachable). The refill is counted
+/// pending like a charge, so the recovery scan writes it once the source is
+/// back. Before, the round's failure forgot it: the source (and the app's
+/// UI reading it) kept showing no uploads left until the user's next
+/// change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_whose_write_failed_still_reaches_the_source() {
+    let clock = FakeClock::at("2026-03-29T10:00:00Z".parse().unwrap());
+    let weekly = Refill::rolling(Duration::from_secs(7 * 24 * 3600));
+    let ai = TicketKind::new("ai", 1).refill(weekly);
+    let f = Fixture::with(WriteMode::Async, clock.clone(), vec![upload(), ai]).await;
+    let everything = Cost::of("upload", 5).and("ai", 1);
+    assert!(allowed(&f.charge_of(everything).await));
+    eventually("the spend is written", || async { f.in_source() == 0 }).await;
+
+    f.source.set_reachable(false);
+    clock.advance(Duration::from_secs(24 * 3600));
+    let refused = f.charge_of(Cost::of("upload", 1).and("ai", 1)).await;
+    assert!(
+        matches!(&refused, Ok(ChargeOutcome::Refused { balances }) if balances[0].remaining == 5),
+        "refused, on the refilled upload balance: {refused:?}"
+    );
+    eventually("the refill's round fails", || async {
+        f.store().pending_writes() == 0
+    })
+    .await;
+    assert_eq!(f.in_source(), 0, "the source was unreachable");
+
+    f.source.set_reachable(true);
+    eventually("the recovery scan writes the refill", || async {
+        f.in_source() == 5
+    })
+    .await;
+    assert_eq!(f.answered().await, 5);
 }

@@ -333,8 +333,7 @@ impl Behind {
             .retain(|instance| Arc::strong_count(instance) > 1 || instance.pending_writes() > 0);
     }
 
-    /// Whether no instance has a write round under way or wanted (a
-    /// refusal's refill asks for one without marking anything pending).
+    /// Whether no instance has a write round under way or wanted.
     pub fn rounds_done(&self) -> bool {
         let made = self.made.lock().unwrap().clone();
         made.iter().all(|instance| instance.pending_writes() == 0)

@@ -257,11 +257,9 @@ impl Shared {
                 ((ChargeOutcome::Allowed { balances, receipt }, _), Some(point)) => {
                     (balances, receipt, point)
                 }
-                ((outcome, refilled), _) => {
-                    // Nothing charged, but a refill applied is a change:
-                    // written soon, not waited for.
-                    if refilled {
-                        self.writer.nudge(&uid, now);
+                ((outcome, refilled), point) => {
+                    if let (true, Some(point)) = (refilled, point) {
+                        self.refill_applied(&uid, point, now).await;
                     }
                     return Ok(outcome);
                 }
@@ -280,6 +278,19 @@ impl Shared {
             return Ok(ChargeOutcome::Allowed { balances, receipt });
         }
         Err(unsettled(&uid))
+    }
+
+    /// Nothing was charged, but the due refill the decision applied is a
+    /// change: written soon, not waited for, and counted pending like an
+    /// async charge, so that a round that fails leaves it to the recovery
+    /// scan rather than forgotten (the source, and the app's UI reading it,
+    /// would show the old balance until the user's next change).
+    async fn refill_applied(&self, uid: &Uid, point: Point, now: DateTime<Utc>) {
+        // A refill lost with Redis's state is due again on the reloaded one.
+        if let Err(error) = self.mark_pending(uid, point, now).await {
+            tracing::debug!(%uid, %error, "could not count a refill as pending; asking for a round all the same");
+            self.writer.nudge(uid, now);
+        }
     }
 
     /// How a charge that Redis ran after its call timed out (answered with
