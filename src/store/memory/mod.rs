@@ -1,27 +1,26 @@
 //! The embedded store: balances in this process's memory.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+mod user_record;
+mod user_table;
+
+use std::hash::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
+use self::user_record::{UserRecord, refreshed};
+use self::user_table::{UserTable, hash_uid};
 use super::{
     AdjustOutcome, AdjustRequest, ChargeOutcome, ChargeRequest, KindBalance, Receipt,
     RefundOutcome, StoreFuture, TicketStore, refund_across_refill,
 };
-use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey, RequestFingerprint};
 use crate::kind::TicketKind;
 use crate::uid::Uid;
 
 /// Lock stripes: enough that 2 to 16 cores rarely contend on unrelated users.
 const SHARDS: usize = 64;
-
-/// A user is forgotten once idle this many of their kinds' refill periods,
-/// when forgetting changes nothing (as the Redis store's idle expiry).
-const IDLE_PERIODS: u32 = 3;
 
 /// One stripe is visited for forgettable users every this many changes, in
 /// turn: each stripe every 16,384 changes. A visit sweeps the stripe only
@@ -56,7 +55,7 @@ struct Shared {
 
 /// The users of one lock stripe.
 struct Stripe {
-    users: HashMap<Uid, UserRecord>,
+    users: UserTable,
     /// No user of the stripe is forgettable before this instant: the least
     /// [`UserRecord::forgettable_from`] of its users, lowered by every
     /// change. A sweep that would find nothing is skipped: with many active
@@ -67,7 +66,7 @@ struct Stripe {
 impl Default for Stripe {
     fn default() -> Self {
         Self {
-            users: HashMap::new(),
+            users: UserTable::default(),
             sweep_from: DateTime::<Utc>::MAX_UTC,
         }
     }
@@ -80,141 +79,14 @@ impl Stripe {
         if now < self.sweep_from {
             return;
         }
-        self.users.retain(|_, user| !user.forgettable(now));
+        self.users.retain(|user| !user.forgettable(now));
         self.sweep_from = self
             .users
-            .values()
+            .records()
             .map(UserRecord::forgettable_from)
             .min()
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
     }
-}
-
-#[derive(Default)]
-struct UserRecord {
-    balances: KindBalances,
-    /// Idempotency keys already used, by charges and adjustments.
-    charged_keys: ChargedKeys,
-}
-
-/// A user's balance in each kind they used. The first kind lives in the
-/// record itself: most users use one or two kinds, and a charge of a user
-/// met at random then reads no other heap block (with many users, each
-/// block read is a cache miss).
-#[derive(Default)]
-struct KindBalances {
-    first: Option<(Arc<TicketKind>, KindBalance)>,
-    /// The other kinds: a boxed slice (8 bytes smaller than a `Vec`), grown
-    /// only when a user meets a kind for the first time.
-    more: Box<[(Arc<TicketKind>, KindBalance)]>,
-}
-
-// A user's entry in a stripe's map fits in 64 bytes, one cache line when the
-// table happens to align it (the key and its record; see `KindBalances` and
-// `ChargedKeys`).
-const _: () = assert!(std::mem::size_of::<(Uid, UserRecord)>() <= 64);
-
-impl KindBalances {
-    fn iter(&self) -> impl Iterator<Item = &(Arc<TicketKind>, KindBalance)> {
-        self.first.iter().chain(self.more.iter())
-    }
-
-    /// `kind`'s stored balance, if any.
-    fn get(&self, kind: &TicketKind) -> Option<KindBalance> {
-        self.iter()
-            .find(|(k, _)| same_kind(k, kind))
-            .map(|(_, balance)| *balance)
-    }
-
-    /// Stores `balance` as `kind`'s.
-    fn set(&mut self, kind: &Arc<TicketKind>, balance: KindBalance) {
-        *self.entry(kind, balance) = balance;
-    }
-
-    /// `kind`'s balance, stored as `fresh` if absent.
-    fn entry(&mut self, kind: &Arc<TicketKind>, fresh: KindBalance) -> &mut KindBalance {
-        if !matches!(&self.first, Some((k, _)) if !same_kind(k, kind)) {
-            return &mut self.first.get_or_insert_with(|| (kind.clone(), fresh)).1;
-        }
-        let index = match self.more.iter().position(|(k, _)| same_kind(k, kind)) {
-            Some(index) => index,
-            None => {
-                let mut more = std::mem::take(&mut self.more).into_vec();
-                more.push((kind.clone(), fresh));
-                self.more = more.into_boxed_slice();
-                self.more.len() - 1
-            }
-        };
-        &mut self.more[index].1
-    }
-}
-
-/// Whether two kinds are the same: usually the registry's one `Arc`, so the
-/// pointers tell before the names.
-fn same_kind(a: &TicketKind, b: &TicketKind) -> bool {
-    std::ptr::eq(a, b) || a.name() == b.name()
-}
-
-/// The idempotency keys a user's charges and adjustments used, the map
-/// allocated on first use: most users never send one, and the map itself
-/// takes 48 bytes.
-#[derive(Default)]
-#[expect(
-    clippy::box_collection,
-    reason = "the box is the point: 8 bytes in the entry instead of the map's 48"
-)]
-struct ChargedKeys(Option<Box<HashMap<IdempotencyKey, KeyRecord>>>);
-
-impl ChargedKeys {
-    fn forget_expired(&mut self, now: DateTime<Utc>) {
-        if let Some(keys) = &mut self.0 {
-            keys.retain(|_, record| record.expires > now);
-            if keys.is_empty() {
-                self.0 = None;
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(|keys| keys.is_empty())
-    }
-
-    fn expiries(&self) -> impl Iterator<Item = DateTime<Utc>> {
-        self.0
-            .iter()
-            .flat_map(|keys| keys.values().map(|record| record.expires))
-    }
-
-    fn get(&self, key: &IdempotencyKey) -> Option<&KeyRecord> {
-        self.0.as_ref()?.get(key)
-    }
-
-    fn get_mut(&mut self, key: &IdempotencyKey) -> Option<&mut KeyRecord> {
-        self.0.as_mut()?.get_mut(key)
-    }
-
-    fn insert(&mut self, key: IdempotencyKey, record: KeyRecord) {
-        self.0.get_or_insert_default().insert(key, record);
-    }
-
-    fn remove(&mut self, key: &IdempotencyKey) {
-        if let Some(keys) = &mut self.0 {
-            keys.remove(key);
-        }
-    }
-}
-
-/// What a used idempotency key is bound to, and how far its request got.
-struct KeyRecord {
-    expires: DateTime<Utc>,
-    fingerprint: RequestFingerprint,
-    /// The charge that paid for it (0 for an adjustment): the key may
-    /// expire and serve a new request, which a late refund or finish of the
-    /// old charge must leave alone.
-    charge_id: u64,
-    finished: bool,
-    /// An adjustment's first answer (empty for a charge).
-    answer: Vec<KindBalance>,
 }
 
 impl Default for MemoryStore {
@@ -251,9 +123,11 @@ impl MemoryStore {
             .sum()
     }
 
-    /// The lock stripe that holds `uid`.
-    fn shard(&self, uid: &Uid) -> &Mutex<Stripe> {
-        &self.shared.shards[self.shared.hasher.hash_one(uid) as usize % SHARDS]
+    /// `uid`'s hash, and the lock stripe that holds it (chosen by bits of
+    /// the hash that the stripe's table does not use for its slots).
+    fn shard(&self, uid: &Uid) -> (u64, &Mutex<Stripe>) {
+        let hash = hash_uid(&self.shared.hasher, uid);
+        (hash, &self.shared.shards[(hash >> 40) as usize % SHARDS])
     }
 
     /// Runs `f` on `uid`'s record (created empty if absent) under its lock,
@@ -265,12 +139,9 @@ impl MemoryStore {
         f: impl FnOnce(&mut UserRecord) -> T,
     ) -> T {
         let result = {
-            let mut stripe = self.shard(uid).lock();
-            // Looked up before inserting: the usual hit clones no uid.
-            let user = match stripe.users.get_mut(uid) {
-                Some(user) => user,
-                None => stripe.users.entry(uid.clone()).or_default(),
-            };
+            let (hash, stripe) = self.shard(uid);
+            let mut stripe = stripe.lock();
+            let user = stripe.users.get_or_insert(hash, uid, &self.shared.hasher);
             let result = f(user);
             let from = user.forgettable_from();
             stripe.sweep_from = stripe.sweep_from.min(from);
@@ -286,144 +157,19 @@ impl MemoryStore {
 
     /// Reads `uid`'s record if present, without creating it.
     fn peek_user<T>(&self, uid: &Uid, f: impl FnOnce(Option<&UserRecord>) -> T) -> T {
-        f(self.shard(uid).lock().users.get(uid))
+        let (hash, stripe) = self.shard(uid);
+        f(stripe.lock().users.get(hash, uid))
     }
 
     /// Changes `uid`'s record if present, without creating it.
     fn peek_user_mut(&self, uid: &Uid, f: impl FnOnce(&mut UserRecord)) {
-        let mut stripe = self.shard(uid).lock();
-        if let Some(user) = stripe.users.get_mut(uid) {
+        let (hash, stripe) = self.shard(uid);
+        let mut stripe = stripe.lock();
+        if let Some(user) = stripe.users.get_mut(hash, uid) {
             f(user);
             let from = user.forgettable_from();
             stripe.sweep_from = stripe.sweep_from.min(from);
         }
-    }
-}
-
-impl UserRecord {
-    /// Whether forgetting the user at `now` changes nothing: idle for
-    /// [`IDLE_PERIODS`] of every kind, each starting at its capacity and
-    /// holding no more, no idempotency key remembered.
-    fn forgettable(&mut self, now: DateTime<Utc>) -> bool {
-        self.charged_keys.forget_expired(now);
-        self.charged_keys.is_empty()
-            && self.balances.iter().all(|(kind, balance)| {
-                kind.initial_balance() == kind.capacity()
-                    && balance.remaining <= kind.capacity()
-                    && idle_until(kind, balance.last_refill) <= now
-            })
-    }
-
-    /// The earliest instant at which [`UserRecord::forgettable`] may hold,
-    /// as long as the record does not change: once every kind has been idle
-    /// long enough and every idempotency key has expired; never while a
-    /// kind's balance is one that forgetting would change.
-    fn forgettable_from(&self) -> DateTime<Utc> {
-        let mut from = DateTime::<Utc>::MIN_UTC;
-        for (kind, balance) in self.balances.iter() {
-            if kind.initial_balance() != kind.capacity() || balance.remaining > kind.capacity() {
-                return DateTime::<Utc>::MAX_UTC;
-            }
-            from = from.max(idle_until(kind, balance.last_refill));
-        }
-        self.charged_keys.expiries().fold(from, DateTime::max)
-    }
-
-    /// The kind's balance with a due refill applied, created on first use.
-    fn refreshed(&mut self, kind: &Arc<TicketKind>, now: DateTime<Utc>) -> &mut KindBalance {
-        let fresh = KindBalance {
-            remaining: kind.initial_balance(),
-            last_refill: now,
-        };
-        let balance = self.balances.entry(kind, fresh);
-        *balance = refreshed(*balance, kind, now);
-        balance
-    }
-
-    /// Records that `key` served `fingerprint` at `now`: an adjustment's,
-    /// finished with its `answer`, or charge `charge_id`'s, running.
-    fn remember_key(
-        &mut self,
-        key: &IdempotencyKey,
-        (fingerprint, charge_id): (RequestFingerprint, u64),
-        now: DateTime<Utc>,
-        answer: Option<Vec<KindBalance>>,
-    ) {
-        let ttl = TimeDelta::from_std(IDEMPOTENCY_TTL).unwrap_or(TimeDelta::MAX);
-        let record = KeyRecord {
-            expires: now
-                .checked_add_signed(ttl)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
-            fingerprint,
-            charge_id,
-            finished: answer.is_some(),
-            answer: answer.unwrap_or_default(),
-        };
-        self.charged_keys.insert(key.clone(), record);
-    }
-
-    /// What an adjustment under `key` for `fingerprint` must answer instead
-    /// of changing anything, if the key already served and has not expired.
-    fn already_adjusted(
-        &mut self,
-        key: &IdempotencyKey,
-        fingerprint: &RequestFingerprint,
-        now: DateTime<Utc>,
-    ) -> Option<AdjustOutcome> {
-        self.charged_keys.forget_expired(now);
-        let record = self.charged_keys.get(key)?;
-        Some(if record.fingerprint != *fingerprint {
-            AdjustOutcome::KeyReused
-        } else {
-            AdjustOutcome::Replayed {
-                balances: record.answer.clone(),
-            }
-        })
-    }
-
-    /// What a charge under `key` for `fingerprint` must answer instead of
-    /// charging, if the key already paid and has not expired; forgets
-    /// expired keys.
-    fn already_charged(
-        &mut self,
-        key: &IdempotencyKey,
-        fingerprint: &RequestFingerprint,
-        now: DateTime<Utc>,
-        balances: &[KindBalance],
-    ) -> Option<ChargeOutcome> {
-        self.charged_keys.forget_expired(now);
-        let record = self.charged_keys.get(key)?;
-        Some(if record.fingerprint != *fingerprint {
-            ChargeOutcome::KeyReused
-        } else if record.finished {
-            ChargeOutcome::Replayed {
-                balances: balances.to_vec(),
-            }
-        } else {
-            ChargeOutcome::InProgress
-        })
-    }
-}
-
-/// When a user refilled at `last_refill` has been idle in `kind` long
-/// enough to be forgettable: [`IDLE_PERIODS`] of its refill windows later.
-fn idle_until(kind: &TicketKind, last_refill: DateTime<Utc>) -> DateTime<Utc> {
-    i64::try_from(kind.refill_schedule().window_secs() * u64::from(IDLE_PERIODS))
-        .ok()
-        .and_then(TimeDelta::try_seconds)
-        .and_then(|idle| last_refill.checked_add_signed(idle))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// `balance` with a due refill applied: topped up to capacity, never lowered.
-fn refreshed(balance: KindBalance, kind: &TicketKind, now: DateTime<Utc>) -> KindBalance {
-    if kind.refill_schedule().is_due(balance.last_refill, now) {
-        KindBalance {
-            remaining: balance.remaining.max(kind.capacity()),
-            last_refill: now,
-        }
-    } else {
-        balance
     }
 }
 
@@ -463,7 +209,7 @@ impl TicketStore for MemoryStore {
             // Refreshed above: the stored balances are those just read.
             for (item, balance) in cost.items().iter().zip(&mut balances) {
                 balance.remaining -= item.amount;
-                user.balances.set(&item.kind, *balance);
+                user.set_balance(&item.kind, *balance);
             }
             let charge_id = match &idempotency_key {
                 Some(key) => {
@@ -493,11 +239,10 @@ impl TicketStore for MemoryStore {
         let outcome = self.with_user(&receipt.uid, now, |user| {
             if let Some(key) = &receipt.idempotency_key
                 && user
-                    .charged_keys
-                    .get(key)
+                    .key(key)
                     .is_some_and(|record| record.charge_id == receipt.charge_id)
             {
-                user.charged_keys.remove(key);
+                user.forget_key(key);
             }
             let mut refunded = Vec::with_capacity(receipt.last_refills.len());
             let mut balances = Vec::with_capacity(receipt.last_refills.len());
@@ -523,7 +268,7 @@ impl TicketStore for MemoryStore {
     fn finish(&self, receipt: &Receipt) -> StoreFuture<()> {
         if let Some(key) = &receipt.idempotency_key {
             self.peek_user_mut(&receipt.uid, |user| {
-                if let Some(record) = user.charged_keys.get_mut(key)
+                if let Some(record) = user.key_mut(key)
                     && record.charge_id == receipt.charge_id
                 {
                     record.finished = true;
@@ -543,7 +288,7 @@ impl TicketStore for MemoryStore {
             kinds
                 .iter()
                 .map(|kind| {
-                    let stored = user.and_then(|u| u.balances.get(kind));
+                    let stored = user.and_then(|u| u.balance(kind));
                     match stored {
                         Some(balance) => refreshed(balance, kind, now),
                         None => KindBalance {
