@@ -48,7 +48,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -56,30 +55,23 @@ use axum::extract::Request as AxumRequest;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::{DateTime, Utc};
 use http::header::HOST;
-use http::request::Parts;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use redis_server::RedisServer;
+use support::peer_routers::{
+    self, CAPACITY, KIND, PathIdentity, create_users, handler, path_uid, priced, tickets, uids,
+    user,
+};
 use support::{Error, load_average, median, runtime, serve};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
-use tower_governor::GovernorLayer;
-use tower_governor::errors::GovernorError;
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::KeyExtractor;
-use tower_tickets::identity::{IdentityError, IdentityExtractor};
-use tower_tickets::store::{MemoryStore, RedisStore, RefusalCache};
-use tower_tickets::{Cost, TicketKind, Tickets, Uid};
+use tower_tickets::store::{RedisStore, RefusalCache};
+use tower_tickets::{TicketKind, Tickets};
 
 /// Keep-alive connections of the load generator, one request in flight each.
 const CONNECTIONS: usize = 64;
-/// The kind every priced path charges one of. Its capacity is out of reach
-/// of any run, so that the allowed paths stay allowed.
-const KIND: &str = "req";
-const CAPACITY: u32 = 1_000_000_000;
 /// Name of the server runtime's threads.
 const SERVER_THREADS: &str = "peers-server";
 /// The first argument that makes this executable a load generator.
@@ -119,11 +111,6 @@ impl Schedule {
         warm_up: Duration::from_millis(50),
         measures: false,
     };
-}
-
-/// The uid of user `n`, as the load generator names them in paths.
-fn user(n: usize) -> String {
-    format!("user-{n:06}")
 }
 
 fn main() -> Result<(), Error> {
@@ -287,9 +274,7 @@ async fn paths(
     users: usize,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<Path>, Error> {
-    let uids: Arc<[Uid]> = (0..users).map(|n| Uid::parse(&user(n)).unwrap()).collect();
-    let kind = || TicketKind::new(KIND, CAPACITY);
-    let cost = || Cost::of(KIND, 1);
+    let uids = uids(users);
     let on_redis = |prefix: &'static str, batching: bool| {
         let url = redis.url();
         async move {
@@ -313,17 +298,7 @@ async fn paths(
     };
     let mut paths = vec![path("bare", serve(handler()).await?, StatusCode::OK)];
     if wanted("governor") {
-        let governor = GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000)
-            .key_extractor(PathKey)
-            .use_headers()
-            .finish()
-            .ok_or("tower_governor's configuration")?;
-        for n in 0..users {
-            let _ = governor.limiter().check_key(&user(n));
-        }
-        let router = handler().route_layer(GovernorLayer::new(governor));
+        let router = peer_routers::governor(users)?;
         paths.push(path("governor", serve(router).await?, StatusCode::OK));
     }
     if wanted("naive") {
@@ -337,13 +312,7 @@ async fn paths(
         });
     }
     if wanted("memory") {
-        let memory = Tickets::builder()
-            .kind(kind())
-            .identity(PathIdentity)
-            .store(MemoryStore::new())
-            .build()?;
-        create_users(&memory, &uids).await?;
-        let router = handler().route_layer(memory.layer(cost())?);
+        let router = peer_routers::memory(&uids).await?;
         paths.push(Path {
             peer: Some("governor"),
             goal: Some((1.0, Against::Peer)),
@@ -357,13 +326,9 @@ async fn paths(
         if !wanted(name) {
             continue;
         }
-        let allowed = Tickets::builder()
-            .kind(kind())
-            .identity(PathIdentity)
-            .store(on_redis(prefix, batching).await?)
-            .build()?;
+        let allowed = tickets(on_redis(prefix, batching).await?)?;
         create_users(&allowed, &uids).await?;
-        let router = handler().route_layer(allowed.layer(cost())?);
+        let router = priced(&allowed)?;
         paths.push(Path {
             peer: Some("naive"),
             goal: Some((goal, Against::Peer)),
@@ -379,7 +344,7 @@ async fn paths(
             .store(on_redis("refused:", true).await?)
             .build()?;
         create_users(&refused, &uids).await?;
-        let refused_router = handler().route_layer(refused.layer(cost())?);
+        let refused_router = priced(&refused)?;
         let canned = canned_refusal(refused_router.clone()).await?;
         let address = serve(refused_router).await?;
         let refusal = StatusCode::TOO_MANY_REQUESTS;
@@ -418,69 +383,6 @@ async fn canned_refusal(priced: Router) -> Result<Router, Error> {
         async move { (status, headers, body) }
     };
     Ok(Router::new().route("/u/{id}", get(answer)))
-}
-
-/// Creates every user in `tickets`' store, 64 at a time. A call that fails
-/// (a timeout while the shared machine stalls) is tried again, up to 5
-/// times.
-async fn create_users(tickets: &Tickets, uids: &Arc<[Uid]>) -> Result<(), Error> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for lane in 0..64 {
-        let (tickets, uids) = (tickets.clone(), uids.clone());
-        tasks.spawn(async move {
-            for uid in uids.iter().skip(lane).step_by(64) {
-                let mut tries = 1;
-                while let Err(e) = tickets.ensure_user(uid).await {
-                    if tries == 5 {
-                        return Err(e);
-                    }
-                    tries += 1;
-                }
-            }
-            Ok::<_, tower_tickets::store::StoreError>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
-/// The trivial handler on `GET /u/{id}`.
-fn handler() -> Router {
-    Router::new().route("/u/{id}", get(|| async { "ok" }))
-}
-
-/// The uid is the path's last segment; `/u/` paths only.
-fn path_uid(path: &str) -> Option<&str> {
-    path.strip_prefix("/u/")
-}
-
-/// The layer's identity: the uid from the path (a benchmark's stand-in for
-/// an authenticated id).
-struct PathIdentity;
-
-impl IdentityExtractor for PathIdentity {
-    fn identify(&self, request: &Parts, _now: DateTime<Utc>) -> Result<Uid, IdentityError> {
-        let id = path_uid(request.uri.path()).ok_or(IdentityError::Missing {
-            expected: "a /u/{id} path",
-        })?;
-        Ok(Uid::parse(id)?)
-    }
-}
-
-/// tower_governor's key: the same string uid from the path.
-#[derive(Clone)]
-struct PathKey;
-
-impl KeyExtractor for PathKey {
-    type Key = String;
-
-    fn extract<T>(&self, request: &Request<T>) -> Result<String, GovernorError> {
-        path_uid(request.uri().path())
-            .map(str::to_owned)
-            .ok_or(GovernorError::UnableToExtractKey)
-    }
 }
 
 /// The naive middleware: one `EVALSHA` of [`NAIVE_SCRIPT`] per request on

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each benchmark uses part of it.
 
+pub mod peer_routers;
+
 use std::net::SocketAddr;
 
 use axum::Router;
