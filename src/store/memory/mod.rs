@@ -3,9 +3,11 @@
 mod user_record;
 mod user_table;
 
+use std::cell::Cell;
 use std::hash::RandomState;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -22,10 +24,18 @@ use crate::uid::Uid;
 /// Lock stripes: enough that 2 to 16 cores rarely contend on unrelated users.
 const SHARDS: usize = 64;
 
-/// One stripe is visited for forgettable users every this many changes, in
-/// turn: each stripe every 16,384 changes. A visit sweeps the stripe only
-/// once one of its users may be forgettable (see [`Stripe::sweep_from`]).
+/// One stripe is visited for forgettable users every this many changes
+/// (made by one thread), in turn: each stripe every 16,384 changes. A visit
+/// sweeps the stripe only once one of its users may be forgettable (see
+/// [`Stripe::sweep_from`]).
 const SWEEP_EVERY: u64 = 256;
+
+thread_local! {
+    /// Changes this thread made, in any store. Counted per thread: a count
+    /// shared by every thread would be one more cache line that all of them
+    /// write on every request.
+    static CHANGES: Cell<u64> = const { Cell::new(0) };
+}
 
 /// An in-process store, for one-node apps, the demo and examples.
 ///
@@ -47,8 +57,8 @@ pub struct MemoryStore {
 struct Shared {
     hasher: RandomState,
     shards: Box<[Mutex<Stripe>]>,
-    /// Changes made so far: every `SWEEP_EVERY`-th visits the next stripe.
-    changes: AtomicU64,
+    /// The stripe the next visit sweeps (see [`SWEEP_EVERY`]).
+    next_sweep: AtomicUsize,
     /// Keyed charges made so far: each one's id binds its key's record to it.
     keyed_charges: AtomicU64,
 }
@@ -108,7 +118,7 @@ impl MemoryStore {
             shared: Arc::new(Shared {
                 hasher: RandomState::new(),
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                changes: AtomicU64::new(0),
+                next_sweep: AtomicUsize::new(0),
                 keyed_charges: AtomicU64::new(0),
             }),
         }
@@ -147,9 +157,9 @@ impl MemoryStore {
             stripe.sweep_from = stripe.sweep_from.min(from);
             result
         };
-        let change = self.shared.changes.fetch_add(1, Ordering::Relaxed);
+        let change = CHANGES.with(|changes| changes.replace(changes.get().wrapping_add(1)));
         if change.is_multiple_of(SWEEP_EVERY) {
-            let stripe = (change / SWEEP_EVERY) as usize % SHARDS;
+            let stripe = self.shared.next_sweep.fetch_add(1, Ordering::Relaxed) % SHARDS;
             self.shared.shards[stripe].lock().sweep(now);
         }
         result
@@ -186,7 +196,9 @@ impl TicketStore for MemoryStore {
             idempotency_key,
             fingerprint,
         } = request;
-        let outcome = self.with_user(&uid, now, |user| {
+        // Decided under the lock; the receipt is built after it, taking the
+        // request's uid and cost rather than cloning them.
+        let decided = self.with_user(&uid, now, |user| {
             let mut balances: Vec<KindBalance> = cost
                 .items()
                 .iter()
@@ -196,7 +208,7 @@ impl TicketStore for MemoryStore {
                 .as_ref()
                 .and_then(|key| user.already_charged(key, &fingerprint, now, &balances))
             {
-                return replay;
+                return ControlFlow::Break(replay);
             }
             let affordable = cost
                 .items()
@@ -204,7 +216,7 @@ impl TicketStore for MemoryStore {
                 .zip(&balances)
                 .all(|(item, balance)| balance.remaining >= item.amount);
             if !affordable {
-                return ChargeOutcome::Refused { balances };
+                return ControlFlow::Break(ChargeOutcome::Refused { balances });
             }
             // Refreshed above: the stored balances are those just read.
             for (item, balance) in cost.items().iter().zip(&mut balances) {
@@ -219,10 +231,14 @@ impl TicketStore for MemoryStore {
                 }
                 None => 0,
             };
-            ChargeOutcome::Allowed {
+            ControlFlow::Continue((balances, charge_id))
+        });
+        ready(match decided {
+            ControlFlow::Break(answer) => answer,
+            ControlFlow::Continue((balances, charge_id)) => ChargeOutcome::Allowed {
                 receipt: Receipt {
-                    uid: uid.clone(),
-                    cost: cost.clone(),
+                    uid,
+                    cost,
                     last_refills: balances.iter().map(|b| b.last_refill).collect(),
                     remaining_after: balances.iter().map(|b| b.remaining).collect(),
                     idempotency_key,
@@ -230,9 +246,8 @@ impl TicketStore for MemoryStore {
                     charge_id,
                 },
                 balances,
-            }
-        });
-        ready(outcome)
+            },
+        })
     }
 
     fn refund(&self, receipt: Receipt, now: DateTime<Utc>) -> StoreFuture<RefundOutcome> {
