@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -81,8 +81,8 @@ struct Settle {
     now: DateTime<Utc>,
     /// `RateLimit` for the balances after the charge.
     ratelimit: Option<HeaderValue>,
-    /// When the pending store operation started.
-    store_started: Instant,
+    /// How long the pending store operation has been waited for.
+    store_wait: StoreWait,
     span: tracing::Span,
 }
 
@@ -159,7 +159,7 @@ where
                 cost,
                 now,
                 ratelimit: None,
-                store_started: Instant::now(),
+                store_wait: StoreWait::default(),
             }),
         }
     }
@@ -185,8 +185,8 @@ where
                     request,
                     inner,
                 } => {
-                    let outcome = ready!(charge.as_mut().poll(cx));
                     let settle = this.settle.as_mut().expect("settle is set while charging");
+                    let outcome = ready!(settle.store_wait.poll(charge.as_mut(), cx));
                     let mut request = request.take().expect("polled after completion");
                     let mut inner = inner.take().expect("polled after completion");
                     ControlFlow::Continue(match settle.decide(outcome, &mut request) {
@@ -217,8 +217,8 @@ where
                     }
                 }
                 StateProj::Settling { settlement, result } => {
-                    let outcome = ready!(settlement.as_mut().poll(cx));
                     let settle = this.settle.as_mut().expect("settle is set while settling");
+                    let outcome = ready!(settle.store_wait.poll(settlement.as_mut(), cx));
                     settle.after_settlement(outcome);
                     let result = result.take().expect("polled after completion");
                     ControlFlow::Break(result.map(|r| settle.stamp(r)))
@@ -236,6 +236,30 @@ where
     }
 }
 
+/// How long a store operation has been waited for, timed from its first
+/// pending poll: a store that answers at once (the embedded one) costs no
+/// clock reads, and is reported as taking no time.
+#[derive(Default)]
+struct StoreWait(Option<Instant>);
+
+impl StoreWait {
+    fn poll<T>(
+        &mut self,
+        operation: Pin<&mut (impl Future<Output = T> + ?Sized)>,
+        cx: &mut Context<'_>,
+    ) -> Poll<T> {
+        let polled = operation.poll(cx);
+        if polled.is_pending() {
+            self.0.get_or_insert_with(Instant::now);
+        }
+        polled
+    }
+
+    fn took(&self) -> Duration {
+        self.0.map_or(Duration::ZERO, |started| started.elapsed())
+    }
+}
+
 enum Decision {
     Call { receipt: Option<Receipt> },
     Answer(Rejection),
@@ -249,11 +273,7 @@ impl Settle {
         request: &mut Request<B>,
     ) -> Decision {
         let outcome = outcome.and_then(|o| self.checked(o));
-        telemetry::store_call(
-            StoreOperation::Charge,
-            self.store_started.elapsed(),
-            &outcome,
-        );
+        telemetry::store_call(StoreOperation::Charge, self.store_wait.took(), &outcome);
         let _entered = self.span.enter();
         let (balances, receipt) = match outcome {
             Ok(ChargeOutcome::Allowed { balances, receipt }) => (balances, Some(receipt)),
@@ -397,13 +417,13 @@ impl Settle {
         } else {
             return None;
         };
-        self.store_started = Instant::now();
+        self.store_wait = StoreWait::default();
         Some(settlement)
     }
 
     fn after_settlement(&mut self, settled: Settled) {
         let _entered = self.span.enter();
-        if let Some(outcome) = settled.record(&self.cost, self.store_started) {
+        if let Some(outcome) = settled.record(&self.cost, self.store_wait.took()) {
             self.ratelimit = Some(self.ratelimit_value(&outcome.balances));
         }
     }

@@ -14,7 +14,7 @@
 //! | `tickets_refunded_total` | counter | `kind` | tickets given back after a failed or unanswered request |
 //! | `tickets_fail_open_total` | counter | `kind` | requests let through uncharged while the store was down |
 //! | `tickets_store_errors_total` | counter | `operation` | store operations that failed |
-//! | `tickets_store_latency_seconds` | histogram | `operation` | time a store took to answer |
+//! | `tickets_store_latency_seconds` | histogram | `operation` | time a store took to answer, once its future was first waited on (0 for a store that answers at once, as the embedded one) |
 //! | `tickets_cache_misses_total` | counter | | decisions that had to load a user from the source of truth |
 //! | `tickets_firestore_writes_total` | counter | | documents written to Firestore |
 //! | `tickets_redis_evicting` | gauge | `policy` | 1 when Redis's `maxmemory-policy` may evict ticket keys |

@@ -80,12 +80,12 @@ impl Settled {
         Box::pin(async move { Settled::Finished(finish.await) })
     }
 
-    /// Reports a settlement of `cost` started at `started`; gives the
+    /// Reports a settlement of `cost` that `took` so long; gives the
     /// refund's outcome, if it was one and succeeded.
-    pub(crate) fn record(self, cost: &CheckedCost, started: Instant) -> Option<RefundOutcome> {
+    pub(crate) fn record(self, cost: &CheckedCost, took: Duration) -> Option<RefundOutcome> {
         match self {
             Self::Refunded(outcome) => {
-                telemetry::store_call(StoreOperation::Refund, started.elapsed(), &outcome);
+                telemetry::store_call(StoreOperation::Refund, took, &outcome);
                 match outcome {
                     Ok(outcome) => {
                         telemetry::refunded(cost, &outcome.refunded);
@@ -99,7 +99,7 @@ impl Settled {
                 }
             }
             Self::Finished(outcome) => {
-                telemetry::store_call(StoreOperation::Finish, started.elapsed(), &outcome);
+                telemetry::store_call(StoreOperation::Finish, took, &outcome);
                 if let Err(error) = outcome {
                     tracing::warn!(
                         %error,
@@ -161,7 +161,7 @@ pub(crate) fn settle_in_background(
             Unanswered::Settling(settlement) => settlement,
         };
         let started = Instant::now();
-        settlement.await.record(&cost, started);
+        settlement.await.record(&cost, started.elapsed());
     };
     runtime.spawn(work.instrument(span));
 }
