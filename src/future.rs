@@ -152,15 +152,33 @@ where
                 request: Some(request),
                 inner: Some(inner),
             },
-            settle: Some(Settle {
-                span: telemetry::decision_span(&uid, &cost),
-                plan,
-                uid,
-                cost,
-                now,
-                ratelimit: None,
-                store_wait: StoreWait::default(),
-            }),
+            settle: Some(Settle::new(plan, uid, cost, now)),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    /// The future of a request whose charge the store answered at once (the
+    /// embedded store does): `inner`, driven to readiness, is called now
+    /// if the charge allows it, so that no clone of it is needed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decided(
+        outcome: Result<ChargeOutcome, StoreError>,
+        request: Request<ReqBody>,
+        inner: &mut S,
+        plan: Arc<Plan>,
+        uid: Uid,
+        cost: CheckedCost,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut settle = Settle::new(plan, uid, cost, now);
+        Self {
+            state: settle.after_charge(outcome, request, inner),
+            settle: Some(settle),
         }
     }
 }
@@ -187,19 +205,9 @@ where
                 } => {
                     let settle = this.settle.as_mut().expect("settle is set while charging");
                     let outcome = ready!(settle.store_wait.poll(charge.as_mut(), cx));
-                    let mut request = request.take().expect("polled after completion");
+                    let request = request.take().expect("polled after completion");
                     let mut inner = inner.take().expect("polled after completion");
-                    ControlFlow::Continue(match settle.decide(outcome, &mut request) {
-                        Decision::Call { receipt } => State::Calling {
-                            future: inner.call(request),
-                            receipt,
-                        },
-                        Decision::Answer(rejection) => State::Answered {
-                            response: Some(
-                                settle.plan.tickets.respond(rejection, request.headers()),
-                            ),
-                        },
-                    })
+                    ControlFlow::Continue(settle.after_charge(outcome, request, &mut inner))
                 }
                 StateProj::Calling { future, receipt } => {
                     let result = ready!(future.poll(cx));
@@ -266,6 +274,41 @@ enum Decision {
 }
 
 impl Settle {
+    fn new(plan: Arc<Plan>, uid: Uid, cost: CheckedCost, now: DateTime<Utc>) -> Self {
+        Self {
+            span: telemetry::decision_span(&uid, &cost),
+            plan,
+            uid,
+            cost,
+            now,
+            ratelimit: None,
+            store_wait: StoreWait::default(),
+        }
+    }
+
+    /// What follows the store's answer: `inner` handling the request, or
+    /// the layer's refusal.
+    fn after_charge<S, ReqBody, ResBody>(
+        &mut self,
+        outcome: Result<ChargeOutcome, StoreError>,
+        mut request: Request<ReqBody>,
+        inner: &mut S,
+    ) -> State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: From<Bytes>,
+    {
+        match self.decide(outcome, &mut request) {
+            Decision::Call { receipt } => State::Calling {
+                future: inner.call(request),
+                receipt,
+            },
+            Decision::Answer(rejection) => State::Answered {
+                response: Some(self.plan.tickets.respond(rejection, request.headers())),
+            },
+        }
+    }
+
     /// Turns the store's answer into what happens next.
     fn decide<B>(
         &mut self,

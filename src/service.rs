@@ -1,7 +1,7 @@
 //! The tower [`Service`]: identify, price, then start the charge.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -91,20 +91,30 @@ where
                 .with_fingerprint(RequestFingerprint::new(&parts.method, route(&parts), &cost))
                 .with_idempotency_key(idempotency_key);
         }
-        let charge = shared.store.charge(charge);
+        let mut charge = shared.store.charge(charge);
+        // A store that answers at once (the embedded one) is heard now, and
+        // the service driven to readiness called now: no clone of it.
+        let request = Request::from_parts(parts, body);
+        if let Poll::Ready(outcome) = charge
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            let plan = self.plan.clone();
+            return ResponseFuture::decided(
+                outcome,
+                request,
+                &mut self.inner,
+                plan,
+                uid,
+                cost,
+                now,
+            );
+        }
         // The service that was driven to readiness is the one to call: take
         // it, and leave a fresh clone in its place for the next request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::charging(
-            charge,
-            Request::from_parts(parts, body),
-            inner,
-            self.plan.clone(),
-            uid,
-            cost,
-            now,
-        )
+        ResponseFuture::charging(charge, request, inner, self.plan.clone(), uid, cost, now)
     }
 }
 
