@@ -2,7 +2,9 @@
 # What one decision costs Redis, script by script, on 100,000 users picked
 # at random: the naive peer (benches/lua/naive.lua, one call per decision),
 # the ticket layer's charge script with one decision per call (batching
-# off) and with BATCH decisions per call (batching on), and two floors of a
+# off) and with BATCH decisions per call (batching on), each as a script
+# (EVALSHA) and as the function the store loads on Redis 7 (FCALL; see
+# src/store/redis/library.rs), and two floors of a
 # batched decision (benches/lua/batch_floor.lua: the one read and the one
 # write of the layer's key layout, nothing else; batch_strings.lua: one
 # MGET and one MSET per call on another layout).
@@ -39,6 +41,14 @@ cli() { redis-cli -p "$port" "$@"; }
 # truth, the shared functions, the charge.
 { echo "local REDIS_HOLDS_THE_TRUTH = true"; cat "$lua/common.lua" "$lua/charge.lua"; } \
   > "$dir/charge.lua"
+# The same charge as the store loads it where Redis has functions
+# (library.rs): the shared functions defined once, the charge per call.
+{ echo "#!lua name=tower_tickets_bench"; echo "local KEYS, ARGV"
+  echo "local REDIS_HOLDS_THE_TRUTH = true"; cat "$lua/common.lua"
+  echo "local function run_charge()"; cat "$lua/charge.lua"; echo "end"
+  echo "redis.register_function('tower_tickets_bench_charge', function(keys, args)"
+  echo "KEYS, ARGV = keys, args"; echo "return run_charge()"; echo "end)"; } > "$dir/library.lua"
+cli function load replace "$(cat "$dir/library.lua")" >/dev/null
 load() { cli script load "$(cat "$1")"; }
 naive=$(load benches/lua/naive.lua)
 charge=$(load "$dir/charge.lua")
@@ -55,8 +65,9 @@ call() {
   for ((i = 0; i < n; i++)); do keys+=("$pattern"); done
   case $script in
     naive) args=(EVALSHA "$naive" 1 "${keys[@]}" 1 1000000000 86400000) ;;
-    charge)
-      args=(EVALSHA "$charge" "$n" "${keys[@]}" "${spec[@]}")
+    charge | function)
+      if [[ $script == charge ]]; then args=(EVALSHA "$charge"); else args=(FCALL tower_tickets_bench_charge); fi
+      args+=("$n" "${keys[@]}" "${spec[@]}")
       for ((i = 0; i < n; i++)); do args+=(1 1); done ;;
     floor) args=(EVALSHA "$floor" "$n" "${keys[@]}") ;;
     strings) args=(EVALSHA "$strings" "$n" "${keys[@]}") ;;
@@ -76,12 +87,13 @@ run() {
   redis-benchmark -p "$port" -q -P 16 -c 4 -r "$USERS" -n $(( decisions / n )) "${args[@]}" >/dev/null
   local after; after=$(cpu_ticks)
   local usec
-  usec=$(cli info commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p')
+  usec=$(cli info commandstats | tr -d '\r' | sed -n 's/^cmdstat_\(evalsha\|fcall\):.*usec_per_call=\([0-9.]*\).*/\2/p')
   awk -v u="$usec" -v n="$n" -v t=$(( after - before )) -v hz="$ticks_per_sec" -v d="$decisions" \
     'BEGIN { printf "%.2f %.2f %.2f\n", u, u / n, t * 1e6 / hz / d }'
 }
 
-paths=("naive 1 u{__rand_int__}" "charge 1 t{__rand_int__}:t" "charge $BATCH t{__rand_int__}:t"
+paths=("naive 1 u{__rand_int__}" "charge 1 t{__rand_int__}:t" "function 1 f{__rand_int__}:t"
+  "charge $BATCH t{__rand_int__}:t" "function $BATCH f{__rand_int__}:t"
   "floor $BATCH t{__rand_int__}:t" "strings $BATCH s{__rand_int__}")
 echo "Redis decisions, $USERS users at random, redis-benchmark -P 16 -c 4, $ROUNDS rounds of" \
   "$DECISIONS decisions per script; $(redis-server --version | cut -d' ' -f1-3)." \

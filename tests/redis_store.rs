@@ -93,6 +93,12 @@ mod focused {
             .map_or(0, |(_, calls)| *calls)
     }
 
+    /// How many scripts (`EVALSHA`) and functions (`FCALL`: the charge, on
+    /// this Redis 7) ran since the stats were reset.
+    fn store_calls(server: &RedisServer) -> u64 {
+        calls_of(server, "evalsha") + calls_of(server, "fcall")
+    }
+
     fn reset_stats(server: &RedisServer) {
         redis::cmd("CONFIG")
             .arg("RESETSTAT")
@@ -117,14 +123,16 @@ mod focused {
             assert!(
                 // The test's own commands are INFO and CONFIG RESETSTAT.
                 name == "evalsha"
+                    || name == "fcall"
                     || name == "info"
                     || name.starts_with("config")
                     || SCRIPT_COMMANDS.contains(&name.as_str()),
                 "the store sent {name}: {calls:?}"
             );
         }
-        assert_eq!(count("hmget"), count("evalsha"), "{calls:?}");
-        count("evalsha")
+        let store_calls = count("evalsha") + count("fcall");
+        assert_eq!(count("hmget"), store_calls, "{calls:?}");
+        store_calls
     }
 
     fn keys(server: &RedisServer, pattern: &str) -> Vec<String> {
@@ -202,7 +210,7 @@ mod focused {
         assert!(allowed.values().all(|&n| n == 3), "{allowed:?}");
         assert_eq!(allowed.len(), users.len());
         assert_eq!(calls_of(&server, "hmget"), 160, "one decision per charge");
-        let calls = calls_of(&server, "evalsha");
+        let calls = store_calls(&server);
         assert!(
             calls < 160,
             "charges queued while a call was in flight went together: {calls} calls"
@@ -254,7 +262,7 @@ mod focused {
                 .unwrap();
             assert_eq!((read[0].remaining, read[1].remaining), (2, 1), "{uid}");
         }
-        let calls = calls_of(&server, "evalsha");
+        let calls = store_calls(&server);
         assert!(calls < 24, "the charges went together: {calls} calls");
     }
 
@@ -281,6 +289,42 @@ mod focused {
             .count();
         assert_eq!(allowed, 4);
         assert_eq!(script_calls(&server), 10);
+    }
+
+    /// On Redis 7 a charge is the charge library's function (`FCALL`), its
+    /// helpers defined once; a server that lost its functions (`FUNCTION
+    /// FLUSH`, as a restart that does not persist them) is given the
+    /// library again by the next charge, which is decided all the same.
+    #[tokio::test]
+    async fn charges_run_as_a_function_a_server_that_lost_it_gets_again() {
+        let server = RedisServer::start();
+        for batching in [true, false] {
+            let store = RedisStore::standalone(server.url())
+                .batching(batching)
+                .connect()
+                .await
+                .unwrap();
+            let tickets = tickets();
+            let uid = fresh_uid("function");
+            reset_stats(&server);
+            let first = store.charge(charge_request(&tickets, &uid, "upload"));
+            assert!(matches!(first.await, Ok(ChargeOutcome::Allowed { .. })));
+            assert_eq!(calls_of(&server, "fcall"), 1, "batching {batching}");
+            assert_eq!(calls_of(&server, "evalsha"), 0, "batching {batching}");
+
+            redis::cmd("FUNCTION")
+                .arg("FLUSH")
+                .exec(&mut server.connection())
+                .unwrap();
+            reset_stats(&server);
+            let after = store.charge(charge_request(&tickets, &uid, "upload"));
+            let Ok(ChargeOutcome::Allowed { balances, .. }) = after.await else {
+                panic!("decided once the library is back (batching {batching})");
+            };
+            assert_eq!(balances[0].remaining, 3, "two charges, each once");
+            assert_eq!(calls_of(&server, "function|load"), 1, "{batching}");
+            assert_eq!(calls_of(&server, "fcall"), 2, "the call, then again");
+        }
     }
 
     #[tokio::test]
@@ -320,7 +364,7 @@ mod focused {
             .balances(&healthy[0], tickets.kinds(), tickets.now())
             .await;
         assert_eq!(read.unwrap()[0].remaining, 2);
-        let calls = calls_of(&server, "evalsha");
+        let calls = store_calls(&server);
         assert!(calls < 27, "the charges went together: {calls} calls");
     }
 

@@ -1,11 +1,12 @@
 //! Batching: charges queued while a call is in flight go to Redis together,
 //! in one call of the charge script (one round trip, one reply, one `TIME`).
 
-use redis::{ErrorKind, RedisError, RedisResult, Script};
+use redis::{ErrorKind, RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot};
 
 use super::charge_call::{Charge, decide};
 use super::connection::Connection;
+use super::scripts::Procedure;
 
 /// The most charges one call decides: Redis runs nothing else while a
 /// script runs, and a charge costs it a few microseconds.
@@ -27,9 +28,9 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// Starts the sending task on the current tokio runtime (the one the
     /// connection lives on); it ends when the batcher is dropped.
-    pub(crate) fn start(connection: Connection, script: &'static Script) -> Self {
+    pub(crate) fn start(connection: Connection, charge: Procedure) -> Self {
         let (queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(send_queued(connection, script, queued));
+        tokio::spawn(send_queued(connection, charge, queued));
         Self { queue }
     }
 
@@ -48,13 +49,13 @@ impl Batcher {
 /// dropped.
 async fn send_queued(
     mut connection: Connection,
-    script: &'static Script,
+    charge: Procedure,
     mut queued: mpsc::UnboundedReceiver<Queued>,
 ) {
     let mut batch = Vec::with_capacity(MOST_PER_CALL);
     while queued.recv_many(&mut batch, MOST_PER_CALL).await > 0 {
         let charges = batch.iter().map(|queued| &queued.charge);
-        match decide(&mut connection, script, charges).await {
+        match decide(&mut connection, charge, charges).await {
             Ok(replies) => {
                 for (queued, reply) in batch.drain(..).zip(replies) {
                     // A caller that gave up dropped its receiver: nothing to

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Client;
+use redis::{Client, RedisResult};
 
 use super::batcher::Batcher;
 use super::connection::Connection;
 use super::error::RedisSetupError;
 use super::keys::KeyLayout;
+use super::library::Library;
 use super::scripts::{CallContext, Truth};
 use super::store::{LATE_REPLY_DEADLINE, RedisStore, Shared};
 use crate::store::breaker::Breaker;
@@ -174,26 +175,20 @@ impl RedisStoreBuilder {
         for script in self.truth.scripts().all() {
             // Calls carry no timeout of the connection's own (the store
             // bounds each one), so bound the loads here.
-            tokio::time::timeout(self.timeout, connection.load(script))
+            bounded(self.timeout, "loading a script", connection.load(script))
                 .await
-                .unwrap_or_else(|_elapsed| {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("loading a script took longer than {:?}", self.timeout),
-                    )
-                    .into())
-                })
                 .map_err(RedisSetupError::Unreachable)?;
         }
+        let charge = Library::load_or_script(&mut connection, self.truth, self.timeout)
+            .await
+            .map_err(RedisSetupError::Unreachable)?;
         let batcher = match (&self.topology, self.batching) {
-            (Topology::Standalone(_), true) => Some(Batcher::start(
-                connection.clone(),
-                &self.truth.scripts().charge,
-            )),
+            (Topology::Standalone(_), true) => Some(Batcher::start(connection.clone(), charge)),
             _ => None,
         };
         Ok(RedisStore::from_shared(Shared {
             batcher,
+            charge,
             connection,
             topology: self.topology,
             keys,
@@ -234,4 +229,22 @@ impl RedisStore {
     pub async fn connect(url: impl Into<String>) -> Result<Self, RedisSetupError> {
         Self::standalone(url).connect().await
     }
+}
+
+/// `load`, or a timeout error once `timeout` has passed: setup calls carry
+/// no timeout of the connection's own (the store bounds each call itself).
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    load: impl Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(timeout, load)
+        .await
+        .unwrap_or_else(|_elapsed| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{what} took longer than {timeout:?}"),
+            )
+            .into())
+        })
 }

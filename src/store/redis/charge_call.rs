@@ -1,13 +1,13 @@
 //! The charge script's call: one user's decision, or several decided in one
-//! `EVALSHA` (see `lua/charge.lua` for the layout).
+//! call (see `lua/charge.lua` for the layout).
 
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
-use redis::{ErrorKind, RedisError, RedisResult, Script};
+use redis::{ErrorKind, RedisError, RedisResult};
 
 use super::connection::Connection;
-use super::scripts::{KindSpec, ScriptCall, millis};
+use super::scripts::{KindSpec, Procedure, ScriptCall, millis};
 use crate::cost::CheckedCost;
 use crate::idempotency::IDEMPOTENCY_TTL;
 
@@ -28,16 +28,16 @@ pub(crate) struct Charge {
     pub(crate) now: DateTime<Utc>,
 }
 
-/// Decides `charges` in one call of the charge `script`: each one's reply,
+/// Decides `charges` in one call of the charge `procedure`: each one's reply,
 /// in order (a decision that failed is an error in its place).
 pub(crate) async fn decide<'a>(
     connection: &mut Connection,
-    script: &'static Script,
+    procedure: Procedure,
     charges: impl Iterator<Item = &'a Charge> + Clone,
 ) -> RedisResult<Vec<RedisResult<Vec<i64>>>> {
     let sent = charges.clone().count();
     let replies: Vec<RedisResult<Vec<i64>>> =
-        connection.invoke(&charge_call(script, charges)).await?;
+        connection.invoke(&charge_call(procedure, charges)).await?;
     if replies.len() != sent {
         return Err(RedisError::from((
             ErrorKind::UnexpectedReturnType,
@@ -48,11 +48,11 @@ pub(crate) async fn decide<'a>(
     Ok(replies)
 }
 
-/// One `EVALSHA` of the charge `script` deciding `charges` in order. The
+/// One call of the charge `procedure` deciding `charges` in order. The
 /// kind specs they use, and their shapes (key count, time, idle TTL, kinds),
 /// are sent once each: most charges of a call share one.
 fn charge_call<'a>(
-    script: &'static Script,
+    procedure: Procedure,
     charges: impl Iterator<Item = &'a Charge> + Clone,
 ) -> ScriptCall {
     let mut specs: Vec<KindSpec<'_>> = Vec::new();
@@ -90,7 +90,7 @@ fn charge_call<'a>(
         };
         shape_of.push(index + 1);
     }
-    let mut call = ScriptCall::new(script, charges.clone().flat_map(|charge| &charge.keys));
+    let mut call = ScriptCall::new(procedure, charges.clone().flat_map(|charge| &charge.keys));
     call.arg(millis(IDEMPOTENCY_TTL)).arg(specs.len());
     for spec in &specs {
         spec.push(&mut call, spec.kind().initial_balance());

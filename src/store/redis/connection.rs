@@ -13,7 +13,8 @@ use redis::{
     from_redis_value,
 };
 
-use super::scripts::ScriptCall;
+use super::library::Library;
+use super::scripts::{Procedure, ScriptCall};
 
 /// Pauses between reconnection attempts: short, so that a probe soon after
 /// Redis comes back finds a fresh attempt rather than a long back-off.
@@ -81,17 +82,23 @@ impl Connection {
         Ok(Self::Cluster(client.get_async_connection().await?))
     }
 
-    /// Runs a script: `EVALSHA`, and after a `NOSCRIPT` (a restarted or
-    /// flushed Redis) loads the script and sends the call again. Errors
-    /// inside the reply (one decision's, in a charge for several users)
-    /// are left to `T` (see [`Connection::send`]).
+    /// Runs a script or function, and after a `NOSCRIPT` or a missing
+    /// function (a restarted or flushed Redis) loads it and sends the call
+    /// again. Errors inside the reply (one decision's, in a charge for
+    /// several users) are left to `T` (see [`Connection::send`]).
     pub(crate) async fn invoke<T: FromRedisValue>(&mut self, call: &ScriptCall) -> RedisResult<T> {
-        match self.send(&call.command).await {
-            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.load(call.script).await?;
+        match (self.send(&call.command).await, call.procedure) {
+            (Err(error), Procedure::Script(script))
+                if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+            {
+                self.load(script).await?;
                 self.send(&call.command).await
             }
-            reply => reply,
+            (Err(error), Procedure::Function(library)) if Library::missing(&error) => {
+                self.load_library(library).await?;
+                self.send(&call.command).await
+            }
+            (reply, _) => reply,
         }
     }
 
@@ -166,6 +173,12 @@ impl Connection {
             }
             (connection, _) => connection.query(command).await,
         }
+    }
+
+    /// Loads the charge library (on every master of a cluster).
+    pub(crate) async fn load_library(&mut self, library: &Library) -> RedisResult<()> {
+        self.query::<Value>(library.load_command()).await?;
+        Ok(())
     }
 
     /// Loads a script (on every master of a cluster).

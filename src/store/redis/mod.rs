@@ -9,6 +9,7 @@ mod connection;
 mod error;
 mod eviction;
 mod keys;
+mod library;
 mod reply;
 mod scripts;
 mod store;

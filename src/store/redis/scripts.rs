@@ -7,10 +7,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use redis::{Cmd, Script, ToRedisArgs};
 
 use super::builder::TimeSource;
+use super::library::Library;
 use crate::kind::TicketKind;
 use crate::refill::Refill;
 
-const COMMON: &str = include_str!("lua/common.lua");
+/// The helpers every script (and the charge library) shares.
+pub(crate) const COMMON: &str = include_str!("lua/common.lua");
 
 /// Every script, each prefixed with the shared Lua functions.
 pub(crate) struct Scripts {
@@ -75,30 +77,48 @@ impl Scripts {
     }
 }
 
-/// One `EVALSHA` of a shared script. Arguments are written straight into
-/// the command's single buffer (a `ScriptInvocation` would allocate one per
-/// argument, then copy them all: most of a charge's client-side cost).
+/// What a call runs: a script, by `EVALSHA`, or the charge library's
+/// function, by `FCALL` (see `library.rs`).
+#[derive(Clone, Copy)]
+pub(crate) enum Procedure {
+    Script(&'static Script),
+    Function(&'static Library),
+}
+
+impl From<&'static Script> for Procedure {
+    fn from(script: &'static Script) -> Self {
+        Self::Script(script)
+    }
+}
+
+/// One call of a shared script or function. Arguments are written straight
+/// into the command's single buffer (a `ScriptInvocation` would allocate
+/// one per argument, then copy them all: most of a charge's client-side
+/// cost).
 pub(crate) struct ScriptCall {
-    pub(crate) script: &'static Script,
+    pub(crate) procedure: Procedure,
     pub(crate) command: Cmd,
 }
 
 impl ScriptCall {
-    /// A call of `script` on `keys`; arguments follow with [`ScriptCall::arg`].
+    /// A call of `procedure` on `keys`; arguments follow with
+    /// [`ScriptCall::arg`].
     pub(crate) fn new<'a>(
-        script: &'static Script,
+        procedure: impl Into<Procedure>,
         keys: impl IntoIterator<Item = &'a String, IntoIter: Clone>,
     ) -> Self {
+        let procedure = procedure.into();
         let keys = keys.into_iter();
         let mut command = Cmd::with_capacity(24, 256);
-        command
-            .arg("EVALSHA")
-            .arg(script.get_hash())
-            .arg(keys.clone().count());
+        match procedure {
+            Procedure::Script(script) => command.arg("EVALSHA").arg(script.get_hash()),
+            Procedure::Function(library) => command.arg("FCALL").arg(library.function()),
+        };
+        command.arg(keys.clone().count());
         for key in keys {
             command.arg(key);
         }
-        Self { script, command }
+        Self { procedure, command }
     }
 
     /// Appends an `ARGV` value.

@@ -15,7 +15,7 @@ use super::connection::{Connection, Node};
 use super::error::{store_error, unexpected_reply};
 use super::keys::KeyLayout;
 use super::reply;
-use super::scripts::{CallContext, ScriptCall, Truth, millis, push_kind};
+use super::scripts::{CallContext, Procedure, ScriptCall, Truth, millis, push_kind};
 use crate::cost::CheckedCost;
 use crate::idempotency::{IDEMPOTENCY_TTL, IdempotencyKey};
 use crate::kind::TicketKind;
@@ -50,7 +50,9 @@ use crate::uid::Uid;
 /// ```
 ///
 /// Any number of app instances share one truth. Each operation is one `EVALSHA` of a script
-/// from `lua/` (built once, reloaded after a `NOSCRIPT`), sent over one
+/// from `lua/` (built once, reloaded after a `NOSCRIPT`), or for a charge on Redis 7 one
+/// `FCALL` of the same Lua loaded as a function library (its helpers defined once per
+/// server rather than on every call; reloaded when missing), sent over one
 /// multiplexed connection per store (concurrent calls are pipelined on one
 /// socket) that reconnects by itself. On a standalone server, charges that
 /// come while a charge call is in flight go together in the next call, each
@@ -119,6 +121,9 @@ pub(crate) struct Shared {
     /// Sends charges queued while a call is in flight together; `None`
     /// sends each alone.
     pub(crate) batcher: Option<Batcher>,
+    /// What decides charges: the charge library's function, or the script
+    /// where the server has no functions.
+    pub(crate) charge: Procedure,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -520,9 +525,9 @@ impl RedisStore {
             match &shared.batcher {
                 Some(batcher) => batcher.charge(charge).await,
                 None => {
-                    let script = &shared.context.scripts().charge;
                     let mut connection = shared.connection.clone();
-                    let replies = decide(&mut connection, script, std::iter::once(&charge)).await?;
+                    let once = std::iter::once(&charge);
+                    let replies = decide(&mut connection, shared.charge, once).await?;
                     // `decide` answered one reply per charge: exactly one.
                     replies.into_iter().next().unwrap_or_else(|| {
                         Err(redis::RedisError::from((
