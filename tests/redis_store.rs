@@ -327,6 +327,31 @@ mod focused {
         }
     }
 
+    /// A server that refuses `FUNCTION LOAD` (here an ACL; a server before
+    /// Redis 7 does not know the command) keeps the charge as a script.
+    #[tokio::test]
+    async fn a_server_that_refuses_functions_charges_by_script() {
+        let server = RedisServer::start();
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("-function")
+            .exec(&mut server.connection())
+            .unwrap();
+        let store = RedisStore::standalone(server.url())
+            .batching(false)
+            .connect()
+            .await
+            .expect("connects, keeping the script");
+        let tickets = tickets();
+        let uid = fresh_uid("no-functions");
+        reset_stats(&server);
+        let charge = store.charge(charge_request(&tickets, &uid, "upload"));
+        assert!(matches!(charge.await, Ok(ChargeOutcome::Allowed { .. })));
+        assert_eq!(calls_of(&server, "evalsha"), 1);
+        assert_eq!(calls_of(&server, "fcall"), 0);
+    }
+
     #[tokio::test]
     async fn a_corrupt_user_fails_alone_in_a_batch() {
         let server = RedisServer::start();
