@@ -93,11 +93,14 @@ where
         }
         let mut charge = shared.store.charge(charge);
         // A store that answers at once (the embedded one) is heard now, and
-        // the service driven to readiness called now: no clone of it.
+        // the service driven to readiness called now: no clone of it. Only
+        // within a Tokio task (a server's connection): a store's future
+        // may need the runtime from its first poll.
         let request = Request::from_parts(parts, body);
-        if let Poll::Ready(outcome) = charge
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
+        if tokio::task::try_id().is_some()
+            && let Poll::Ready(outcome) = charge
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
         {
             let plan = self.plan.clone();
             return ResponseFuture::decided(

@@ -265,8 +265,12 @@ impl App {
         assert_eq!(self.remaining(uid, kind).await, expected, "{kind} of {uid}");
     }
 
+    /// Sends `request` in a task of its own, as a server's connection does
+    /// (the layer answers a store that decides at once from `call()` only
+    /// within a task; the tests that poll a request by hand cover the rest).
     pub async fn send(&self, request: Request<Body>) -> Reply {
-        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
+        let sent = tokio::spawn(self.router.clone().oneshot(request));
+        let response: Response<Body> = sent.await.unwrap().unwrap();
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
