@@ -327,6 +327,52 @@ mod focused {
         }
     }
 
+    /// Every charge decides at Redis's clock of its own call: the charge
+    /// library keeps its Lua from call to call, and the instant it read
+    /// once must not outlive that call, or no refill would ever come due.
+    /// (The test waits, by polling Redis `TIME`, for Redis's clock to pass
+    /// the refill.)
+    #[tokio::test]
+    async fn each_charge_reads_the_redis_clock_anew() {
+        let period = std::time::Duration::from_millis(40);
+        let tickets = Tickets::builder()
+            .kind(TicketKind::new("burst", 1).refill(Refill::rolling(period)))
+            .build()
+            .unwrap();
+        for batching in [true, false] {
+            let store = RedisStore::standalone(shared_server().url())
+                .batching(batching)
+                .connect()
+                .await
+                .unwrap();
+            let uid = fresh_uid("redis-clock");
+            let charge = || store.charge(charge_request(&tickets, &uid, "burst"));
+            let Ok(ChargeOutcome::Allowed { balances, .. }) = charge().await else {
+                panic!("a new user's first ticket (batching {batching})");
+            };
+            let refilled = balances[0].last_refill;
+            assert!(matches!(charge().await, Ok(ChargeOutcome::Refused { .. })));
+            let due = refilled + period;
+            while redis_time(shared_server()) <= due {
+                tokio::task::yield_now().await;
+            }
+            let Ok(ChargeOutcome::Allowed { balances, .. }) = charge().await else {
+                panic!("refilled once Redis's clock passed the period (batching {batching})");
+            };
+            assert!(
+                balances[0].last_refill >= due,
+                "refilled at the new instant"
+            );
+        }
+    }
+
+    /// The server's clock (`TIME`).
+    fn redis_time(server: &RedisServer) -> chrono::DateTime<chrono::Utc> {
+        let (secs, micros): (i64, u32) =
+            redis::cmd("TIME").query(&mut server.connection()).unwrap();
+        chrono::DateTime::from_timestamp(secs, micros * 1000).unwrap()
+    }
+
     /// A server that refuses `FUNCTION LOAD` (here an ACL; a server before
     /// Redis 7 does not know the command) keeps the charge as a script.
     #[tokio::test]

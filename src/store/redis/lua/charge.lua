@@ -109,6 +109,10 @@ local function charge(first, shape, at)
   return balances_reply(reply, kinds)
 end
 
+-- Each call reads Redis's clock anew: the charge library (the function)
+-- keeps common.lua's locals from one call to the next.
+redis_now = nil
+
 local specs, at = {}, 3
 for s = 1, tonumber(ARGV[2]) do
   specs[s], at = read_spec(at)

@@ -82,7 +82,9 @@ local function user_keys(first, count)
 end
 
 -- This Redis server's clock in Unix ms, read once per call: a script runs
--- atomically, so every decision of the call happens at that instant.
+-- atomically, so every decision of the call happens at that instant. (A
+-- script's locals are new on every call; the charge library's are not, and
+-- its call starts by forgetting the last one's instant.)
 local redis_now = nil
 local function redis_time()
   if not redis_now then
