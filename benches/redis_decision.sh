@@ -39,12 +39,13 @@ cli() { redis-cli -p "$port" "$@"; }
 
 # The charge script as the store builds it (scripts.rs): Redis holding the
 # truth, the shared functions, the charge.
-{ echo "local REDIS_HOLDS_THE_TRUTH = true"; cat "$lua/common.lua" "$lua/charge.lua"; } \
-  > "$dir/charge.lua"
+{ echo "local REDIS_HOLDS_THE_TRUTH = true"; cat "$lua/common.lua"
+  echo "local CHARGE_PLANS = nil"; cat "$lua/charge.lua"; } > "$dir/charge.lua"
 # The same charge as the store loads it where Redis has functions
-# (library.rs): the shared functions defined once, the charge per call.
+# (library.rs): the shared functions defined once, the charge per call,
+# its plan read once.
 { echo "#!lua name=tower_tickets_bench"; echo "local KEYS, ARGV"
-  echo "local REDIS_HOLDS_THE_TRUTH = true"; cat "$lua/common.lua"
+  echo "local CHARGE_PLANS = {known = {}, count = 0}"; echo "local REDIS_HOLDS_THE_TRUTH = true"; cat "$lua/common.lua"
   echo "local function run_charge()"; cat "$lua/charge.lua"; echo "end"
   echo "redis.register_function('tower_tickets_bench_charge', function(keys, args)"
   echo "KEYS, ARGV = keys, args"; echo "return run_charge()"; echo "end)"; } > "$dir/library.lua"
@@ -56,9 +57,10 @@ floor=$(load benches/lua/batch_floor.lua)
 strings=$(load benches/lua/batch_strings.lua)
 
 # A kind of capacity 10^9 refilled daily; decisions as the store sends
-# them: the spec, one shape (one key, Redis TIME, idle TTL 3 days, the
-# kind), then per decision its shape and amount.
-spec=(86400000 1 upload 1000000000 1000000000 R 86400000 1 1 '' 259200000 1 1)
+# them: the plan (idempotency TTL, the spec, one shape: one key, idle TTL
+# 3 days, the kind), then per decision its shape, time ('' = Redis TIME)
+# and amount.
+plan='86400000 1 upload 1000000000 1000000000 R 86400000 1 1 259200000 1 1'
 # The arguments of a call of `n` decisions of script $1, keys `pattern`.
 call() {
   local script=$1 n=$2 pattern=$3 keys=() args=()
@@ -67,8 +69,8 @@ call() {
     naive) args=(EVALSHA "$naive" 1 "${keys[@]}" 1 1000000000 86400000) ;;
     charge | function)
       if [[ $script == charge ]]; then args=(EVALSHA "$charge"); else args=(FCALL tower_tickets_bench_charge); fi
-      args+=("$n" "${keys[@]}" "${spec[@]}")
-      for ((i = 0; i < n; i++)); do args+=(1 1); done ;;
+      args+=("$n" "${keys[@]}" "$plan")
+      for ((i = 0; i < n; i++)); do args+=(1 '' 1); done ;;
     floor) args=(EVALSHA "$floor" "$n" "${keys[@]}") ;;
     strings) args=(EVALSHA "$strings" "$n" "${keys[@]}") ;;
   esac

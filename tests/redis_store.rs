@@ -373,6 +373,40 @@ mod focused {
         chrono::DateTime::from_timestamp(secs, micros * 1000).unwrap()
     }
 
+    /// The charge library keeps the plans it read (kind specs, shapes), a
+    /// bounded number of them: charges of many different plans on one
+    /// server, more than it keeps, are each decided on their own plan, the
+    /// first ones again after they were dropped.
+    #[tokio::test]
+    async fn each_plan_is_decided_as_sent_however_many_there_are() {
+        let server = RedisServer::start();
+        let store = store_on(&server, "plans:").await;
+        let registries: Vec<(u32, Tickets)> = (1..=80)
+            .map(|capacity| {
+                let tickets = Tickets::builder()
+                    .kind(TicketKind::new("upload", capacity))
+                    .build()
+                    .unwrap();
+                (capacity, tickets)
+            })
+            .collect();
+        for round in 0..2 {
+            for (capacity, tickets) in &registries {
+                let uid = fresh_uid("plan");
+                let charge = store.charge(charge_request(tickets, &uid, "upload"));
+                let Ok(ChargeOutcome::Allowed { balances, .. }) = charge.await else {
+                    panic!("a new user of capacity {capacity} (round {round}) pays one");
+                };
+                assert_eq!(balances[0].remaining, capacity - 1, "round {round}");
+            }
+        }
+        assert_eq!(
+            calls_of(&server, "evalsha"),
+            0,
+            "every charge was the function"
+        );
+    }
+
     /// A server that refuses `FUNCTION LOAD` (here an ACL; a server before
     /// Redis 7 does not know the command) keeps the charge as a script.
     #[tokio::test]

@@ -1,7 +1,8 @@
 -- Another layout's floor (see benches/redis_decision.sh): each user's
 -- balance one string '<left> <last refill>', every user of the call read
 -- by one MGET and written by one MSET, so that Redis commands per decision
--- no longer grow with the call. Per user: parse, spend, format, reply.
+-- no longer grow with the call. Per user: parse, spend, format, reply (in
+-- the charge's flat list).
 local values = redis.call('MGET', unpack(KEYS))
 local writes, replies = {}, {}
 for i = 1, #KEYS do
@@ -12,7 +13,7 @@ for i = 1, #KEYS do
   end
   n = n - 1
   writes[2 * i - 1], writes[2 * i] = KEYS[i], n .. ' ' .. r
-  replies[i] = {1, n, r}
+  replies[4 * i - 3], replies[4 * i - 2], replies[4 * i - 1], replies[4 * i] = 3, 1, n, r
 end
 redis.call('MSET', unpack(writes))
 return replies

@@ -1,10 +1,11 @@
 //! The charge script's call: one user's decision, or several decided in one
 //! call (see `lua/charge.lua` for the layout).
 
+use std::fmt::{Display, Write as _};
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
-use redis::{ErrorKind, RedisError, RedisResult};
+use redis::{ErrorKind, RedisError, RedisResult, Value};
 
 use super::connection::Connection;
 use super::scripts::{KindSpec, Procedure, ScriptCall, millis};
@@ -16,7 +17,9 @@ pub(crate) struct Charge {
     /// The user's keys: balances, then (caching a source) the high-water
     /// key, then the idempotency key if any.
     pub(crate) keys: Vec<String>,
-    /// The decision time in Unix ms, or `None` for the Redis server's clock.
+    /// The decision time in Unix ms, or `None` for the Redis server's clock
+    /// (a decision's own: under `TimeSource::Caller` each charge has its
+    /// instant, and the plan stays the same).
     pub(crate) time: Option<i64>,
     /// How long the user's hash outlives a refill, in ms.
     pub(crate) idle_ttl: u64,
@@ -36,8 +39,8 @@ pub(crate) async fn decide<'a>(
     charges: impl Iterator<Item = &'a Charge> + Clone,
 ) -> RedisResult<Vec<RedisResult<Vec<i64>>>> {
     let sent = charges.clone().count();
-    let replies: Vec<RedisResult<Vec<i64>>> =
-        connection.invoke(&charge_call(procedure, charges)).await?;
+    let reply: Vec<Value> = connection.invoke(&charge_call(procedure, charges)).await?;
+    let replies = split_replies(reply)?;
     if replies.len() != sent {
         return Err(RedisError::from((
             ErrorKind::UnexpectedReturnType,
@@ -48,9 +51,49 @@ pub(crate) async fn decide<'a>(
     Ok(replies)
 }
 
-/// One call of the charge `procedure` deciding `charges` in order. The
-/// kind specs they use, and their shapes (key count, time, idle TTL, kinds),
-/// are sent once each: most charges of a call share one.
+/// The decisions of the charge script's flat reply: per decision, the count
+/// of its values then the values, or an error in its place.
+fn split_replies(reply: Vec<Value>) -> RedisResult<Vec<RedisResult<Vec<i64>>>> {
+    let malformed = |detail: String| {
+        RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "the charge script's reply is not a list of decisions",
+            detail,
+        ))
+    };
+    let mut values = reply.into_iter();
+    let mut replies = Vec::new();
+    while let Some(value) = values.next() {
+        let count = match value {
+            Value::ServerError(error) => {
+                replies.push(Err(error.into()));
+                continue;
+            }
+            Value::Int(count) => usize::try_from(count)
+                .map_err(|_| malformed(format!("a decision of {count} values")))?,
+            other => return Err(malformed(format!("{other:?} where a count was due"))),
+        };
+        let decision = values
+            .by_ref()
+            .take(count)
+            .map(|value| match value {
+                Value::Int(number) => Ok(number),
+                other => Err(malformed(format!("{other:?} in a decision"))),
+            })
+            .collect::<RedisResult<Vec<i64>>>()?;
+        if decision.len() != count {
+            return Err(malformed(format!("a decision cut short: {decision:?}")));
+        }
+        replies.push(Ok(decision));
+    }
+    Ok(replies)
+}
+
+/// One call of the charge `procedure` deciding `charges` in order. What
+/// they share goes in its plan, one argument: the kind specs they use, and
+/// their shapes (key count, idle TTL, kinds), each once (most charges of a
+/// call share one). A store sends the same plan call after call, which the
+/// charge library reads once.
 fn charge_call<'a>(
     procedure: Procedure,
     charges: impl Iterator<Item = &'a Charge> + Clone,
@@ -76,7 +119,6 @@ fn charge_call<'a>(
         }
         let shape = Shape {
             key_count: charge.keys.len(),
-            time: charge.time,
             idle_ttl: charge.idle_ttl,
             specs: first..spec_indices.len(),
         };
@@ -90,25 +132,30 @@ fn charge_call<'a>(
         };
         shape_of.push(index + 1);
     }
-    let mut call = ScriptCall::new(procedure, charges.clone().flat_map(|charge| &charge.keys));
-    call.arg(millis(IDEMPOTENCY_TTL)).arg(specs.len());
+    let mut plan = Plan::default();
+    plan.word(millis(IDEMPOTENCY_TTL)).word(specs.len());
     for spec in &specs {
-        spec.push(&mut call, spec.kind().initial_balance());
+        spec.each_word(spec.kind().initial_balance(), |word| {
+            plan.word(word);
+        });
     }
-    call.arg(shapes.len());
+    plan.word(shapes.len());
     for shape in &shapes {
-        call.arg(shape.key_count);
-        match shape.time {
+        plan.word(shape.key_count)
+            .word(shape.idle_ttl)
+            .word(shape.specs.len());
+        for index in &spec_indices[shape.specs.clone()] {
+            plan.word(index);
+        }
+    }
+    let mut call = ScriptCall::new(procedure, charges.clone().flat_map(|charge| &charge.keys));
+    call.arg(plan.0);
+    for (charge, shape) in charges.zip(shape_of) {
+        call.arg(shape);
+        match charge.time {
             Some(ms) => call.arg(ms),
             None => call.arg(""),
         };
-        call.arg(shape.idle_ttl).arg(shape.specs.len());
-        for index in &spec_indices[shape.specs.clone()] {
-            call.arg(*index);
-        }
-    }
-    for (charge, shape) in charges.zip(shape_of) {
-        call.arg(shape);
         if let Some(fingerprint) = &charge.fingerprint {
             call.arg(fingerprint);
         }
@@ -119,10 +166,24 @@ fn charge_call<'a>(
     call
 }
 
+/// The plan of a charge call: words separated by spaces.
+#[derive(Default)]
+struct Plan(String);
+
+impl Plan {
+    fn word(&mut self, word: impl Display) -> &mut Self {
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        // Writing into a `String` cannot fail.
+        let _ = write!(self.0, "{word}");
+        self
+    }
+}
+
 /// What charges of one call may share.
 struct Shape {
     key_count: usize,
-    time: Option<i64>,
     idle_ttl: u64,
     /// Where its spec indices are in the list of every charge's.
     specs: Range<usize>,
@@ -131,7 +192,6 @@ struct Shape {
 impl Shape {
     fn same_as(&self, other: &Self, spec_indices: &[usize]) -> bool {
         self.key_count == other.key_count
-            && self.time == other.time
             && self.idle_ttl == other.idle_ttl
             && spec_indices[self.specs.clone()] == spec_indices[other.specs.clone()]
     }

@@ -5,7 +5,10 @@
 //! helper of `lua/common.lua` is a closure built again, which one charge
 //! alone (batching off) paid for in every call. In the library the helpers
 //! are defined once, when it loads; the call binds its keys and arguments
-//! and runs `lua/charge.lua` as it is.
+//! and runs `lua/charge.lua` as it is. The library's locals outlive the
+//! call: it keeps the plans of the latest calls as read (`CHARGE_PLANS`),
+//! so a store's call reads only its decisions, and each call forgets the
+//! last one's Redis `TIME`.
 //!
 //! The library is named after a hash of its text, so that a name always
 //! means one text: `FUNCTION LOAD REPLACE` of it is idempotent, whichever
@@ -51,7 +54,10 @@ impl Library {
         // `KEYS` and `ARGV` are the library's locals, bound by each call:
         // the shared helpers and the charge read them as a script does.
         let body = format!(
-            "local KEYS, ARGV\nlocal REDIS_HOLDS_THE_TRUTH = {}\n{COMMON}\n\
+            "local KEYS, ARGV\n\
+             -- The plans of the latest calls, as read (see charge.lua).\n\
+             local CHARGE_PLANS = {{known = {{}}, count = 0}}\n\
+             local REDIS_HOLDS_THE_TRUTH = {}\n{COMMON}\n\
              local function run_charge()\n{}\nend\n",
             truth == Truth::InRedis,
             include_str!("lua/charge.lua"),

@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::{Cmd, Script, ToRedisArgs};
+use redis::{Cmd, RedisWrite, Script, ToRedisArgs};
 
 use super::builder::TimeSource;
 use super::library::Library;
@@ -56,7 +56,12 @@ impl Scripts {
         );
         let script = |body: &str| Script::new(&format!("{prelude}{body}"));
         Self {
-            charge: script(include_str!("lua/charge.lua")),
+            // A script keeps nothing from call to call: it reads its plan
+            // every time (the library keeps plans; see library.rs).
+            charge: script(concat!(
+                "local CHARGE_PLANS = nil\n",
+                include_str!("lua/charge.lua")
+            )),
             refund: script(include_str!("lua/refund.lua")),
             finish: script(include_str!("lua/finish.lua")),
             balances: script(include_str!("lua/balances.lua")),
@@ -228,22 +233,61 @@ impl<'a> KindSpec<'a> {
         self.kind
     }
 
-    /// Appends the spec: name, the balance an unseen user starts with,
-    /// capacity, refill.
+    /// Appends the spec as arguments of `call`.
     pub(crate) fn push(&self, call: &mut ScriptCall, starting_balance: u32) {
-        call.arg(self.kind.name())
-            .arg(starting_balance)
-            .arg(self.kind.capacity());
+        self.each_word(starting_balance, |word| {
+            call.arg(word);
+        });
+    }
+
+    /// Hands out the spec's words in order: name, the balance an unseen
+    /// user starts with, capacity, refill.
+    pub(crate) fn each_word(&self, starting_balance: u32, mut word: impl FnMut(SpecWord<'a>)) {
+        word(SpecWord::Text(self.kind.name()));
+        word(SpecWord::Number(starting_balance.into()));
+        word(SpecWord::Number(self.kind.capacity().into()));
         match (self.kind.refill_schedule(), &self.cutoffs) {
             (Refill::Rolling { period }, _) => {
-                call.arg("R").arg(millis(*period));
+                word(SpecWord::Text("R"));
+                word(SpecWord::Number(
+                    i64::try_from(millis(*period)).unwrap_or(i64::MAX),
+                ));
             }
             (Refill::Calendar { .. }, cutoffs) => {
-                call.arg("C");
+                word(SpecWord::Text("C"));
                 for cutoff in cutoffs.iter().flatten() {
-                    call.arg(cutoff.timestamp_millis());
+                    word(SpecWord::Number(cutoff.timestamp_millis()));
                 }
             }
+        }
+    }
+}
+
+/// One word of a kind spec: sent as an argument of its own, or written into
+/// the charge's plan (see `lua/charge.lua`).
+#[derive(Clone, Copy)]
+pub(crate) enum SpecWord<'a> {
+    Text(&'a str),
+    Number(i64),
+}
+
+impl ToRedisArgs for SpecWord<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        match self {
+            Self::Text(text) => text.write_redis_args(out),
+            Self::Number(number) => number.write_redis_args(out),
+        }
+    }
+}
+
+impl std::fmt::Display for SpecWord<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text(text) => f.write_str(text),
+            Self::Number(number) => write!(f, "{number}"),
         }
     }
 }

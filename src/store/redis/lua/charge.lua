@@ -2,66 +2,93 @@
 -- if every kind can pay (all or nothing), at most once per idempotency key.
 -- One call decides for one user, or (batching, on a standalone server) for
 -- every charge queued while the previous call was in flight: the call's
--- fixed costs and the kind specs are shared, each decision is its own.
+-- fixed costs and its plan are shared, each decision is its own.
 --
 -- KEYS: each decision's keys in turn: the user's balances; then (caching a
 --       source) the high-water key; then, optional, the idempotency key.
--- ARGV: idempotency TTL ms, spec count, the specs (see common.lua), shape
---       count, the shapes, then the decisions.
---       A shape is what the decisions of a call share (most decisions of a
---       route do): key count, decision time ('' = Redis TIME), idle TTL ms,
---       kind count, then the index of each kind's spec (from 1).
---       A decision: the index of its shape (from 1), with an idempotency
---       key '<request fingerprint>#<charge id>' (the id goes into the key's
---       record), then each kind's amount.
--- Reply: per decision, in order, {outcome, remaining, last refill, ...}
---        with outcome 0 refused, 1 allowed, 2 replayed (the key already paid
---        for this request, which finished), 3 in progress (it has not
---        finished), 4 the key already paid for another request. Only 1
---        spends, and records the key.
+-- ARGV: the plan, then the decisions.
+--       The plan is one argument, words separated by spaces: idempotency
+--       TTL ms, spec count, the specs (see common.lua), shape count, the
+--       shapes. A shape is what the decisions of a call share (most
+--       decisions of a route do): key count, idle TTL ms, kind count, then
+--       the index of each kind's spec (from 1). A store sends the same plan
+--       for a route's charges call after call; the charge library (the
+--       function, CHARGE_PLANS) keeps what it read of the latest plans, so
+--       a call reads only its decisions. A script reads its plan every call.
+--       A decision: the index of its shape (from 1), its time ('' = Redis
+--       TIME), with an idempotency key '<request fingerprint>#<charge id>'
+--       (the id goes into the key's record), then each kind's amount.
+-- Reply: one flat list: per decision, in order, the count of its values,
+--        then the values: {outcome, remaining, last refill, ...} with
+--        outcome 0 refused, 1 allowed, 2 replayed (the key already paid for
+--        this request, which finished), 3 in progress (it has not finished),
+--        4 the key already paid for another request. Only 1 spends, and
+--        records the key.
 --        Caching a source: UNSEEDED, STALE, WAIT, or {outcome, lineage,
 --        version, check (see seeded_point), refilled (1 when a due refill
 --        was applied), remaining, ...}.
---        A decision that fails (a corrupt value) is an error in its place;
---        the others stand.
+--        A decision that fails (a corrupt value) is an error in its place,
+--        with no count; the others stand. (One list, not a list per
+--        decision: a table costs Redis more than a decision's arithmetic.)
 
-local IDEMPOTENCY_TTL = tonumber(ARGV[1])
 
--- Reads the shape at ARGV[at]; returns it and the index after it.
-local function read_shape(at, specs)
-  local count = tonumber(ARGV[at + 3])
-  local key_count = tonumber(ARGV[at])
-  local shape = {key_count = key_count, time = ARGV[at + 1], idle_ttl = ARGV[at + 2],
+-- Reads the shape at args[at] of the plan's words; returns it and the
+-- index after it.
+local function read_shape(args, at, specs)
+  local key_count = tonumber(args[at])
+  local count = tonumber(args[at + 2])
+  local shape = {key_count = key_count, idle_ttl = args[at + 1],
     keyed = key_count > (REDIS_HOLDS_THE_TRUTH and 1 or 2), specs = {}}
   for k = 1, count do
-    shape.specs[k] = specs[tonumber(ARGV[at + 3 + k])]
+    shape.specs[k] = specs[tonumber(args[at + 2 + k])]
   end
-  return shape, at + 4 + count
+  return shape, at + 3 + count
+end
+
+-- The plan of ARGV[1]: {ttl = idempotency TTL ms, shapes = {...}}.
+local function read_plan(text)
+  local args = {}
+  for word in string.gmatch(text, '%S+') do
+    args[#args + 1] = word
+  end
+  local specs, at = {}, 3
+  for s = 1, tonumber(args[2]) do
+    specs[s], at = read_spec(args, at)
+  end
+  local shapes, count = {}, tonumber(args[at])
+  at = at + 1
+  for s = 1, count do
+    shapes[s], at = read_shape(args, at, specs)
+  end
+  return {ttl = tonumber(args[1]), shapes = shapes}
 end
 
 -- The decision of `shape` whose keys start at KEYS[first] and whose
--- arguments start at ARGV[at].
-local function charge(first, shape, at)
+-- arguments start at ARGV[at], appended to `replies` once made (a decision
+-- that fails appends nothing).
+local function charge(replies, ttl, first, shape, at)
   local key = KEYS[first]
   local high_water, idempotency_key = user_keys(first, shape.key_count)
-  local t = decision_time(shape.time)
+  local t = decision_time(ARGV[at + 1])
   local count = #shape.specs
   local kinds = new_kinds(count)
-  local amounts = shape.keyed and at + 2 or at + 1
+  local amounts = shape.keyed and at + 3 or at + 2
   for k = 1, count do
     set_kind(k, shape.specs[k], tonumber(ARGV[amounts + k - 1]))
   end
-  local reply = {}
+  local lineage, version, check, refilled = nil, nil, nil, 0
   if not REDIS_HOLDS_THE_TRUTH then
-    local lineage, version, check = seeded_point(key, high_water, kinds)
+    lineage, version, check = seeded_point(key, high_water, kinds)
     if not lineage then
-      return version
+      -- (version holds the one-value reply)
+      local size = #replies
+      replies[size + 1], replies[size + 2] = 1, version[1]
+      return
     end
-    reply = {0, lineage, version, check, 0}
     load(key, kinds, t)
     for k = 1, count do
       if kinds[k].new_r then
-        reply[5] = 1
+        refilled = 1
       end
     end
   else
@@ -71,7 +98,7 @@ local function charge(first, shape, at)
   local outcome = 1
   local fingerprint, charge_id = nil, nil
   if idempotency_key then
-    fingerprint, charge_id = string.match(ARGV[at + 1], '^([^#]*)#(%d+)$')
+    fingerprint, charge_id = string.match(ARGV[at + 2], '^([^#]*)#(%d+)$')
     local record = idempotency_record(idempotency_key)
     if record and record.expires > t then
       if record.fingerprint ~= fingerprint then
@@ -101,42 +128,54 @@ local function charge(first, shape, at)
     end
     if idempotency_key then
       redis.call('SET', idempotency_key,
-        (t + IDEMPOTENCY_TTL) .. ' R ' .. fingerprint .. '#' .. charge_id, 'PX', IDEMPOTENCY_TTL)
+        (t + ttl) .. ' R ' .. fingerprint .. '#' .. charge_id, 'PX', ttl)
     end
   end
   save(key, kinds, shape.idle_ttl)
-  reply[1] = outcome
-  return balances_reply(reply, kinds)
+  local size = #replies
+  if REDIS_HOLDS_THE_TRUTH then
+    replies[size + 1], replies[size + 2] = 1 + 2 * count, outcome
+  else
+    replies[size + 1], replies[size + 2], replies[size + 3], replies[size + 4],
+      replies[size + 5], replies[size + 6] = 5 + 2 * count, outcome, lineage, version, check,
+      refilled
+  end
+  balances_reply(replies, kinds)
 end
 
 -- Each call reads Redis's clock anew: the charge library (the function)
 -- keeps common.lua's locals from one call to the next.
 redis_now = nil
 
-local specs, at = {}, 3
-for s = 1, tonumber(ARGV[2]) do
-  specs[s], at = read_spec(at)
+local plan = CHARGE_PLANS and CHARGE_PLANS.known[ARGV[1]]
+if not plan then
+  plan = read_plan(ARGV[1])
+  if CHARGE_PLANS then
+    -- The library's: a few plans per store at a time (a calendar refill's
+    -- cutoffs move on each boundary), so past 64 it starts over.
+    if CHARGE_PLANS.count >= 64 then
+      CHARGE_PLANS.known, CHARGE_PLANS.count = {}, 0
+    end
+    CHARGE_PLANS.known[ARGV[1]], CHARGE_PLANS.count = plan, CHARGE_PLANS.count + 1
+  end
 end
-local shapes, shape_count = {}, tonumber(ARGV[at])
-at = at + 1
-for s = 1, shape_count do
-  shapes[s], at = read_shape(at, specs)
-end
-local replies, first = {}, 1
+local replies, shapes, ttl, first, at = {}, plan.shapes, plan.ttl, 1, 2
 while at <= #ARGV do
   local shape = shapes[tonumber(ARGV[at])]
-  local ok, reply = pcall(charge, first, shape, at)
-  if not ok and type(reply) ~= 'table' then
-    -- Redis hands errors raised as {err = ...} to pcall as their text; a
-    -- text without an error code is a fault of the script itself.
-    reply = tostring(reply)
-    if not string.find(reply, '^%u[%u_]* ') then
-      reply = 'ERR tower-tickets charge failed: ' .. reply
+  local ok, failure = pcall(charge, replies, ttl, first, shape, at)
+  if not ok then
+    if type(failure) ~= 'table' then
+      -- Redis hands errors raised as {err = ...} to pcall as their text; a
+      -- text without an error code is a fault of the script itself.
+      failure = tostring(failure)
+      if not string.find(failure, '^%u[%u_]* ') then
+        failure = 'ERR tower-tickets charge failed: ' .. failure
+      end
+      failure = {err = failure}
     end
-    reply = {err = reply}
+    replies[#replies + 1] = failure
   end
-  replies[#replies + 1] = reply
   first = first + shape.key_count
-  at = at + (shape.keyed and 2 or 1) + #shape.specs
+  at = at + (shape.keyed and 3 or 2) + #shape.specs
 end
 return replies

@@ -103,22 +103,23 @@ local function decision_time(arg)
   return tonumber(arg)
 end
 
--- Reads the kind spec at ARGV[at]; returns it and the index after it.
+-- Reads the kind spec at args[at] (ARGV, or the tokens of the charge's
+-- plan); returns it and the index after it.
 -- Values a decision may not need stay strings (the initial balance) or are
 -- compared once here (whether a new user starts below capacity); `fields`
 -- is what load() reads of a call on this kind alone.
-local function read_spec(at)
-  local name = ARGV[at]
+local function read_spec(args, at)
+  local name = args[at]
   local n_field, r_field, p_field = 'n:' .. name, 'r:' .. name, 'p:' .. name
   local spec = {name = name, n_field = n_field, r_field = r_field, p_field = p_field,
     fields = REDIS_HOLDS_THE_TRUTH and {n_field, r_field, p_field} or {n_field, r_field},
-    initial = ARGV[at + 1], capacity = tonumber(ARGV[at + 2]),
-    kept = ARGV[at + 1] ~= ARGV[at + 2], period = false, cutoffs = false}
-  if ARGV[at + 3] == 'R' then
-    spec.period = tonumber(ARGV[at + 4])
+    initial = args[at + 1], capacity = tonumber(args[at + 2]),
+    kept = args[at + 1] ~= args[at + 2], period = false, cutoffs = false}
+  if args[at + 3] == 'R' then
+    spec.period = tonumber(args[at + 4])
     return spec, at + 5
   end
-  spec.cutoffs = {tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), tonumber(ARGV[at + 6])}
+  spec.cutoffs = {tonumber(args[at + 4]), tonumber(args[at + 5]), tonumber(args[at + 6])}
   return spec, at + 7
 end
 
@@ -159,7 +160,7 @@ local function read_kinds(at, count, own)
     if own > 1 then second = ARGV[at + 1] end
     if own > 2 then third = ARGV[at + 2] end
     local spec
-    spec, at = read_spec(at + own)
+    spec, at = read_spec(ARGV, at + own)
     set_kind(k, spec, first, second, third)
   end
   return list
@@ -311,17 +312,21 @@ local function load(key, kinds, t)
       kind.n, kind.r = tonumber(spec.initial), kind.born or t
       kind.new_n, kind.new_r = true, true
     else
-      -- (stored_integer, inline: this runs on every charge)
-      if type(n) ~= 'string' or not string.find(n, '^%d+$') then
+      -- A balance is an integer from 0 to 2^32 - 1, a refill a
+      -- non-negative integer. (Checked on the numbers: a pattern match per
+      -- field costs every charge more than the arithmetic. A value written
+      -- in another notation, '1e3', passes as the number it is.)
+      local number, last = tonumber(n), tonumber(r)
+      if not number or number < 0 or number % 1 ~= 0 then
         not_a_number(key, spec.n_field, n)
       end
-      if type(r) ~= 'string' or not string.find(r, '^%d+$') then
+      if not last or last < 0 or last % 1 ~= 0 then
         not_a_number(key, spec.r_field, r)
       end
-      kind.n, kind.r = tonumber(n), tonumber(r)
-      if kind.n > MAX_BALANCE then
+      if number > MAX_BALANCE then
         corrupt(key .. ' field ' .. spec.n_field .. ' holds ' .. n .. ', above 2^32 - 1')
       end
+      kind.n, kind.r = number, last
     end
     local due = cutoff(spec, t)
     if due and kind.r <= due then
