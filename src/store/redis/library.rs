@@ -16,8 +16,10 @@
 //! restart of a server that does not persist them: a call that finds the
 //! function missing loads the library and goes again (as `NOSCRIPT` does
 //! for scripts). A server without functions (before Redis 7), or that
-//! refuses `FUNCTION LOAD` (an ACL), keeps the script, and so does a Redis
-//! Cluster (see [`Library::load_or_script`]).
+//! refuses `FUNCTION LOAD` (an ACL), keeps the script. On a Redis Cluster
+//! the client loads the library on every master, and a replica that takes
+//! over has it already (functions replicate); a master that lacks it gets
+//! it on the first call that misses it.
 
 use std::fmt::Write as _;
 use std::sync::LazyLock;
@@ -89,23 +91,16 @@ impl Library {
         &self.function
     }
 
-    /// Loads `truth`'s library on a standalone server, and answers what
-    /// decides charges: its function, or the charge script on a cluster, or
-    /// where the server has no functions or refuses to load them (an error
-    /// reply). A server that does not answer is an error.
+    /// Loads `truth`'s library (on every master of a cluster), and answers
+    /// what decides charges: its function, or the charge script where the
+    /// server has no functions or refuses to load them (an error reply). A
+    /// server that does not answer is an error.
     pub(crate) async fn load_or_script(
         connection: &mut Connection,
         truth: Truth,
         timeout: Duration,
     ) -> RedisResult<Procedure> {
         let script = Procedure::Script(&truth.scripts().charge);
-        // A cluster keeps the script: with the function, charges of a
-        // failed master's users did not come back after its replica took
-        // over (`a_master_failover_under_load_...` in
-        // tests/write_through_cluster.rs); with the script they do.
-        if matches!(connection, Connection::Cluster(_)) {
-            return Ok(script);
-        }
         let library = Self::of(truth);
         let loaded = bounded(timeout, "loading the charge library", async {
             connection.load_library(library).await

@@ -50,7 +50,7 @@ use crate::uid::Uid;
 /// ```
 ///
 /// Any number of app instances share one truth. Each operation is one `EVALSHA` of a script
-/// from `lua/` (built once, reloaded after a `NOSCRIPT`), or for a charge on a standalone
+/// from `lua/` (built once, reloaded after a `NOSCRIPT`), or for a charge on
 /// Redis 7 one `FCALL` of the same Lua loaded as a function library (its helpers defined
 /// once per server rather than on every call; reloaded when missing), sent over one
 /// multiplexed connection per store (concurrent calls are pipelined on one
