@@ -196,3 +196,58 @@ impl Shape {
             && spec_indices[self.specs.clone()] == spec_indices[other.specs.clone()]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::split_replies;
+
+    /// The elements of a RESP array reply, as Redis sends them.
+    fn reply(elements: &[&str]) -> Vec<Value> {
+        let mut resp = format!("*{}\r\n", elements.len());
+        for element in elements {
+            resp.push_str(element);
+            resp.push_str("\r\n");
+        }
+        match redis::parse_redis_value(resp.as_bytes()).unwrap() {
+            Value::Array(values) => values,
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flat_reply_splits_into_its_decisions() {
+        let flat = reply(&[
+            ":3",
+            ":1",
+            ":4",
+            ":1700000000000",
+            "-TICKETS_CORRUPT k holds a string",
+            ":1",
+            ":-1",
+        ]);
+        let decisions = split_replies(flat).unwrap();
+        assert_eq!(decisions.len(), 3);
+        assert_eq!(decisions[0].as_ref().unwrap(), &[1, 4, 1_700_000_000_000]);
+        let error = decisions[1].as_ref().unwrap_err();
+        assert!(error.to_string().contains("holds a string"), "{error}");
+        assert_eq!(decisions[2].as_ref().unwrap(), &[-1]);
+    }
+
+    #[test]
+    fn a_malformed_reply_is_an_error_not_a_panic() {
+        for elements in [
+            &[":-2"][..],
+            &[":3", ":1", ":4"],
+            &["$-1"],
+            &[":2", ":1", "$-1"],
+        ] {
+            let error = split_replies(reply(elements)).unwrap_err();
+            assert!(
+                error.to_string().contains("not a list of decisions"),
+                "{elements:?}: {error}"
+            );
+        }
+    }
+}
