@@ -418,18 +418,34 @@ mod focused {
             .arg("-function")
             .exec(&mut server.connection())
             .unwrap();
-        let store = RedisStore::standalone(server.url())
-            .batching(false)
-            .connect()
-            .await
-            .expect("connects, keeping the script");
         let tickets = tickets();
-        let uid = fresh_uid("no-functions");
-        reset_stats(&server);
-        let charge = store.charge(charge_request(&tickets, &uid, "upload"));
-        assert!(matches!(charge.await, Ok(ChargeOutcome::Allowed { .. })));
-        assert_eq!(calls_of(&server, "evalsha"), 1);
-        assert_eq!(calls_of(&server, "fcall"), 0);
+        for batching in [false, true] {
+            let store = RedisStore::standalone(server.url())
+                .batching(batching)
+                .connect()
+                .await
+                .expect("connects, keeping the script");
+            let uid = fresh_uid("no-functions");
+            reset_stats(&server);
+            let charge = store.charge(charge_request(&tickets, &uid, "upload"));
+            assert!(matches!(charge.await, Ok(ChargeOutcome::Allowed { .. })));
+            assert_eq!(calls_of(&server, "evalsha"), 1, "batching {batching}");
+            assert_eq!(calls_of(&server, "fcall"), 0, "batching {batching}");
+            // Several users at once: with batching, in fewer calls than
+            // charges, each decided on its own.
+            let uids: Vec<Uid> = (0..20).map(|_| fresh_uid("no-functions")).collect();
+            let charges = uids
+                .iter()
+                .map(|uid| store.charge(charge_request(&tickets, uid, "upload")));
+            for outcome in join_all(charges).await {
+                let Ok(ChargeOutcome::Allowed { balances, .. }) = outcome else {
+                    panic!("each new user pays one (batching {batching}): {outcome:?}");
+                };
+                assert_eq!(balances[0].remaining, 4);
+            }
+            let calls = calls_of(&server, "evalsha");
+            assert_eq!(calls == 21, !batching, "{calls} calls for 21 charges");
+        }
     }
 
     #[tokio::test]
