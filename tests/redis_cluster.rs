@@ -98,5 +98,27 @@ mod focused {
             .map(|node| node.port())
             .collect();
         assert_eq!(masters_used.len(), 3, "30 users land on all 3 masters");
+        // Each master decided its users' charges with the charge library's
+        // function (loaded on every master), not the script.
+        for node in &shared_cluster().nodes {
+            let role: redis::Value = redis::cmd("ROLE").query(&mut node.connection()).unwrap();
+            let redis::Value::Array(role) = role else {
+                panic!("ROLE is a list: {role:?}")
+            };
+            if role.first() != Some(&redis::Value::BulkString(b"master".to_vec())) {
+                continue;
+            }
+            let stats: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut node.connection())
+                .unwrap();
+            assert!(
+                stats
+                    .lines()
+                    .any(|line| line.starts_with("cmdstat_fcall:calls=")),
+                "master {} ran no FCALL: {stats}",
+                node.port()
+            );
+        }
     }
 }
