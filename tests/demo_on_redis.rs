@@ -19,19 +19,25 @@ use server::{Demo, demo_command};
 
 const SECRET: &str = "one secret for both instances";
 
+/// A demo instance on the Redis at `url`, with `more` flags.
+fn demo_on(url: &str, more: &[&str]) -> Demo {
+    let mut args = vec![
+        "--store",
+        "redis",
+        "--redis-url",
+        url,
+        "--jwt-secret",
+        SECRET,
+    ];
+    args.extend_from_slice(more);
+    Demo::start(&args)
+}
+
 #[tokio::test]
 async fn two_instances_on_one_redis_share_the_balances() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let args = [
-        "--store",
-        "redis",
-        "--redis-url",
-        &url,
-        "--jwt-secret",
-        SECRET,
-    ];
-    let (a, b) = (Demo::start(&args), Demo::start(&args));
+    let (a, b) = (demo_on(&url, &[]), demo_on(&url, &[]));
     let (_, token) = a.sign_up().await;
     assert_eq!(b.remaining(&token).await, (5, 3), "B sees A's new user");
 
@@ -69,17 +75,7 @@ async fn two_instances_on_one_redis_share_the_balances() {
 #[tokio::test]
 async fn a_user_at_zero_is_refilled_each_period() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let demo = Demo::start(&[
-        "--store",
-        "redis",
-        "--redis-url",
-        &url,
-        "--jwt-secret",
-        SECRET,
-        "--refill-period",
-        "1s",
-    ]);
+    let demo = demo_on(&redis.url(), &["--refill-period", "1s"]);
     let (_, token) = demo.sign_up().await;
     let upload = || {
         demo.call(Method::POST, "/api/uploads")
