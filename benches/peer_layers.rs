@@ -5,7 +5,9 @@
 //! record): bare, tower_governor (GCRA in memory, keyed by the same string
 //! uid, its headers on), and the ticket layer on the embedded store. Each
 //! request runs in a Tokio task of its own, as a server's connection would
-//! run it.
+//! run it, on a current-thread runtime: on a multi-thread one, handing each
+//! task to another worker and waking the bench back cost about 20 µs and
+//! swamped what is measured (bare read slower than the layers).
 //!
 //! Run with `cargo bench --bench peer_layers` (about 30 s). Building the
 //! request is timed too, alike on every path: compare each figure with
@@ -19,7 +21,7 @@ use axum::Router;
 use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Uri};
-use tokio::runtime::Runtime;
+use tokio::runtime::Builder;
 use tower::ServiceExt;
 
 use support::peer_routers::{self, handler, uids, user};
@@ -28,7 +30,10 @@ use support::peer_routers::{self, handler, uids, user};
 const USERS: usize = 100_000;
 
 fn peer_layers(c: &mut Criterion) {
-    let rt = Runtime::new().expect("a tokio runtime");
+    let rt = Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     let paths: Vec<Uri> = (0..USERS)
         .map(|n| format!("/u/{}", user(n)).parse().expect("a valid path"))
         .collect();
