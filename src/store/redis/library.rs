@@ -100,7 +100,6 @@ impl Library {
         truth: Truth,
         timeout: Duration,
     ) -> RedisResult<Procedure> {
-        let script = Procedure::Script(&truth.scripts().charge);
         let library = Self::of(truth);
         let loaded = bounded(timeout, "loading the charge library", async {
             connection.load_library(library).await
@@ -110,7 +109,7 @@ impl Library {
             Ok(()) => Ok(Procedure::Function(library)),
             Err(error) if matches!(error.kind(), ErrorKind::Server(_)) => {
                 tracing::info!(%error, "Redis did not load the charge as a function: charges run as a script");
-                Ok(script)
+                Ok(Procedure::Script(&truth.scripts().charge))
             }
             Err(error) => Err(error),
         }

@@ -50,9 +50,9 @@ use crate::uid::Uid;
 /// ```
 ///
 /// Any number of app instances share one truth. Each operation is one `EVALSHA` of a script
-/// from `lua/` (built once, reloaded after a `NOSCRIPT`), or for a charge on
-/// Redis 7 one `FCALL` of the same Lua loaded as a function library (its helpers defined
-/// once per server rather than on every call; reloaded when missing), sent over one
+/// from `lua/` (built once, reloaded after a `NOSCRIPT`), or for a charge on Redis 7 one
+/// `FCALL` of the same Lua loaded as a function library (its helpers defined once per
+/// server rather than on every call; reloaded when missing), sent over one
 /// multiplexed connection per store (concurrent calls are pipelined on one
 /// socket) that reconnects by itself. On a standalone server, charges that
 /// come while a charge call is in flight go together in the next call, each

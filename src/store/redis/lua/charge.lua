@@ -31,7 +31,6 @@
 --        with no count; the others stand. (One list, not a list per
 --        decision: a table costs Redis more than a decision's arithmetic.)
 
-
 -- Reads the shape at args[at] of the plan's words; returns it and the
 -- index after it.
 local function read_shape(args, at, specs)
