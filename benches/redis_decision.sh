@@ -11,7 +11,8 @@
 #
 # Each is sent by redis-benchmark (pipelined, 4 connections) to a
 # redis-server of its own on a free 127.0.0.1 port; every user exists
-# before the first round. Per script: INFO commandstats µs per call and
+# before the first round, except in the new users' rows: each decision
+# there is a user's first (a new hash, its expiry set). Per script: INFO commandstats µs per call and
 # redis-server's CPU time (/proc) per decision, ROUNDS interleaved rounds,
 # then medians. docs/benchmarks.md ("The Redis decision") records results.
 #
@@ -79,14 +80,15 @@ call() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 ticks_per_sec=$(getconf CLK_TCK)
 
-# Runs `decisions` decisions of script $1, `n` per call, on keys `pattern`;
-# prints 'µs per call, µs per decision (commandstats), CPU µs per decision'.
+# Runs `decisions` decisions of script $1, `n` per call, on keys `pattern`
+# picked among `range` users; prints 'µs per call, µs per decision
+# (commandstats), CPU µs per decision'.
 run() {
-  local script=$1 n=$2 pattern=$3 decisions=$4
+  local script=$1 n=$2 pattern=$3 decisions=$4 range=${5:-$USERS}
   mapfile -t args < <(call "$script" "$n" "$pattern")
   cli config resetstat >/dev/null
   local before; before=$(cpu_ticks)
-  redis-benchmark -p "$port" -q -P 16 -c 4 -r "$USERS" -n $(( decisions / n )) "${args[@]}" >/dev/null
+  redis-benchmark -p "$port" -q -P 16 -c 4 -r "$range" -n $(( decisions / n )) "${args[@]}" >/dev/null
   local after; after=$(cpu_ticks)
   local usec
   usec=$(cli info commandstats | tr -d '\r' | sed -n 's/^cmdstat_\(evalsha\|fcall\):.*usec_per_call=\([0-9.]*\).*/\2/p')
@@ -94,21 +96,30 @@ run() {
     'BEGIN { printf "%.2f %.2f %.2f\n", u, u / n, t * 1e6 / hz / d }'
 }
 
+# A path: script, decisions per call, key pattern, then 'new' for a user
+# never seen before at each decision (a fresh prefix each round, users
+# picked among 10^9).
 paths=("naive 1 u{__rand_int__}" "charge 1 t{__rand_int__}:t" "function 1 f{__rand_int__}:t"
   "charge $BATCH t{__rand_int__}:t" "function $BATCH f{__rand_int__}:t"
-  "floor $BATCH t{__rand_int__}:t" "strings $BATCH s{__rand_int__}")
+  "floor $BATCH t{__rand_int__}:t" "strings $BATCH s{__rand_int__}"
+  "naive 1 u{__rand_int__} new" "function 1 f{__rand_int__}:t new"
+  "function $BATCH f{__rand_int__}:t new")
 echo "Redis decisions, $USERS users at random, redis-benchmark -P 16 -c 4, $ROUNDS rounds of" \
   "$DECISIONS decisions per script; $(redis-server --version | cut -d' ' -f1-3)." \
   "Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
 for path in "${paths[@]}"; do
-  read -r script n pattern <<<"$path"
-  run "$script" "$n" "$pattern" $(( USERS * 4 )) >/dev/null # every user exists
+  read -r script n pattern new <<<"$path"
+  [[ -z $new ]] && run "$script" "$n" "$pattern" $(( USERS * 4 )) >/dev/null # every user exists
 done
 declare -A results
 for ((round = 1; round <= ROUNDS; round++)); do
   for path in "${paths[@]}"; do
-    read -r script n pattern <<<"$path"
-    results[$path]+="$(run "$script" "$n" "$pattern" "$DECISIONS");"
+    read -r script n pattern new <<<"$path"
+    if [[ -n $new ]]; then
+      results[$path]+="$(run "$script" "$n" "new$round$pattern" "$DECISIONS" 1000000000);"
+    else
+      results[$path]+="$(run "$script" "$n" "$pattern" "$DECISIONS");"
+    fi
   done
 done
 median() { tr ';' '\n' | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -119,17 +130,22 @@ echo "Medians of $ROUNDS rounds:"
 echo
 echo "| script | decisions per call | µs per call | µs per decision | CPU µs per decision | CPU vs naive |"
 echo "|---|---|---|---|---|---|"
+new_naive_cpu=$(echo "${results[${paths[7]}]}" | column 3 | median)
 for path in "${paths[@]}"; do
-  read -r script n _ <<<"$path"
+  read -r script n _ new <<<"$path"
   r=${results[$path]}
   cpu=$(echo "$r" | column 3 | median)
+  reference=$naive_cpu
+  [[ -n $new ]] && script="$script, new users" && reference=$new_naive_cpu
   printf '| %s | %s | %s | %s | %s | %.2f |\n' "$script" "$n" "$(echo "$r" | column 1 | median)" \
-    "$(echo "$r" | column 2 | median)" "$cpu" "$(awk -v a="$cpu" -v b="$naive_cpu" 'BEGIN { print a / b }')"
+    "$(echo "$r" | column 2 | median)" "$cpu" "$(awk -v a="$cpu" -v b="$reference" 'BEGIN { print a / b }')"
 done
+echo
+echo "(New users' rows are held against the naive script's on new users.)"
 echo
 echo "CPU µs per decision by round:"
 for path in "${paths[@]}"; do
-  read -r script n _ <<<"$path"
-  echo "- $script, $n per call: $(echo "${results[$path]}" | column 3 | tr ';' ' ')"
+  read -r script n _ new <<<"$path"
+  echo "- $script${new:+, new users}, $n per call: $(echo "${results[$path]}" | column 3 | tr ';' ' ')"
 done
 echo "Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)."

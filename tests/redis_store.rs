@@ -791,6 +791,23 @@ mod focused {
             -1,
             "a call on another kind leaves the welcome kind's hold"
         );
+
+        let returning = fresh_uid("returning");
+        let welcome = tickets.kind("welcome").unwrap();
+        store
+            .ensure_user(&returning, std::slice::from_ref(welcome), tickets.now())
+            .await
+            .unwrap();
+        assert_eq!(ttl_of(&returning), -1, "the welcome kind holds the user");
+        charge_upload(&returning).await.unwrap();
+        assert_eq!(
+            ttl_of(&returning),
+            -1,
+            "a kind's first charge leaves another kind's hold"
+        );
+        let newcomer = fresh_uid("newcomer");
+        charge_upload(&newcomer).await.unwrap();
+        assert!(ttl_of(&newcomer) > 0, "a new user's hash expires");
     }
 
     #[tokio::test]

@@ -376,6 +376,12 @@ local function save(key, kinds, idle_ttl)
       refilled = true
     end
   end
+  -- The expiry the hash had before this write (read first: -2, no hash,
+  -- tells a new user's, which no other kind keeps).
+  local ttl = nil
+  if not kept and (refilled or released) then
+    ttl = redis.call('PTTL', key)
+  end
   if count > 0 then
     redis.call('HSET', key, unpack(fields, 1, count))
   end
@@ -384,11 +390,10 @@ local function save(key, kinds, idle_ttl)
   end
   if kept then
     redis.call('PERSIST', key)
-  elseif refilled or released then
-    local ttl = redis.call('PTTL', key)
+  elseif ttl then
     local keep = false
     if ttl == -1 and REDIS_HOLDS_THE_TRUTH then
-      -- A new hash, or one that a kind not in this call keeps.
+      -- A hash that a kind not in this call may keep.
       for _, field in ipairs(redis.call('HKEYS', key)) do
         keep = keep or string.sub(field, 1, 2) == 'p:'
       end
