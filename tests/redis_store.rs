@@ -810,6 +810,69 @@ mod focused {
         assert!(ttl_of(&newcomer) > 0, "a new user's hash expires");
     }
 
+    /// A charge of one kind without an idempotency key is decided by the
+    /// charge's plain path when the user's state allows it (charge.lua,
+    /// `decided_plainly`), else by the general one; a keyed charge always by
+    /// the general one. From each stored state, both must answer alike and
+    /// leave the same hash and expiry.
+    #[tokio::test]
+    async fn the_plain_decision_agrees_with_the_general_one() {
+        let tickets = tickets();
+        let store = RedisStore::standalone(shared_server().url())
+            .key_prefix("plain:")
+            .time_source(TimeSource::Caller)
+            .connect()
+            .await
+            .unwrap();
+        let mut redis = shared_server().connection();
+        let t = tickets.now().timestamp_millis();
+        let (recent, old) = ((t - 1_000).to_string(), (t - 25 * 3_600_000).to_string());
+        let states: [&[(&str, &str)]; 10] = [
+            &[("n:upload", "3"), ("r:upload", &recent)],
+            &[("n:upload", "0"), ("r:upload", &recent)],
+            &[("n:upload", "5"), ("r:upload", &recent)],
+            &[("n:upload", "7"), ("r:upload", &recent)],
+            &[("n:upload", "3"), ("r:upload", &recent), ("p:upload", "1")],
+            &[("n:upload", "3"), ("r:upload", &old)],
+            &[("n:upload", "1e0"), ("r:upload", &recent)],
+            &[("n:upload", "x"), ("r:upload", &recent)],
+            &[("n:upload", "3")],
+            &[],
+        ];
+        let summary =
+            |outcome: Result<ChargeOutcome, tower_tickets::store::StoreError>| match outcome {
+                Ok(ChargeOutcome::Allowed { balances, .. }) => format!("allowed {balances:?}"),
+                Ok(ChargeOutcome::Refused { balances }) => format!("refused {balances:?}"),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => format!("{:?}", e.kind()),
+            };
+        for (s, state) in states.iter().enumerate() {
+            let mut after = Vec::new();
+            for keyed in [false, true] {
+                let uid = fresh_uid(&format!("state-{s}"));
+                let key = format!("plain:{{{uid}}}:t");
+                for (field, value) in state.iter() {
+                    redis::cmd("HSET")
+                        .arg(&key)
+                        .arg(field)
+                        .arg(value)
+                        .exec(&mut redis)
+                        .unwrap();
+                }
+                let mut request = charge_request(&tickets, &uid, "upload");
+                if keyed {
+                    request.idempotency_key = Some(IdempotencyKey::parse("plain-1").unwrap());
+                }
+                let outcome = summary(store.charge(request).await);
+                let fields: std::collections::BTreeMap<String, String> =
+                    redis::cmd("HGETALL").arg(&key).query(&mut redis).unwrap();
+                let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut redis).unwrap();
+                after.push((outcome, fields, ttl.signum()));
+            }
+            assert_eq!(after[0], after[1], "state {state:?}: plain, then general");
+        }
+    }
+
     #[tokio::test]
     async fn decisions_use_the_redis_clock_by_default() {
         let tickets = tickets();

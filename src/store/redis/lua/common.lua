@@ -200,6 +200,16 @@ local function wrong_type(key, expected)
   corrupt(key .. ' holds a ' .. redis.call('TYPE', key).ok .. ', not ' .. expected)
 end
 
+-- The values of `fields` in the user's hash `key` (false for an absent
+-- one), or an error if `key` is not a hash.
+local function read_fields(key, fields)
+  local values = redis.pcall('HMGET', key, unpack(fields))
+  if values.err then
+    wrong_type(key, 'the hash of ticket balances')
+  end
+  return values
+end
+
 -- The user's point when Redis caches a source of truth and holds every kind
 -- of `kinds` as seeded from it, with both fields: lineage, version, and
 -- whether this caller should check the source for an edit (1: the check is
@@ -220,10 +230,7 @@ local function seeded_point(key, high_water, kinds)
     fields[#fields + 1] = kind.spec.n_field
     fields[#fields + 1] = kind.spec.r_field
   end
-  local values = redis.pcall('HMGET', key, unpack(fields))
-  if values.err then
-    wrong_type(key, 'the hash of ticket balances')
-  end
+  local values = read_fields(key, fields)
   if not values[1] or not values[2] then
     return nil, {-1} -- UNSEEDED
   end
@@ -282,26 +289,26 @@ end
 -- never seen starts at its initial balance, refilled at kind.born or else at
 -- `t`. kind.new_n and kind.new_r tell save() which fields changed;
 -- kind.marked whether the hash holds the kind's p:<kind> field (Redis
--- holding the truth).
-local function load(key, kinds, t)
+-- holding the truth). `values`, if given, are the fields already read: of
+-- spec.fields, for a call on one kind.
+local function load(key, kinds, t, values)
   local count = #kinds
-  local fields
-  if count == 1 then
-    fields = kinds[1].spec.fields
-  else
-    fields = {}
-    for k = 1, count do
-      local spec = kinds[k].spec
-      fields[2 * k - 1] = spec.n_field
-      fields[2 * k] = spec.r_field
-      if REDIS_HOLDS_THE_TRUTH then
-        fields[2 * count + k] = spec.p_field
+  if not values then
+    local fields
+    if count == 1 then
+      fields = kinds[1].spec.fields
+    else
+      fields = {}
+      for k = 1, count do
+        local spec = kinds[k].spec
+        fields[2 * k - 1] = spec.n_field
+        fields[2 * k] = spec.r_field
+        if REDIS_HOLDS_THE_TRUTH then
+          fields[2 * count + k] = spec.p_field
+        end
       end
     end
-  end
-  local values = redis.pcall('HMGET', key, unpack(fields))
-  if values.err then
-    wrong_type(key, 'the hash of ticket balances')
+    values = read_fields(key, fields)
   end
   for k = 1, count do
     local kind = kinds[k]
