@@ -19,9 +19,10 @@
 local HIGH_WATER, IDEMPOTENCY_KEY = user_keys(1, #KEYS)
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(6, tonumber(ARGV[5]), 2)
-local reply = {1}
+local reply, values = {1}, nil
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version, check = seeded_point(KEYS[1], HIGH_WATER, kinds)
+  local lineage, version, check
+  lineage, version, check, values = seeded_point(KEYS[1], HIGH_WATER, kinds)
   if not lineage then
     return version
   end
@@ -45,7 +46,7 @@ if IDEMPOTENCY_KEY then
   end
 end
 
-load(KEYS[1], kinds, t)
+load(KEYS[1], kinds, t, values)
 for _, kind in ipairs(kinds) do
   local amount = tonumber(kind[2])
   if kind[1] == 'grant' then

@@ -12,13 +12,14 @@
 local HIGH_WATER = user_keys(1, #KEYS)
 local t = decision_time(ARGV[1])
 local kinds = read_kinds(3, tonumber(ARGV[2]), 0)
-local reply = {}
+local reply, values = {}, nil
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version, check = seeded_point(KEYS[1], HIGH_WATER, kinds)
+  local lineage, version, check
+  lineage, version, check, values = seeded_point(KEYS[1], HIGH_WATER, kinds)
   if not lineage then
     return version
   end
   reply = {lineage, version, check}
 end
-load(KEYS[1], kinds, t)
+load(KEYS[1], kinds, t, values)
 return balances_reply(reply, kinds)

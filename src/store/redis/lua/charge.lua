@@ -113,21 +113,21 @@ local function charge(replies, ttl, first, shape, at)
   end
   local lineage, version, check, refilled = nil, nil, nil, 0
   if not REDIS_HOLDS_THE_TRUTH then
-    lineage, version, check = seeded_point(key, high_water, kinds)
+    lineage, version, check, values = seeded_point(key, high_water, kinds)
     if not lineage then
       -- (version holds the one-value reply)
       local size = #replies
       replies[size + 1], replies[size + 2] = 1, version[1]
       return
     end
-    load(key, kinds, t)
+  end
+  load(key, kinds, t, values)
+  if not REDIS_HOLDS_THE_TRUTH then
     for k = 1, count do
       if kinds[k].new_r then
         refilled = 1
       end
     end
-  else
-    load(key, kinds, t, values)
   end
 
   local outcome = 1

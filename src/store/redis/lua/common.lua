@@ -211,9 +211,10 @@ local function read_fields(key, fields)
 end
 
 -- The user's point when Redis caches a source of truth and holds every kind
--- of `kinds` as seeded from it, with both fields: lineage, version, and
+-- of `kinds` as seeded from it, with both fields: lineage, version,
 -- whether this caller should check the source for an edit (1: the check is
--- due, and this caller claimed it; 0: not now). Otherwise nil and the
+-- due, and this caller claimed it; 0: not now), and the kinds' fields as
+-- read, for load() (which reads them again otherwise). Otherwise nil and the
 -- reply to give: UNSEEDED, or, when the state went unchecked for over
 -- 2 * CHECK_EVERY_MS, STALE to the caller that claims the check (it checks
 -- before anything is decided, and marks the state checked even when the
@@ -225,33 +226,39 @@ end
 -- another lineage or a later version. A hash restored from an old dump
 -- is such a hash; the write-through then reloads the user.
 local function seeded_point(key, high_water, kinds)
-  local fields = {'l', 'v', 's', 'f', 'fc'}
-  for _, kind in ipairs(kinds) do
-    fields[#fields + 1] = kind.spec.n_field
-    fields[#fields + 1] = kind.spec.r_field
+  -- Each kind's fields first, in load()'s order, then the state's.
+  local count = #kinds
+  local fields = {}
+  for k = 1, count do
+    fields[2 * k - 1] = kinds[k].spec.n_field
+    fields[2 * k] = kinds[k].spec.r_field
   end
+  local at = 2 * count
+  fields[at + 1], fields[at + 2], fields[at + 3], fields[at + 4], fields[at + 5] =
+    'l', 'v', 's', 'f', 'fc'
   local values = read_fields(key, fields)
-  if not values[1] or not values[2] then
+  local lineage, version, seeded, checked, claimed =
+    values[at + 1], values[at + 2], values[at + 3] or ',', values[at + 4], values[at + 5]
+  if not lineage or not version then
     return nil, {-1} -- UNSEEDED
   end
   local mark = redis.call('GET', high_water)
   if mark then
     local mark_l, mark_v = string.match(mark, '^(%d+) (%d+)$')
-    if mark_l ~= values[1] or tonumber(mark_v) > tonumber(values[2]) then
+    if mark_l ~= lineage or tonumber(mark_v) > tonumber(version) then
       return nil, {-1} -- UNSEEDED
     end
   end
-  local seeded = values[3] or ','
-  for k, kind in ipairs(kinds) do
-    if not string.find(seeded, ',' .. kind.spec.name .. ',', 1, true)
-        or not values[4 + 2 * k] or not values[5 + 2 * k] then
+  for k = 1, count do
+    if not string.find(seeded, ',' .. kinds[k].spec.name .. ',', 1, true)
+        or not values[2 * k - 1] or not values[2 * k] then
       return nil, {-1} -- UNSEEDED
     end
   end
   local check = 0
   local now = redis_time()
-  local unchecked = now - (tonumber(values[4]) or 0)
-  if unchecked > CHECK_EVERY_MS and (tonumber(values[5]) or 0) <= now then
+  local unchecked = now - (tonumber(checked) or 0)
+  if unchecked > CHECK_EVERY_MS and (tonumber(claimed) or 0) <= now then
     if unchecked > 2 * CHECK_EVERY_MS then
       redis.call('HSET', key, 'fc', now + 2 * CHECK_EVERY_MS)
       return nil, {-2} -- STALE
@@ -261,7 +268,7 @@ local function seeded_point(key, high_water, kinds)
   elseif unchecked > 2 * CHECK_EVERY_MS then
     return nil, {-3} -- WAIT
   end
-  return stored_integer(key, 'l', values[1]), stored_integer(key, 'v', values[2]), check
+  return stored_integer(key, 'l', lineage), stored_integer(key, 'v', version), check, values
 end
 
 -- Whether a change made in lineage `made_l` while its version was `made_v`
@@ -289,8 +296,9 @@ end
 -- never seen starts at its initial balance, refilled at kind.born or else at
 -- `t`. kind.new_n and kind.new_r tell save() which fields changed;
 -- kind.marked whether the hash holds the kind's p:<kind> field (Redis
--- holding the truth). `values`, if given, are the fields already read: of
--- spec.fields, for a call on one kind.
+-- holding the truth). `values`, if given, are the fields already read, in
+-- the order load() reads them: each kind's n and r, then (Redis holding
+-- the truth) each kind's p.
 local function load(key, kinds, t, values)
   local count = #kinds
   if not values then

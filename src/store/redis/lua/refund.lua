@@ -24,10 +24,11 @@ local HIGH_WATER, IDEMPOTENCY_KEY = user_keys(1, #KEYS)
 local t = decision_time(ARGV[1])
 local count = tonumber(ARGV[3])
 local kinds = read_kinds(4, count, 3)
-local reply = {}
+local reply, values = {}, nil
 local included = true
 if not REDIS_HOLDS_THE_TRUTH then
-  local lineage, version, check = seeded_point(KEYS[1], HIGH_WATER, kinds)
+  local lineage, version, check
+  lineage, version, check, values = seeded_point(KEYS[1], HIGH_WATER, kinds)
   if not lineage then
     return version
   end
@@ -47,7 +48,7 @@ if not REDIS_HOLDS_THE_TRUTH then
     redis.call('HSET', KEYS[1], 'x', ids)
   end
 end
-load(KEYS[1], kinds, t)
+load(KEYS[1], kinds, t, values)
 if IDEMPOTENCY_KEY then
   -- Only the charge's own record: the key may serve a new request since.
   local record = idempotency_record(IDEMPOTENCY_KEY)
