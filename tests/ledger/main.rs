@@ -67,6 +67,10 @@ const PROGRESS_EVERY: usize = 50_000;
 /// How many allowed charges a run keeps for refunds.
 const RECEIPTS_KEPT: usize = 4_096;
 
+/// The user of the charges that only order others (see
+/// `Run::after_queued_charges`); no history's, so no check reads it.
+const BARRIER_USER: &str = "barrier";
+
 /// Seeds every run checks, before a fresh one.
 const FIXED_SEEDS: [u64; 3] = [1, 2, 3];
 
@@ -493,6 +497,20 @@ impl Run {
             .with_fingerprint(fingerprint)
     }
 
+    /// Returns once the charges `instance` queued so far have been sent:
+    /// charges the barrier user (one the model leaves out) through it.
+    async fn after_queued_charges(&self, instance: usize) {
+        let kinds = self.model.kinds();
+        let cost = self
+            .tickets
+            .check_cost(&Cost::of(kinds[0].name(), 1))
+            .expect("a valid cost");
+        let barrier = Uid::parse(BARRIER_USER).expect("a valid uid");
+        let request = ChargeRequest::new(barrier, cost, self.now());
+        // Its answer tells nothing about the users checked.
+        let _ = self.target.instances[instance].charge(request).await;
+    }
+
     /// Marks an answered keyed charge finished, as the layer does once its
     /// handler answered: a retry is then `Replayed`, not `InProgress`.
     async fn finish(&self, instance: usize, receipt: &Receipt) {
@@ -644,6 +662,14 @@ impl Run {
         let uid = self.uids[user].clone();
         self.checker
             .note(index, Some(user), format!("  -> {how:?}: {error}"));
+        // A dropped charge may sit in the instance's batching queue, to be
+        // sent after the drop: a charge through the same instance goes after
+        // it (batches are sent in order, one call at a time), and once that
+        // one is answered the dropped one has reached Redis or never will.
+        // (Not while writes are held: it would wait out the fault.)
+        if how == Unanswered::Lost && self.outage == 0 {
+            self.after_queued_charges(instance).await;
+        }
         // A write-through change goes on without its caller: its fate is
         // known once it settles (after the outage, which the error ends: a
         // refund made in the background is followed until the source holds

@@ -54,6 +54,12 @@ async fn send_queued(
 ) {
     let mut batch = Vec::with_capacity(MOST_PER_CALL);
     while queued.recv_many(&mut batch, MOST_PER_CALL).await > 0 {
+        // A charge whose caller is gone before it was sent is not sent:
+        // nobody would hear whether it was spent.
+        batch.retain(|queued| !queued.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let charges = batch.iter().map(|queued| &queued.charge);
         match decide(&mut connection, charge, charges).await {
             Ok(replies) => {

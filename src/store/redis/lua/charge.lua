@@ -68,7 +68,8 @@ end
 -- the kind's capacity, its refill not due at `t`, neither held nor to be
 -- held (see save()). Appends the reply and returns true; otherwise changes
 -- nothing and returns false, and the general decision decides. Both decide
--- alike wherever this one does.
+-- alike wherever this one does (the_plain_decision_agrees_with_the_general_one
+-- in tests/redis_store.rs).
 local function decided_plainly(replies, key, spec, values, t, amount)
   if spec.kept or values[3] then
     return false
