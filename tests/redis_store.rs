@@ -448,6 +448,55 @@ mod focused {
         }
     }
 
+    /// A charge dropped while it waits in the batching queue (a call is in
+    /// flight) is never sent: nobody would hear whether it was spent.
+    #[tokio::test]
+    async fn a_queued_charge_dropped_before_it_is_sent_is_not_sent() {
+        let server = RedisServer::start();
+        let tickets = tickets();
+        let store = RedisStore::standalone(server.url())
+            .key_prefix("dropped:")
+            .timeout(std::time::Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap();
+        let mut admin = server.connection();
+        let (first, dropped) = (fresh_uid("first"), fresh_uid("dropped"));
+        redis::cmd("CLIENT")
+            .arg(&["PAUSE", "10000", "WRITE"])
+            .exec(&mut admin)
+            .unwrap();
+        let mut in_flight = store.charge(charge_request(&tickets, &first, "upload"));
+        assert!(futures::poll!(&mut in_flight).is_pending());
+        // The batcher's turn (one thread): it sends that charge, whose call
+        // waits on the paused server.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let mut queued = store.charge(charge_request(&tickets, &dropped, "upload"));
+        assert!(futures::poll!(&mut queued).is_pending());
+        drop(queued);
+        redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .exec(&mut admin)
+            .unwrap();
+        assert!(matches!(
+            in_flight.await.unwrap(),
+            ChargeOutcome::Allowed { .. }
+        ));
+        // A later charge goes after the dropped one's turn.
+        let after = fresh_uid("after");
+        store
+            .charge(charge_request(&tickets, &after, "upload"))
+            .await
+            .unwrap();
+        let sent: bool = redis::cmd("EXISTS")
+            .arg(format!("dropped:{{{dropped}}}:t"))
+            .query(&mut admin)
+            .unwrap();
+        assert!(!sent, "the dropped charge reached Redis");
+    }
+
     #[tokio::test]
     async fn a_corrupt_user_fails_alone_in_a_batch() {
         let server = RedisServer::start();
