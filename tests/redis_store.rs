@@ -70,6 +70,17 @@ mod focused {
             .expect("connect to the test server")
     }
 
+    /// [`store_on`] the shared server, deciding on the caller's clock (the
+    /// tests' `FakeClock`).
+    async fn caller_clock_store(prefix: &str) -> RedisStore {
+        RedisStore::standalone(shared_server().url())
+            .key_prefix(prefix)
+            .time_source(TimeSource::Caller)
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
     /// `(command, calls)` from `INFO commandstats`.
     fn command_calls(server: &RedisServer) -> Vec<(String, u64)> {
         let info: String = redis::cmd("INFO")
@@ -867,12 +878,7 @@ mod focused {
     #[tokio::test]
     async fn the_plain_decision_agrees_with_the_general_one() {
         let tickets = tickets();
-        let store = RedisStore::standalone(shared_server().url())
-            .key_prefix("plain:")
-            .time_source(TimeSource::Caller)
-            .connect()
-            .await
-            .unwrap();
+        let store = caller_clock_store("plain:").await;
         let mut redis = shared_server().connection();
         let t = tickets.now().timestamp_millis();
         let (recent, old) = ((t - 1_000).to_string(), (t - 25 * 3_600_000).to_string());
@@ -953,12 +959,7 @@ mod focused {
     #[tokio::test]
     async fn seeding_never_overwrites_what_redis_holds() {
         let tickets = tickets();
-        let store = RedisStore::standalone(shared_server().url())
-            .key_prefix("seed:")
-            .time_source(TimeSource::Caller)
-            .connect()
-            .await
-            .unwrap();
+        let store = caller_clock_store("seed:").await;
         let upload = tickets.kind("upload").unwrap().clone();
         let uid = fresh_uid("seed");
         let seeded_at = tickets.now() - chrono::TimeDelta::hours(2);
