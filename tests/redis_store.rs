@@ -70,6 +70,15 @@ mod focused {
             .expect("connect to the test server")
     }
 
+    /// A store on `server`, batching its charges or not.
+    async fn batching_store(server: &RedisServer, batching: bool) -> RedisStore {
+        RedisStore::standalone(server.url())
+            .batching(batching)
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
     /// [`store_on`] the shared server, deciding on the caller's clock (the
     /// tests' `FakeClock`).
     async fn caller_clock_store(prefix: &str) -> RedisStore {
@@ -108,6 +117,20 @@ mod focused {
     /// this Redis 7) ran since the stats were reset.
     fn store_calls(server: &RedisServer) -> u64 {
         calls_of(server, "evalsha") + calls_of(server, "fcall")
+    }
+
+    /// Charges `uid` once (allowed); returns how many functions (`FCALL`)
+    /// and scripts (`EVALSHA`) that took.
+    async fn calls_of_one_charge(
+        store: &RedisStore,
+        server: &RedisServer,
+        tickets: &Tickets,
+        uid: &Uid,
+    ) -> (u64, u64) {
+        reset_stats(server);
+        let charge = store.charge(charge_request(tickets, uid, "upload"));
+        assert!(matches!(charge.await, Ok(ChargeOutcome::Allowed { .. })));
+        (calls_of(server, "fcall"), calls_of(server, "evalsha"))
     }
 
     fn reset_stats(server: &RedisServer) {
@@ -280,11 +303,7 @@ mod focused {
     #[tokio::test]
     async fn without_batching_each_charge_is_its_own_call() {
         let server = RedisServer::start();
-        let store = RedisStore::standalone(server.url())
-            .batching(false)
-            .connect()
-            .await
-            .unwrap();
+        let store = batching_store(&server, false).await;
         let tickets = tickets();
         let uid = fresh_uid("unbatched");
         store
@@ -310,18 +329,11 @@ mod focused {
     async fn charges_run_as_a_function_a_server_that_lost_it_gets_again() {
         let server = RedisServer::start();
         for batching in [true, false] {
-            let store = RedisStore::standalone(server.url())
-                .batching(batching)
-                .connect()
-                .await
-                .unwrap();
+            let store = batching_store(&server, batching).await;
             let tickets = tickets();
             let uid = fresh_uid("function");
-            reset_stats(&server);
-            let first = store.charge(charge_request(&tickets, &uid, "upload"));
-            assert!(matches!(first.await, Ok(ChargeOutcome::Allowed { .. })));
-            assert_eq!(calls_of(&server, "fcall"), 1, "batching {batching}");
-            assert_eq!(calls_of(&server, "evalsha"), 0, "batching {batching}");
+            let calls = calls_of_one_charge(&store, &server, &tickets, &uid).await;
+            assert_eq!(calls, (1, 0), "FCALL, EVALSHA; batching {batching}");
 
             redis::cmd("FUNCTION")
                 .arg("FLUSH")
@@ -351,11 +363,7 @@ mod focused {
             .build()
             .unwrap();
         for batching in [true, false] {
-            let store = RedisStore::standalone(shared_server().url())
-                .batching(batching)
-                .connect()
-                .await
-                .unwrap();
+            let store = batching_store(shared_server(), batching).await;
             let uid = fresh_uid("redis-clock");
             let charge = || store.charge(charge_request(&tickets, &uid, "burst"));
             let Ok(ChargeOutcome::Allowed { balances, .. }) = charge().await else {
@@ -431,17 +439,11 @@ mod focused {
             .unwrap();
         let tickets = tickets();
         for batching in [false, true] {
-            let store = RedisStore::standalone(server.url())
-                .batching(batching)
-                .connect()
-                .await
-                .expect("connects, keeping the script");
+            // It connects, keeping the script.
+            let store = batching_store(&server, batching).await;
             let uid = fresh_uid("no-functions");
-            reset_stats(&server);
-            let charge = store.charge(charge_request(&tickets, &uid, "upload"));
-            assert!(matches!(charge.await, Ok(ChargeOutcome::Allowed { .. })));
-            assert_eq!(calls_of(&server, "evalsha"), 1, "batching {batching}");
-            assert_eq!(calls_of(&server, "fcall"), 0, "batching {batching}");
+            let calls = calls_of_one_charge(&store, &server, &tickets, &uid).await;
+            assert_eq!(calls, (0, 1), "FCALL, EVALSHA; batching {batching}");
             // Several users at once: with batching, in fewer calls than
             // charges, each decided on its own.
             let uids: Vec<Uid> = (0..20).map(|_| fresh_uid("no-functions")).collect();
