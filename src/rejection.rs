@@ -330,7 +330,7 @@ impl Rejection {
                             only.refill_at,
                             q.now,
                         );
-                        Answer::clone(&answers.get_or_build(key, &only.kind, build))
+                        answers.get_or_build(key, &only.kind, build).to_send()
                     }
                     _ => build(),
                 };
