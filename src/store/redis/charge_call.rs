@@ -1,14 +1,13 @@
 //! The charge script's call: one user's decision, or several decided in one
 //! call (see `lua/charge.lua` for the layout).
 
-use std::fmt::{Display, Write as _};
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 
 use super::connection::Connection;
-use super::scripts::{KindSpec, Procedure, ScriptCall, millis};
+use super::scripts::{KindSpec, Procedure, ScriptCall, SpecWord, millis};
 use crate::cost::CheckedCost;
 use crate::idempotency::IDEMPOTENCY_TTL;
 
@@ -132,20 +131,20 @@ fn charge_call<'a>(
         };
         shape_of.push(index + 1);
     }
-    let mut plan = Plan::default();
-    plan.word(millis(IDEMPOTENCY_TTL)).word(specs.len());
+    let mut plan = Plan::new();
+    plan.number(millis(IDEMPOTENCY_TTL)).number(specs.len());
     for spec in &specs {
         spec.each_word(spec.kind().initial_balance(), |word| {
             plan.word(word);
         });
     }
-    plan.word(shapes.len());
+    plan.number(shapes.len());
     for shape in &shapes {
-        plan.word(shape.key_count)
-            .word(shape.idle_ttl)
-            .word(shape.specs.len());
-        for index in &spec_indices[shape.specs.clone()] {
-            plan.word(index);
+        plan.number(shape.key_count)
+            .number(shape.idle_ttl)
+            .number(shape.specs.len());
+        for &index in &spec_indices[shape.specs.clone()] {
+            plan.number(index);
         }
     }
     let mut call = ScriptCall::new(procedure, charges.clone().flat_map(|charge| &charge.keys));
@@ -166,18 +165,37 @@ fn charge_call<'a>(
     call
 }
 
-/// The plan of a charge call: words separated by spaces.
-#[derive(Default)]
+/// The plan of a charge call: words separated by spaces, numbers written
+/// by `itoa` (through `format!`, writing them cost more than the rest of an
+/// unbatched charge's call).
 struct Plan(String);
 
 impl Plan {
-    fn word(&mut self, word: impl Display) -> &mut Self {
+    fn new() -> Self {
+        Self(String::with_capacity(96))
+    }
+
+    fn space(&mut self) {
         if !self.0.is_empty() {
             self.0.push(' ');
         }
-        // Writing into a `String` cannot fail.
-        let _ = write!(self.0, "{word}");
+    }
+
+    fn number(&mut self, number: impl itoa::Integer) -> &mut Self {
+        self.space();
+        self.0.push_str(itoa::Buffer::new().format(number));
         self
+    }
+
+    fn word(&mut self, word: SpecWord<'_>) -> &mut Self {
+        match word {
+            SpecWord::Text(text) => {
+                self.space();
+                self.0.push_str(text);
+                self
+            }
+            SpecWord::Number(number) => self.number(number),
+        }
     }
 }
 

@@ -283,15 +283,6 @@ impl ToRedisArgs for SpecWord<'_> {
     }
 }
 
-impl std::fmt::Display for SpecWord<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Text(text) => f.write_str(text),
-            Self::Number(number) => write!(f, "{number}"),
-        }
-    }
-}
-
 /// The cutoffs of the two boundaries up to `now` and of the next one, in
 /// order. The script applies the latest one its clock has passed, so a Redis
 /// clock up to a day away from the caller's still refills on time.
