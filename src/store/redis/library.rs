@@ -2,10 +2,11 @@
 //! server (`FUNCTION LOAD`), called with `FCALL`.
 //!
 //! A script sent by `EVALSHA` runs its whole text on every call: each
-//! helper of `lua/common.lua` is a closure built again, which one charge
-//! alone (batching off) paid for in every call. In the library the helpers
-//! are defined once, when it loads; the call binds its keys and arguments
-//! and runs `lua/charge.lua` as it is. The library's locals outlive the
+//! helper of `lua/common.lua` and `lua/charge.lua` is a closure built
+//! again, which one charge alone (batching off) paid for in every call. In
+//! the library the helpers are defined once, when it loads; the call binds
+//! its keys and arguments and runs `charge_call()` (charge.lua's last line,
+//! left out of the library). The library's locals outlive the
 //! call: it keeps the plans of the latest calls as read (`CHARGE_PLANS`),
 //! so a store's call reads only its decisions, and each call forgets the
 //! last one's Redis `TIME`.
@@ -33,6 +34,18 @@ use super::builder::bounded;
 use super::connection::Connection;
 use super::scripts::{COMMON, Procedure, Truth};
 
+/// The call a script of `lua/charge.lua` ends with.
+const CHARGE_CALL: &str = "return charge_call()\n";
+
+/// `lua/charge.lua` without its last line (the call): its functions, which
+/// the library defines once, when it loads; each `FCALL` runs
+/// `charge_call()` alone.
+fn charge_definitions() -> &'static str {
+    include_str!("lua/charge.lua")
+        .strip_suffix(CHARGE_CALL)
+        .expect("lua/charge.lua ends with its call")
+}
+
 /// The charge library of one truth.
 pub(crate) struct Library {
     /// `FUNCTION LOAD REPLACE <code>`.
@@ -59,10 +72,9 @@ impl Library {
             "local KEYS, ARGV\n\
              -- The plans of the latest calls, as read (see charge.lua).\n\
              local CHARGE_PLANS = {{known = {{}}, count = 0}}\n\
-             local REDIS_HOLDS_THE_TRUTH = {}\n{COMMON}\n\
-             local function run_charge()\n{}\nend\n",
+             local REDIS_HOLDS_THE_TRUTH = {}\n{COMMON}\n{}",
             truth == Truth::InRedis,
-            include_str!("lua/charge.lua"),
+            charge_definitions(),
         );
         let digest = Sha256::digest(body.as_bytes());
         let mut name = String::from("tower_tickets_");
@@ -73,7 +85,7 @@ impl Library {
         let code = format!(
             "#!lua name={name}\n{body}\
              redis.register_function('{function}', function(keys, args)\n\
-             KEYS, ARGV = keys, args\nreturn run_charge()\nend)\n"
+             KEYS, ARGV = keys, args\nreturn charge_call()\nend)\n"
         );
         let mut load = redis::cmd("FUNCTION");
         load.arg("LOAD").arg("REPLACE").arg(code);
@@ -122,5 +134,20 @@ impl Library {
             && error
                 .detail()
                 .is_some_and(|detail| detail.starts_with("Function not found"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library runs charge.lua's call itself: the file must end with
+    /// it, once.
+    #[test]
+    fn the_library_defines_the_charge_and_calls_it_per_call() {
+        assert!(!charge_definitions().contains("return charge_call()"));
+        let library = Library::new(Truth::InRedis);
+        let code = String::from_utf8_lossy(&library.load.get_packed_command()).into_owned();
+        assert_eq!(code.matches("return charge_call()").count(), 1, "{code}");
     }
 }

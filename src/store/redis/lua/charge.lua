@@ -179,39 +179,46 @@ local function charge(replies, ttl, first, shape, at)
   balances_reply(replies, kinds)
 end
 
--- Each call reads Redis's clock anew: the charge library (the function)
--- keeps common.lua's locals from one call to the next.
-redis_now = nil
+-- The call: every decision in turn, in one flat reply. A script runs it
+-- once per call, after defining the functions above; the charge library
+-- (library.rs) defines them once, when it loads, and runs only this.
+local function charge_call()
+  -- Each call reads Redis's clock anew: the charge library keeps
+  -- common.lua's locals from one call to the next.
+  redis_now = nil
 
-local plan = CHARGE_PLANS and CHARGE_PLANS.known[ARGV[1]]
-if not plan then
-  plan = read_plan(ARGV[1])
-  if CHARGE_PLANS then
-    -- The library's: a few plans per store at a time (a calendar refill's
-    -- cutoffs move on each boundary), so past 64 it starts over.
-    if CHARGE_PLANS.count >= 64 then
-      CHARGE_PLANS.known, CHARGE_PLANS.count = {}, 0
-    end
-    CHARGE_PLANS.known[ARGV[1]], CHARGE_PLANS.count = plan, CHARGE_PLANS.count + 1
-  end
-end
-local replies, shapes, ttl, first, at = {}, plan.shapes, plan.ttl, 1, 2
-while at <= #ARGV do
-  local shape = shapes[tonumber(ARGV[at])]
-  local ok, failure = pcall(charge, replies, ttl, first, shape, at)
-  if not ok then
-    if type(failure) ~= 'table' then
-      -- Redis hands errors raised as {err = ...} to pcall as their text; a
-      -- text without an error code is a fault of the script itself.
-      failure = tostring(failure)
-      if not string.find(failure, '^%u[%u_]* ') then
-        failure = 'ERR tower-tickets charge failed: ' .. failure
+  local plan = CHARGE_PLANS and CHARGE_PLANS.known[ARGV[1]]
+  if not plan then
+    plan = read_plan(ARGV[1])
+    if CHARGE_PLANS then
+      -- The library's: a few plans per store at a time (a calendar refill's
+      -- cutoffs move on each boundary), so past 64 it starts over.
+      if CHARGE_PLANS.count >= 64 then
+        CHARGE_PLANS.known, CHARGE_PLANS.count = {}, 0
       end
-      failure = {err = failure}
+      CHARGE_PLANS.known[ARGV[1]], CHARGE_PLANS.count = plan, CHARGE_PLANS.count + 1
     end
-    replies[#replies + 1] = failure
   end
-  first = first + shape.key_count
-  at = at + (shape.keyed and 3 or 2) + #shape.specs
+  local replies, shapes, ttl, first, at = {}, plan.shapes, plan.ttl, 1, 2
+  while at <= #ARGV do
+    local shape = shapes[tonumber(ARGV[at])]
+    local ok, failure = pcall(charge, replies, ttl, first, shape, at)
+    if not ok then
+      if type(failure) ~= 'table' then
+        -- Redis hands errors raised as {err = ...} to pcall as their text; a
+        -- text without an error code is a fault of the script itself.
+        failure = tostring(failure)
+        if not string.find(failure, '^%u[%u_]* ') then
+          failure = 'ERR tower-tickets charge failed: ' .. failure
+        end
+        failure = {err = failure}
+      end
+      replies[#replies + 1] = failure
+    end
+    first = first + shape.key_count
+    at = at + (shape.keyed and 3 or 2) + #shape.specs
+  end
+  return replies
 end
-return replies
+
+return charge_call()
