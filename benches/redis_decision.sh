@@ -59,8 +59,8 @@ strings=$(load benches/lua/batch_strings.lua)
 
 # A kind of capacity 10^9 refilled daily; decisions as the store sends
 # them: the plan (idempotency TTL, the spec, one shape: one key, idle TTL
-# 3 days, the kind), then per decision its shape, time ('' = Redis TIME)
-# and amount.
+# 3 days, the kind), then the call's decisions as one run: its length,
+# their shape, time ('' = Redis TIME) and amount.
 plan='86400000 1 upload 1000000000 1000000000 R 86400000 1 1 259200000 1 1'
 # The arguments of a call of `n` decisions of script $1, keys `pattern`.
 call() {
@@ -70,8 +70,7 @@ call() {
     naive) args=(EVALSHA "$naive" 1 "${keys[@]}" 1 1000000000 86400000) ;;
     charge | function)
       if [[ $script == charge ]]; then args=(EVALSHA "$charge"); else args=(FCALL tower_tickets_bench_charge); fi
-      args+=("$n" "${keys[@]}" "$plan")
-      for ((i = 0; i < n; i++)); do args+=(1 '' 1); done ;;
+      args+=("$n" "${keys[@]}" "$plan" "$n" 1 '' 1) ;;
     floor) args=(EVALSHA "$floor" "$n" "${keys[@]}") ;;
     strings) args=(EVALSHA "$strings" "$n" "${keys[@]}") ;;
   esac

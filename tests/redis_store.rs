@@ -301,6 +301,42 @@ mod focused {
     }
 
     #[tokio::test]
+    async fn charges_alike_but_for_their_amounts_each_pay_their_own() {
+        // One shape (one kind), two amounts, in one call: each decision
+        // pays its own amount, not its neighbour's.
+        let server = RedisServer::start();
+        let store = store_on(&server, "amounts:").await;
+        let tickets = tickets();
+        let users: Vec<Uid> = (0..8).map(|n| fresh_uid(&format!("amounts-{n}"))).collect();
+        let three = tickets.check_cost(&Cost::of("upload", 3)).unwrap();
+        let mut charges = Vec::new();
+        for uid in &users {
+            charges.push(charge_request(&tickets, uid, "upload"));
+            let mut more = charge_request(&tickets, uid, "upload");
+            more.cost = three.clone();
+            charges.push(more);
+            charges.push(charge_request(&tickets, uid, "upload"));
+        }
+        reset_stats(&server);
+        let outcomes = join_all(charges.into_iter().map(|request| store.charge(request))).await;
+        for outcome in outcomes {
+            assert!(
+                matches!(outcome, Ok(ChargeOutcome::Allowed { .. })),
+                "{outcome:?}"
+            );
+        }
+        for uid in &users {
+            let read = store
+                .balances(uid, tickets.kinds(), tickets.now())
+                .await
+                .unwrap();
+            assert_eq!(read[0].remaining, 0, "{uid}: 5 - 1 - 3 - 1");
+        }
+        let calls = store_calls(&server);
+        assert!(calls < 24, "the charges went together: {calls} calls");
+    }
+
+    #[tokio::test]
     async fn without_batching_each_charge_is_its_own_call() {
         let server = RedisServer::start();
         let store = batching_store(&server, false).await;

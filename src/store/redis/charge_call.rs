@@ -149,8 +149,19 @@ fn charge_call<'a>(
     }
     let mut call = ScriptCall::new(procedure, charges.clone().flat_map(|charge| &charge.keys));
     call.arg(plan.0);
-    for (charge, shape) in charges.zip(shape_of) {
-        call.arg(shape);
+    // Decisions alike but for their keys go as one run: its length, then
+    // their arguments once. (Each argument costs Redis an object to parse
+    // and a Lua string; a batch of one route's charges is one run.)
+    let mut decisions = charges.zip(shape_of).peekable();
+    while let Some((charge, shape)) = decisions.next() {
+        let mut run = 1;
+        while decisions
+            .next_if(|&(next, next_shape)| next_shape == shape && charge.alike(next))
+            .is_some()
+        {
+            run += 1;
+        }
+        call.arg(run).arg(shape);
         match charge.time {
             Some(ms) => call.arg(ms),
             None => call.arg(""),
@@ -163,6 +174,22 @@ fn charge_call<'a>(
         }
     }
     call
+}
+
+impl Charge {
+    /// Whether `other`, of the same shape, sends the same arguments: the
+    /// same time and amounts, and neither an idempotency key (each key's
+    /// fingerprint is its own).
+    fn alike(&self, other: &Self) -> bool {
+        self.fingerprint.is_none()
+            && other.fingerprint.is_none()
+            && self.time == other.time
+            && self.cost.items().iter().map(|item| item.amount).eq(other
+                .cost
+                .items()
+                .iter()
+                .map(|item| item.amount))
+    }
 }
 
 /// The plan of a charge call: words separated by spaces, numbers written

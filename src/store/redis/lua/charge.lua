@@ -15,9 +15,12 @@
 --       for a route's charges call after call; the charge library (the
 --       function, CHARGE_PLANS) keeps what it read of the latest plans, so
 --       a call reads only its decisions. A script reads its plan every call.
---       A decision: the index of its shape (from 1), its time ('' = Redis
---       TIME), with an idempotency key '<request fingerprint>#<charge id>'
---       (the id goes into the key's record), then each kind's amount.
+--       The decisions go in runs: a run is decisions alike but for their
+--       keys (most of a batch), sent as its length, then once: the index of
+--       their shape (from 1), their time ('' = Redis TIME), with an
+--       idempotency key '<request fingerprint>#<charge id>' (the id goes
+--       into the key's record; a keyed decision is a run of its own), then
+--       each kind's amount.
 -- Reply: one flat list: per decision, in order, the count of its values,
 --        then the values: {outcome, remaining, last refill, ...} with
 --        outcome 0 refused, 1 allowed, 2 replayed (the key already paid for
@@ -201,21 +204,25 @@ local function charge_call()
   end
   local replies, shapes, ttl, first, at = {}, plan.shapes, plan.ttl, 1, 2
   while at <= #ARGV do
+    local run = tonumber(ARGV[at])
+    at = at + 1
     local shape = shapes[tonumber(ARGV[at])]
-    local ok, failure = pcall(charge, replies, ttl, first, shape, at)
-    if not ok then
-      if type(failure) ~= 'table' then
-        -- Redis hands errors raised as {err = ...} to pcall as their text; a
-        -- text without an error code is a fault of the script itself.
-        failure = tostring(failure)
-        if not string.find(failure, '^%u[%u_]* ') then
-          failure = 'ERR tower-tickets charge failed: ' .. failure
+    for _ = 1, run do
+      local ok, failure = pcall(charge, replies, ttl, first, shape, at)
+      if not ok then
+        if type(failure) ~= 'table' then
+          -- Redis hands errors raised as {err = ...} to pcall as their text;
+          -- a text without an error code is a fault of the script itself.
+          failure = tostring(failure)
+          if not string.find(failure, '^%u[%u_]* ') then
+            failure = 'ERR tower-tickets charge failed: ' .. failure
+          end
+          failure = {err = failure}
         end
-        failure = {err = failure}
+        replies[#replies + 1] = failure
       end
-      replies[#replies + 1] = failure
+      first = first + shape.key_count
     end
-    first = first + shape.key_count
     at = at + (shape.keyed and 3 or 2) + #shape.specs
   end
   return replies
