@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Timelike, Utc};
-use http::header::{CONTENT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
@@ -330,7 +330,7 @@ impl Rejection {
                             only.refill_at,
                             q.now,
                         );
-                        answers.get_or_build(key, &only.kind, build).to_send()
+                        Answer::clone(&answers.get_or_build(key, &only.kind, build))
                     }
                     _ => build(),
                 };
@@ -394,7 +394,9 @@ fn problem(
     problem_answer(headers, language, body)
 }
 
-/// `headers` with the problem's content type and language, and `body`.
+/// `headers` with the problem's content type, language and length, and
+/// `body`. (With its length set, a kept answer's copy is sent as it is: a
+/// server that would add it grows a copied map, see [`Answer`].)
 fn problem_answer(mut headers: HeaderMap, language: &str, body: Bytes) -> Answer {
     headers.insert(
         CONTENT_TYPE,
@@ -403,5 +405,6 @@ fn problem_answer(mut headers: HeaderMap, language: &str, body: Bytes) -> Answer
     if let Ok(language) = HeaderValue::from_str(language) {
         headers.insert(CONTENT_LANGUAGE, language);
     }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     Answer { headers, body }
 }
