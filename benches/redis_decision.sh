@@ -4,10 +4,13 @@
 # the ticket layer's charge script with one decision per call (batching
 # off) and with BATCH decisions per call (batching on), each as a script
 # (EVALSHA) and as the function the store loads on Redis 7 (FCALL; see
-# src/store/redis/library.rs), and two floors of a
-# batched decision (benches/lua/batch_floor.lua: the one read and the one
-# write of the layer's key layout, nothing else; batch_strings.lua: one
-# MGET and one MSET per call on another layout).
+# src/store/redis/library.rs), and floors of a batched decision:
+# benches/lua/batch_floor.lua, the one read and the one write of the
+# layer's key layout, nothing else; batch_strings.lua, one MGET and one
+# MSET per call on a layout of strings (MSET drops the keys' expiry);
+# batch_one_write.lua, the same strings with one SET ... KEEPTTL per
+# decision (the floor of any layout that keeps each user's expiry); and
+# batch_record.lua, a user's whole state as one such string.
 #
 # Each is sent by redis-benchmark (pipelined, 4 connections) to a
 # redis-server of its own on a free 127.0.0.1 port; every user exists
@@ -56,6 +59,8 @@ naive=$(load benches/lua/naive.lua)
 charge=$(load "$dir/charge.lua")
 floor=$(load benches/lua/batch_floor.lua)
 strings=$(load benches/lua/batch_strings.lua)
+one_write=$(load benches/lua/batch_one_write.lua)
+record=$(load benches/lua/batch_record.lua)
 
 # A kind of capacity 10^9 refilled daily; decisions as the store sends
 # them: the plan (idempotency TTL, the spec, one shape: one key, idle TTL
@@ -73,6 +78,8 @@ call() {
       args+=("$n" "${keys[@]}" "$plan" "$n" 1 '' 1) ;;
     floor) args=(EVALSHA "$floor" "$n" "${keys[@]}") ;;
     strings) args=(EVALSHA "$strings" "$n" "${keys[@]}") ;;
+    one_write) args=(EVALSHA "$one_write" "$n" "${keys[@]}") ;;
+    record) args=(EVALSHA "$record" "$n" "${keys[@]}") ;;
   esac
   printf '%s\n' "${args[@]}"
 }
@@ -101,6 +108,7 @@ run() {
 paths=("naive 1 u{__rand_int__}" "charge 1 t{__rand_int__}:t" "function 1 f{__rand_int__}:t"
   "charge $BATCH t{__rand_int__}:t" "function $BATCH f{__rand_int__}:t"
   "floor $BATCH t{__rand_int__}:t" "strings $BATCH s{__rand_int__}"
+  "one_write $BATCH w{__rand_int__}" "record $BATCH q{__rand_int__}"
   "naive 1 u{__rand_int__} new" "function 1 f{__rand_int__}:t new"
   "function $BATCH f{__rand_int__}:t new")
 echo "Redis decisions, $USERS users at random, redis-benchmark -P 16 -c 4, $ROUNDS rounds of" \
@@ -129,7 +137,7 @@ echo "Medians of $ROUNDS rounds:"
 echo
 echo "| script | decisions per call | µs per call | µs per decision | CPU µs per decision | CPU vs naive |"
 echo "|---|---|---|---|---|---|"
-new_naive_cpu=$(echo "${results[${paths[7]}]}" | column 3 | median)
+new_naive_cpu=$(echo "${results[naive 1 u{__rand_int__} new]}" | column 3 | median)
 for path in "${paths[@]}"; do
   read -r script n _ new <<<"$path"
   r=${results[$path]}
