@@ -19,7 +19,7 @@
 # redis-server's CPU time (/proc) per decision, ROUNDS interleaved rounds,
 # then medians. docs/benchmarks.md ("The Redis decision") records results.
 #
-#   bash benches/redis_decision.sh            # about 2 min
+#   bash benches/redis_decision.sh            # about 3 min
 #   ROUNDS=5 BATCH=26 bash benches/redis_decision.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
