@@ -353,8 +353,11 @@ async fn paths(
             redis: true,
             ..path("redis refused, many users", address, refusal)
         });
+        // Its goal is against bare; against the canned 429 (the same
+        // answer without the layer) it shows what the layer's work costs.
         paths.push(Path {
             users: 1,
+            peer: Some("canned 429"),
             goal: Some((0.9, Against::Bare)),
             redis: true,
             ..path("redis refused, one user", address, refusal)
