@@ -8,7 +8,7 @@
 # benches/lua/batch_floor.lua, the one read and the one write of the
 # layer's key layout, nothing else; batch_strings.lua, one MGET and one
 # MSET per call on a layout of strings (MSET drops the keys' expiry);
-# batch_one_write.lua, the same strings with one SET ... KEEPTTL per
+# batch_strings.lua keepttl, the same strings with one SET ... KEEPTTL per
 # decision (the floor of any layout that keeps each user's expiry); and
 # batch_record.lua, a user's whole state as one such string.
 #
@@ -59,7 +59,6 @@ naive=$(load benches/lua/naive.lua)
 charge=$(load "$dir/charge.lua")
 floor=$(load benches/lua/batch_floor.lua)
 strings=$(load benches/lua/batch_strings.lua)
-one_write=$(load benches/lua/batch_one_write.lua)
 record=$(load benches/lua/batch_record.lua)
 
 # A kind of capacity 10^9 refilled daily; decisions as the store sends
@@ -78,7 +77,7 @@ call() {
       args+=("$n" "${keys[@]}" "$plan" "$n" 1 '' 1) ;;
     floor) args=(EVALSHA "$floor" "$n" "${keys[@]}") ;;
     strings) args=(EVALSHA "$strings" "$n" "${keys[@]}") ;;
-    one_write) args=(EVALSHA "$one_write" "$n" "${keys[@]}") ;;
+    one_write) args=(EVALSHA "$strings" "$n" "${keys[@]}" keepttl) ;;
     record) args=(EVALSHA "$record" "$n" "${keys[@]}") ;;
   esac
   printf '%s\n' "${args[@]}"
